@@ -1,0 +1,135 @@
+"""Command line: python -m fused_resnet {info,verify,bench,demo} --help"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+import torch
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cmd_info(args) -> int:
+    import torchvision
+
+    from . import __version__, _selector
+
+    print(f"fused_resnet {__version__}")
+    print(f"python       {platform.python_version()}  ({platform.machine()})")
+    print(f"torch        {torch.__version__}  (CUDA build {torch.version.cuda})")
+    print(f"torchvision  {torchvision.__version__}")
+    try:
+        import triton
+
+        print(f"triton       {triton.__version__}")
+    except ImportError:
+        print("triton       not installed")
+    if torch.cuda.is_available():
+        cap = torch.cuda.get_device_capability()
+        print(f"GPU          {torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})")
+    else:
+        print("GPU          none visible to torch")
+    print(f"requested    {_selector.requested_backend()}  (FUSED_RESNET_BACKEND / use_backend)")
+    print("backends:")
+    for name, (ok, why) in _selector.backend_status().items():
+        print(f"  {name:7s} {'yes' if ok else 'no ':3s}  {why}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .verify import verify_model
+
+    device = args.device or _default_device()
+    print(f"verify {args.model}: batch {args.batch}, {args.dtype}, {device}, {args.image_size}x{args.image_size}"
+          f"{', checkpoint ' + args.checkpoint if args.checkpoint else ', random weights + randomized BN stats'}",
+          flush=True)
+    r = verify_model(args.model, batch=args.batch, dtype=args.dtype, device=device, image_size=args.image_size,
+                     checkpoint=args.checkpoint, backend=args.backend, channels_last=args.channels_last)
+    print(f"  max abs err: fused {r.max_abs_err:.3e}, torchvision {r.eager_max_abs_err:.3e} (vs float64)")
+    print(f"  max rel err: {r.comparison}")
+    print("PASS" if r.ok else "FAIL")
+    return 0 if r.ok else 1
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def cmd_demo(args) -> int:
+    from .bench import run_model_bench, print_table
+
+    device = args.device or _default_device()
+    on_gpu = device.startswith("cuda")
+    args.model, args.checkpoint, args.channels_last = "resnet50", None, False
+    args.batch = args.batch or (32 if on_gpu else 8)
+    args.dtype = args.dtype or ("fp16" if on_gpu else "fp32")
+    args.image_size = 224
+    args.device = device
+    rc = cmd_verify(argparse.Namespace(**{**vars(args), "batch": 2}))
+    if rc:
+        return rc
+    print(f"\ntiming resnet50, batch {args.batch}, {args.dtype}, {device} (median of interleaved runs)", flush=True)
+    providers = ["torchvision", "torchvision_cl", "fused_resnet"]
+    rows = run_model_bench("resnet50", args.batch, args.dtype, device, providers, runs=args.runs, progress=True)
+    print_table(rows)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fused_resnet",
+                                description="Fused conv+BN(+residual)+ReLU ResNet blocks for PyTorch inference.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    sub.add_parser("info", help="versions, GPU, and which backends are usable here (and why not)",
+                   description="Print versions, the GPU, and which backends can run here, with the reason if not.")
+
+    def common(sp):
+        sp.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+        sp.add_argument("--backend", default=None, choices=["auto", "eager", "triton", "cuda"],
+                        help="force a backend (default: FUSED_RESNET_BACKEND or auto)")
+
+    v = sub.add_parser("verify", help="compare a converted torchvision model against torchvision",
+                       description="Build a torchvision model (random weights with realistic randomized BN "
+                                   "statistics, or --checkpoint), convert a copy, and compare both against a "
+                                   "float64 reference. PASS if the fused error is at most 2x torchvision's own "
+                                   "error plus a small floor. Exit code 1 on FAIL.")
+    v.add_argument("--model", default="resnet50", help="torchvision builder name (default resnet50)")
+    v.add_argument("--batch", type=int, default=2)
+    v.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    v.add_argument("--image-size", type=int, default=224)
+    v.add_argument("--checkpoint", default=None, help="path to a torchvision state_dict (.pth)")
+    v.add_argument("--channels-last", action="store_true", help="feed a channels_last input")
+    common(v)
+
+    d = sub.add_parser("demo", help="verify resnet50, then time torchvision vs fused_resnet",
+                       description="The main job: verify resnet50 (PASS/FAIL), then a short side-by-side timing "
+                                   "of torchvision (NCHW and channels_last) and fused_resnet on this device.")
+    d.add_argument("--batch", type=int, default=None, help="timing batch (default 8 on CPU, 32 on GPU)")
+    d.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="default fp32 on CPU, fp16 on GPU")
+    d.add_argument("--runs", type=int, default=5, help="timed runs per provider")
+    common(d)
+
+    from .bench import add_arguments
+
+    b = sub.add_parser("bench", help="side-by-side benchmarks against the baselines (JSON/CSV/PNG)",
+                       description="Time fused_resnet against torchvision eager (NCHW, channels_last), "
+                                   "torch.compile (inductor freezing, default and max-autotune) and TorchScript "
+                                   "freeze+optimize_for_inference, interleaved on the same inputs, with "
+                                   "roofline columns. See benchmarks/README.md.")
+    add_arguments(b)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"info": cmd_info, "verify": cmd_verify, "bench": cmd_bench, "demo": cmd_demo}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

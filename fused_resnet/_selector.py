@@ -1,0 +1,175 @@
+"""The one place that decides which kernel family runs a fused op.
+
+Given the op's tensors and the requested backend, ``select`` returns a ``Choice``: the backend
+("eager", "triton" or "cuda") and a human-readable reason. Every per-call guard (device, dtype,
+layout, alignment, groups, size) lives here and nowhere else, so explain() can report the same
+reason the dispatch used.
+
+The requested backend comes from, in order: the op's ``backend=`` argument, the innermost
+``use_backend(...)`` context, the ``FUSED_RESNET_BACKEND`` environment variable, else "auto".
+"auto" falls back silently (the reason says why); an explicitly requested backend that cannot run
+raises ``BackendUnavailableError``.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+from typing import Iterator, NamedTuple, Optional
+
+import torch
+
+BACKENDS = ("auto", "eager", "triton", "cuda")
+_REQUESTED: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("fused_resnet_backend", default=None)
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this call."""
+
+
+class Choice(NamedTuple):
+    backend: str  # "eager" | "triton" | "cuda"
+    reason: str
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown fused_resnet backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+def requested_backend(arg: Optional[str] = None) -> str:
+    """Resolve the requested backend name (argument > use_backend > env var > "auto")."""
+    if arg is not None:
+        return _check_name(arg)
+    ctx = _REQUESTED.get()
+    if ctx is not None:
+        return ctx
+    return _check_name(os.environ.get("FUSED_RESNET_BACKEND", "auto") or "auto")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Context manager: run fused ops inside it with backend ``name`` ("auto", "eager", "triton", "cuda")."""
+    token = _REQUESTED.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _REQUESTED.reset(token)
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_status() -> tuple[bool, str]:
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed"
+    if triton_interpreting():
+        return True, "triton interpreter (TRITON_INTERPRET=1): runs on CPU tensors"
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU visible to torch"
+    major, _ = torch.cuda.get_device_capability()
+    if major < 8:
+        return False, f"GPU compute capability {major}.x < 8.0 (needs sm_80+)"
+    return True, "triton on " + torch.cuda.get_device_name()
+
+
+def _cuda_ext_status() -> tuple[bool, str]:
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU visible to torch"
+    from . import _ext
+
+    return _ext.status()
+
+
+def backend_status() -> dict[str, tuple[bool, str]]:
+    """{backend: (usable here, why / why not)} for every backend."""
+    return {
+        "eager": (True, "PyTorch ops (oneDNN on CPU, cuDNN on GPU)"),
+        "triton": _triton_status(),
+        "cuda": _cuda_ext_status(),
+    }
+
+
+def available_backends() -> tuple[str, ...]:
+    """Names of the backends usable in this process (always includes "eager")."""
+    return tuple(name for name, (ok, _) in backend_status().items() if ok)
+
+
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_CUDA_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _triton_guard(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
+    """None if the Triton conv can run these tensors, else why not."""
+    ok, why = _triton_status()
+    if not ok:
+        return why
+    if x.device.type != "cuda" and not (triton_interpreting() and x.device.type == "cpu"):
+        return f"{x.device.type.upper()} tensor"
+    if x.dtype not in _TRITON_DTYPES:
+        return f"dtype {x.dtype} not supported by the triton kernel"
+    return None
+
+
+def _cuda_guard(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Optional[str]:
+    ok, why = _cuda_ext_status()
+    if not ok:
+        return why
+    if x.device.type != "cuda":
+        return f"{x.device.type.upper()} tensor"
+    if x.dtype not in _CUDA_DTYPES:
+        return f"dtype {x.dtype} not supported by the CUTLASS kernels (fp16/bf16 only)"
+    if groups != 1:
+        return "grouped conv not supported by the CUTLASS kernels"
+    if x.shape[1] % 8 or weight.shape[0] % 8:
+        return "channels not a multiple of 8 (CUTLASS alignment)"
+    return None
+
+
+def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: str) -> Choice:
+    """Pick the backend for one fused_conv2d call."""
+    if requested == "eager":
+        return Choice("eager", "eager: requested")
+    if requested in ("triton", "cuda"):
+        why = _triton_guard(x, weight) if requested == "triton" else _cuda_guard(x, weight, groups)
+        if why is not None:
+            raise BackendUnavailableError(f"fused_resnet backend {requested!r} was requested but cannot run: {why}")
+        return Choice(requested, requested)
+    # auto: GPU kernels only for GPU tensors; the interpreter is never picked automatically.
+    if x.device.type != "cuda":
+        return Choice("eager", f"eager: {x.device.type.upper()} tensor")
+    why_cuda = _cuda_guard(x, weight, groups)
+    why_triton = _triton_guard(x, weight)
+    if why_cuda is None and why_triton is None:
+        from . import tuning
+
+        best = tuning.preferred_backend(x, weight, groups)
+        if best is not None:
+            return Choice(best, f"{best}: faster in the tuned table")
+        return Choice("triton", "triton: default (no measurement for this shape)")
+    if why_triton is None:
+        return Choice("triton", "triton")
+    if why_cuda is None:
+        return Choice("cuda", "cuda: cutlass")
+    return Choice("eager", f"eager: {why_triton}")
+
+
+def select_elementwise(x: torch.Tensor, requested: str) -> Choice:
+    """Pick the backend for add_relu."""
+    if requested == "eager":
+        return Choice("eager", "eager: requested")
+    if requested in ("triton", "cuda"):
+        why = _triton_guard(x, x) if requested == "triton" else _cuda_guard(x, x.new_empty(8, 1, 1, 1), 1)
+        if why is not None:
+            raise BackendUnavailableError(f"fused_resnet backend {requested!r} was requested but cannot run: {why}")
+        return Choice(requested, requested)
+    if x.device.type != "cuda":
+        return Choice("eager", f"eager: {x.device.type.upper()} tensor")
+    if _triton_guard(x, x) is None:
+        return Choice("triton", "triton")
+    return Choice("eager", "eager: no GPU backend usable")

@@ -1,0 +1,476 @@
+"""Side-by-side benchmarks (``python -m fused_resnet bench``), shared with benchmarks/ and demo.
+
+Levels: ``model`` (whole torchvision model per provider) and ``op`` (each distinct conv shape of the
+model: fused_conv2d per backend vs the library conv alone vs conv + separate BN + ReLU (+ add)).
+Every provider is timed interleaved on the same inputs (several input sets, never zeros), and every
+row records the device, versions, git sha and date. Roofline columns come from the model's own
+conv shapes (see ``conv_shapes`` / ``roofline``).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from .blocks import convert
+from .testing import randomize_bn
+from .timing import time_interleaved
+from .verify import DTYPES
+
+MODEL_PROVIDERS = ("torchvision", "torchvision_cl", "compile", "compile_max", "torchscript",
+                   "fused_eager", "fused_triton", "fused_cuda", "fused_resnet")
+OP_PROVIDERS = ("conv_alone", "conv_bn_relu", "fused_eager", "fused_triton", "fused_cuda")
+
+
+# --- environment -------------------------------------------------------------------------------------
+
+def environment(device: str) -> dict:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else (platform.processor() or platform.machine())
+    return {"device": name, "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda or "",
+            "git_sha": sha or "unknown", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "threads": torch.get_num_threads()}
+
+
+# --- roofline ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvShape:
+    name: str
+    n: int
+    cin: int
+    h: int
+    w: int
+    cout: int
+    k: int
+    stride: int
+    padding: int
+    dilation: int
+    groups: int
+    oh: int
+    ow: int
+    residual: bool  # the conv that takes the block's residual add
+    relu: bool
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.n * self.oh * self.ow * self.cout * (self.cin // self.groups) * self.k * self.k
+
+    def bytes(self, elem: int, fused: bool) -> int:
+        """Minimum activation + weight bytes: fused = read input, (read residual), write output once;
+        unfused = conv writes its output, BN reads+writes it, ReLU reads+writes, add reads 2 writes 1."""
+        inp = self.n * self.cin * self.h * self.w * elem
+        out = self.n * self.cout * self.oh * self.ow * elem
+        wgt = self.cout * (self.cin // self.groups) * self.k * self.k * elem
+        if fused:
+            return inp + wgt + out * (2 if self.residual else 1)
+        return inp + wgt + out * (1 + 2 + (2 if self.relu else 0) + (3 if self.residual else 0))
+
+
+def conv_shapes(model_name: str, batch: int, image_size: int = 224) -> list[ConvShape]:
+    """Every conv of torchvision's ``model_name`` with its input shape, found by one meta-device forward."""
+    import torchvision.models.resnet as tvr
+
+    with torch.device("meta"):
+        model = getattr(torchvision.models, model_name)().eval()
+    last_convs = set()
+    for m in model.modules():
+        if isinstance(m, tvr.Bottleneck):
+            last_convs.add(m.conv3)
+        elif isinstance(m, tvr.BasicBlock):
+            last_convs.add(m.conv2)
+    names = {m: n for n, m in model.named_modules()}
+    shapes: list[ConvShape] = []
+
+    def hook(m, inp, out):
+        x = inp[0]
+        ds = names[m].endswith("downsample.0")
+        shapes.append(ConvShape(names[m], x.shape[0], x.shape[1], x.shape[2], x.shape[3], m.out_channels,
+                                m.kernel_size[0], m.stride[0], m.padding[0], m.dilation[0], m.groups,
+                                out.shape[2], out.shape[3], m in last_convs, not ds))
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.empty(batch, 3, image_size, image_size, device="meta"))
+    for h in hs:
+        h.remove()
+    return shapes
+
+
+def roofline(model_name: str, batch: int, elem: int, image_size: int = 224) -> dict:
+    shapes = conv_shapes(model_name, batch, image_size)
+    return {"gflop": sum(s.flops for s in shapes) / 1e9,
+            "mb_fused": sum(s.bytes(elem, True) for s in shapes) / 1e6,
+            "mb_unfused": sum(s.bytes(elem, False) for s in shapes) / 1e6}
+
+
+def measure_peaks(device: str) -> dict:
+    """The card's copy bandwidth (GB/s, read+write) and fp16 matmul rate (TFLOP/s), measured now."""
+    if not device.startswith("cuda"):
+        return {}
+    n = 1 << 28  # 512 MiB of fp16 each way: far beyond L2
+    a = torch.randn(n, device=device, dtype=torch.float16)
+    b = torch.empty_like(a)
+    (t_copy,) = time_interleaved([lambda: b.copy_(a)], torch.device(device), warmup=3, runs=20)
+    m = torch.randn(8192, 8192, device=device, dtype=torch.float16)
+    (t_mm,) = time_interleaved([lambda: m @ m], torch.device(device), warmup=3, runs=20)
+    del a, b, m
+    return {"peak_gbps": 2 * n * 2 / t_copy.median_s / 1e9, "peak_tflops": 2 * 8192 ** 3 / t_mm.median_s / 1e12}
+
+
+# --- providers ---------------------------------------------------------------------------------------
+
+def _fused(tv_model, backend):
+    return convert(copy.deepcopy(tv_model), backend=backend)
+
+
+def build_provider(name: str, tv_model: torch.nn.Module, example: torch.Tensor) -> tuple[Callable, torch.Tensor, float]:
+    """(callable model, input in the layout it expects, build/compile seconds) for one provider."""
+    t0 = time.perf_counter()
+    cl = example.contiguous(memory_format=torch.channels_last)
+    if name == "torchvision":
+        fn, x = tv_model, example
+    elif name == "torchvision_cl":
+        fn, x = copy.deepcopy(tv_model).to(memory_format=torch.channels_last), cl
+    elif name in ("compile", "compile_max"):
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        fn = torch.compile(copy.deepcopy(tv_model).to(memory_format=torch.channels_last),
+                           mode="max-autotune" if name == "compile_max" else None)
+        x = cl
+        with torch.no_grad():
+            fn(x)  # compile now, so compile time is reported apart from run time
+    elif name == "torchscript":
+        m = copy.deepcopy(tv_model).to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            fn = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(m)))
+            fn(cl)
+        x = cl
+    elif name.startswith("fused_"):
+        backend = {"fused_resnet": "auto"}.get(name, name[len("fused_"):])
+        fn, x = _fused(tv_model, backend), example
+        with torch.no_grad():
+            fn(x)
+    else:
+        raise ValueError(f"unknown provider {name!r}; choose from {MODEL_PROVIDERS}")
+    if example.is_cuda:
+        torch.cuda.synchronize()
+    return fn, x, time.perf_counter() - t0
+
+
+def provider_available(name: str, device: str) -> Optional[str]:
+    """None if the provider can run on this device, else why not."""
+    from . import _selector
+
+    status = _selector.backend_status()
+    if name == "fused_triton" and not (status["triton"][0] and device.startswith("cuda")):
+        return "triton backend needs a CUDA GPU"
+    if name == "fused_cuda" and not status["cuda"][0]:
+        return status["cuda"][1]
+    if name == "compile_max" and not device.startswith("cuda"):
+        return "max-autotune is GPU-only here (CPU compile would take many minutes)"
+    return None
+
+
+def _graphed(fn, x):
+    """Capture fn(x) in a CUDA graph; returns a replay callable (input buffer x is static)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.no_grad():
+        for _ in range(3):
+            fn(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g), torch.no_grad():
+        fn(x)
+    return g.replay
+
+
+@dataclass
+class Row:
+    provider: str
+    model: str
+    level: str
+    shape: str
+    batch: int
+    dtype: str
+    format: str
+    graphs: bool
+    median_ms: float
+    spread_ms: float
+    runs: int
+    items_per_s: float = 0.0
+    ratio_vs_baseline: float = 0.0  # baseline time / this time (>1 = faster than baseline)
+    baseline: str = ""
+    build_s: float = 0.0
+    gflop: float = 0.0
+    tflops: float = 0.0
+    gbps_fused: float = 0.0
+    frac_peak_flops: float = 0.0
+    frac_peak_bw: float = 0.0
+    env: dict = field(default_factory=dict)
+
+
+def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, *, runs: int = 10,
+                    image_size: int = 224, cuda_graphs: bool = False, peaks: Optional[dict] = None,
+                    progress: bool = True, env: Optional[dict] = None) -> list[Row]:
+    dt = DTYPES[dtype]
+    torch.manual_seed(0)
+    tv = randomize_bn(getattr(torchvision.models, model)()).eval().to(device=device, dtype=dt)
+    inputs = [torch.randn(batch, 3, image_size, image_size, device=device, dtype=dt) for _ in range(3)]
+    env = env or environment(device)
+    fns, names, builds = [], [], []
+    for name in providers:
+        why = provider_available(name, device)
+        if why:
+            if progress:
+                print(f"  skip {name}: {why}", flush=True)
+            continue
+        if progress:
+            print(f"  build {name} ...", end="", flush=True)
+        try:
+            fn, x0, build_s = build_provider(name, tv, inputs[0])
+        except Exception as e:  # a baseline that cannot build here is reported, not fatal
+            print(f" failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
+            continue
+        xs = [x.contiguous(memory_format=torch.channels_last) if x0.is_contiguous(memory_format=torch.channels_last)
+              and not x0.is_contiguous() else x for x in inputs]
+        if cuda_graphs and device.startswith("cuda"):
+            static = xs[0].clone()
+            replay = _graphed(fn, static)
+            call = replay
+        else:
+            state = {"i": 0}
+
+            def call(fn=fn, xs=xs, state=state):
+                state["i"] = (state["i"] + 1) % len(xs)
+                return fn(xs[state["i"]])
+        fns.append(call)
+        names.append(name)
+        builds.append(build_s)
+        if progress:
+            print(f" {build_s:.1f}s", flush=True)
+    if not fns:
+        return []
+    if progress:
+        print(f"  timing {len(fns)} providers x {runs} runs (interleaved) ...", flush=True)
+    with torch.inference_mode() if not cuda_graphs else torch.no_grad():
+        timings = time_interleaved(fns, torch.device(device), warmup=2, runs=runs)
+    elem = torch.finfo(dt).bits // 8
+    roof = roofline(model, batch, elem, image_size)
+    base = timings[0].median_s
+    rows = []
+    for name, t, b in zip(names, timings, builds):
+        tflops = roof["gflop"] / t.median_s / 1e3
+        gbps = roof["mb_fused"] / t.median_s / 1e3
+        rows.append(Row(name, model, "model", f"3x{image_size}x{image_size}", batch, dtype,
+                        "channels_last" if name not in ("torchvision", "fused_resnet", "fused_eager",
+                                                        "fused_triton", "fused_cuda") else "nchw-in",
+                        cuda_graphs, t.median_s * 1e3, t.spread_s * 1e3, t.runs, batch / t.median_s,
+                        base / t.median_s, names[0], b, roof["gflop"], tflops, gbps,
+                        tflops / peaks["peak_tflops"] if peaks else 0.0,
+                        gbps / peaks["peak_gbps"] if peaks else 0.0, env))
+    return rows
+
+
+def run_op_bench(model: str, batch: int, dtype: str, device: str, providers, *, runs: int = 10,
+                 image_size: int = 224, progress: bool = True, env: Optional[dict] = None) -> list[Row]:
+    """Per distinct conv shape of ``model``: fused_conv2d per backend vs conv alone vs conv+BN+ReLU(+add)."""
+    from .ops import fused_conv2d
+
+    dt = DTYPES[dtype]
+    env = env or environment(device)
+    seen, rows = set(), []
+    cl = torch.channels_last
+    shapes = [s for s in conv_shapes(model, batch, image_size)
+              if (key := (s.cin, s.h, s.w, s.cout, s.k, s.stride, s.groups, s.residual, s.relu)) not in seen
+              and not seen.add(key)]
+    for i, s in enumerate(shapes):
+        if progress:
+            print(f"  [{i + 1}/{len(shapes)}] {s.name}: {s.k}x{s.k} {s.cin}->{s.cout} s{s.stride} on {s.h}x{s.w}",
+                  flush=True)
+        x = torch.randn(s.n, s.cin, s.h, s.w, device=device, dtype=dt).contiguous(memory_format=cl)
+        w = (torch.randn(s.cout, s.cin // s.groups, s.k, s.k, device=device, dtype=dt) * 0.05).contiguous(memory_format=cl)
+        bias = torch.randn(s.cout, device=device)
+        res = torch.randn(s.n, s.cout, s.oh, s.ow, device=device, dtype=dt).contiguous(memory_format=cl) if s.residual else None
+        bn = torch.nn.BatchNorm2d(s.cout).to(device=device, dtype=dt).eval()
+        conv_args = (s.stride, s.padding, s.dilation, s.groups)
+
+        def conv_bn_relu():
+            y = bn(F.conv2d(x, w, None, *conv_args))
+            if res is not None:
+                y = y + res
+            return F.relu(y) if s.relu else y
+
+        table = {"conv_alone": lambda: F.conv2d(x, w, None, *conv_args), "conv_bn_relu": conv_bn_relu}
+        for p in providers:
+            if p.startswith("fused_") and provider_available(p, device) is None:
+                table[p] = (lambda be=p[len("fused_"):]: fused_conv2d(
+                    x, w, bias, stride=s.stride, padding=s.padding, dilation=s.dilation, groups=s.groups,
+                    residual=res, relu=s.relu, backend=be))
+        names = [p for p in providers if p in table]
+        with torch.inference_mode():
+            ts = time_interleaved([table[p] for p in names], torch.device(device), warmup=3, runs=runs)
+        base = ts[0].median_s
+        elem = torch.finfo(dt).bits // 8
+        for p, t in zip(names, ts):
+            tflops = s.flops / t.median_s / 1e12
+            rows.append(Row(p, model, "op", f"{s.name}:{s.k}x{s.k}/{s.stride} {s.cin}->{s.cout} {s.h}x{s.w}",
+                            batch, dtype, "channels_last", False, t.median_s * 1e3, t.spread_s * 1e3, t.runs,
+                            s.n / t.median_s, base / t.median_s, names[0], 0.0, s.flops / 1e9, tflops,
+                            s.bytes(elem, True) / t.median_s / 1e9, 0.0, 0.0, env))
+    return rows
+
+
+# --- output ------------------------------------------------------------------------------------------
+
+def print_table(rows: list[Row]) -> None:
+    if not rows:
+        print("(no results)")
+        return
+    head = f"{'provider':16s} {'level':5s} {'shape':34s} {'batch':>5s} {'dtype':5s} {'graphs':6s} " \
+           f"{'median ms':>10s} {'±IQR':>7s} {'items/s':>9s} {'vs ' + rows[0].baseline:>18s} {'TFLOP/s':>8s}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r.provider:16s} {r.level:5s} {r.shape[:34]:34s} {r.batch:5d} {r.dtype:5s} {str(r.graphs):6s} "
+              f"{r.median_ms:10.3f} {r.spread_ms:7.3f} {r.items_per_s:9.1f} {r.ratio_vs_baseline:17.2f}x "
+              f"{r.tflops:8.2f}")
+
+
+def write_results(rows: list[Row], out_prefix: str) -> list[str]:
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
+    records = [{**{k: v for k, v in asdict(r).items() if k != "env"}, **r.env} for r in rows]
+    paths = [out_prefix + ".json", out_prefix + ".csv"]
+    with open(paths[0], "w") as f:
+        json.dump(records, f, indent=1)
+    with open(paths[1], "w", newline="") as f:
+        if records:
+            wr = csv.DictWriter(f, fieldnames=list(records[0]))
+            wr.writeheader()
+            wr.writerows(records)
+    return paths
+
+
+def plot(rows: list[Row], path: str) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (matplotlib not installed: no plot)")
+        return None
+    model_rows = [r for r in rows if r.level == "model"]
+    op_rows = [r for r in rows if r.level == "op"]
+    fig, axes = plt.subplots(1, 2 if op_rows else 1, figsize=(14 if op_rows else 7, 5), squeeze=False)
+    ax = axes[0][0]
+    for p in dict.fromkeys(r.provider for r in model_rows):
+        pts = sorted((r.batch, r.items_per_s) for r in model_rows if r.provider == p and not r.graphs)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=p)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("images / s")
+    ax.set_title("throughput vs batch" + (f" ({model_rows[0].model}, {model_rows[0].dtype})" if model_rows else ""))
+    ax.legend(fontsize=8)
+    if op_rows:
+        ax = axes[0][1]
+        shapes = list(dict.fromkeys(r.shape for r in op_rows))
+        provs = list(dict.fromkeys(r.provider for r in op_rows))
+        width = 0.8 / len(provs)
+        for j, p in enumerate(provs):
+            vals = [next((r.median_ms for r in op_rows if r.shape == s and r.provider == p), 0) for s in shapes]
+            ax.bar([i + j * width for i in range(len(shapes))], vals, width, label=p)
+        ax.set_xticks([i + 0.4 for i in range(len(shapes))])
+        ax.set_xticklabels([s.split(":")[0] for s in shapes], rotation=70, fontsize=6)
+        ax.set_ylabel("ms")
+        ax.set_title("per conv shape")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+
+def add_arguments(p) -> None:
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--model", default="resnet50", help="comma list of torchvision ResNet names (default resnet50)")
+    p.add_argument("--batch", default=None, help="comma list (default 1,8,32,128,256 on GPU, 1,8 on CPU)")
+    p.add_argument("--dtype", default=None, help="comma list of fp16,bf16,fp32 (default fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--level", default="model", help="comma list of model,op (default model)")
+    p.add_argument("--providers", default=None,
+                   help=f"comma list (default all available). model level: {','.join(MODEL_PROVIDERS)}; "
+                        f"op level: {','.join(OP_PROVIDERS)}")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--runs", type=int, default=None, help="timed runs per provider (default 20 GPU, 5 CPU)")
+    p.add_argument("--cuda-graphs", action="store_true", help="capture each provider's forward in a CUDA graph "
+                                                              "and time replays (batch-1 latency as served)")
+    p.add_argument("--out", default=None, help="write results to OUT.json and OUT.csv")
+    p.add_argument("--plot", default=None, help="write a PNG (throughput vs batch, per-shape bars)")
+
+
+def main(args) -> int:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.startswith("cuda")
+    batches = [int(b) for b in (args.batch or ("1,8,32,128,256" if gpu else "1,8")).split(",")]
+    dtypes = (args.dtype or ("fp16" if gpu else "fp32")).split(",")
+    levels = args.level.split(",")
+    runs = args.runs or (20 if gpu else 5)
+    env = environment(device)
+    print(f"bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
+          f"git {env['git_sha']}", flush=True)
+    peaks = measure_peaks(device) if gpu else None
+    if peaks:
+        print(f"  measured peaks: {peaks['peak_gbps']:.0f} GB/s copy, {peaks['peak_tflops']:.0f} TFLOP/s fp16 matmul")
+        env = {**env, **{k: round(v, 1) for k, v in peaks.items()}}
+    rows: list[Row] = []
+    for model in args.model.split(","):
+        for dtype in dtypes:
+            for batch in batches:
+                if "model" in levels:
+                    provs = (args.providers.split(",") if args.providers else
+                             [p for p in MODEL_PROVIDERS if p != "compile_max" or gpu])
+                    print(f"[model] {model} batch {batch} {dtype} graphs={args.cuda_graphs}", flush=True)
+                    rows += run_model_bench(model, batch, dtype, device, provs, runs=runs,
+                                            image_size=args.image_size, cuda_graphs=args.cuda_graphs,
+                                            peaks=peaks, env=env)
+                if "op" in levels:
+                    provs = args.providers.split(",") if args.providers else list(OP_PROVIDERS)
+                    print(f"[op] {model} batch {batch} {dtype}", flush=True)
+                    rows += run_op_bench(model, batch, dtype, device, provs, runs=runs,
+                                         image_size=args.image_size, env=env)
+    print()
+    print_table(rows)
+    if args.out:
+        for p in write_results(rows, args.out):
+            print(f"wrote {p}")
+    if args.plot:
+        if plot(rows, args.plot):
+            print(f"wrote {args.plot}")
+    return 0
+

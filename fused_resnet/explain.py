@@ -1,0 +1,72 @@
+"""explain(model, x): which backend runs each conv of a forward, and why."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import _trace
+
+
+@dataclass
+class Row:
+    name: str  # module path of the conv, e.g. "layer1.0.conv2"
+    conv: str  # kernel, channels, stride/dilation/groups and input shape
+    backend: str  # "eager" | "triton" | "cuda"
+    reason: str
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[r.backend] = out.get(r.backend, 0) + 1
+        return out
+
+    def __str__(self) -> str:
+        head = ("conv", "shape", "backend", "why")
+        table = [head] + [(r.name, r.conv, r.backend, r.reason) for r in self.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(3)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3] for row in table]
+        lines.insert(1, "-" * len(lines[0]))
+        summary = ", ".join(f"{n} {b}" for b, n in sorted(self.counts().items()))
+        return "\n".join(lines + [f"{len(self.rows)} convs: {summary}"])
+
+
+def explain(model: nn.Module, example_input: torch.Tensor) -> Report:
+    """Run one forward of ``model`` on ``example_input`` (under torch.no_grad, in the model's
+    current train/eval mode) and report, per conv: its shape, the backend that ran it and why.
+
+    Convs that run as plain ``nn.Conv2d`` modules (torchvision's forward, unconverted modules) are
+    reported as eager with the reason their block fell back, or "not converted".
+    """
+    names = {m: n for n, m in model.named_modules()}
+    handles = []
+
+    def push(m, _):
+        _trace._modules.append(names[m])
+
+    def pop(m, _inp, _out):
+        _trace._modules.pop()
+
+    def conv_hook(m, inp, _out):
+        why = _trace.fallback_reason() or "eager: not converted (plain nn.Conv2d)"
+        x = inp[0]
+        _trace.add(names[m], _trace.describe(x, m.weight, m.stride, m.dilation, m.groups), "eager", why)
+
+    for m in model.modules():
+        handles.append(m.register_forward_pre_hook(push))
+        handles.append(m.register_forward_hook(pop))
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+    try:
+        with _trace.recording() as records, torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return Report([Row(*r) for r in records])

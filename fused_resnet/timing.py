@@ -1,0 +1,54 @@
+"""Timing helpers shared by ``python -m fused_resnet demo/bench`` and benchmarks/.
+
+GPU: CUDA events around each call after warm-up, median of many runs (DESIGN.md protocol).
+CPU: wall clock around whole forwards, median. Providers are timed interleaved (round-robin), so
+a slow spell on a shared machine hits every provider alike instead of skewing one ratio.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass
+class Timing:
+    median_s: float
+    spread_s: float  # interquartile range
+    runs: int
+
+
+def _once(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, *, warmup: int = 2,
+                     runs: int = 10, min_time_s: float = 0.0) -> list[Timing]:
+    """Median time of each fn, measured round-robin: fn0, fn1, ..., fn0, fn1, ..."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    samples: list[list[float]] = [[] for _ in fns]
+    t_start = time.perf_counter()
+    while len(samples[0]) < runs or time.perf_counter() - t_start < min_time_s:
+        for i, fn in enumerate(fns):
+            samples[i].append(_once(fn, device))
+    out = []
+    for s in samples:
+        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
+        out.append(Timing(statistics.median(s), q[2] - q[0], len(s)))
+    return out

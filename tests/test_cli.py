@@ -1,0 +1,60 @@
+"""python -m fused_resnet: exit codes and output."""
+import subprocess
+import sys
+
+import pytest
+
+import fused_resnet
+from fused_resnet.__main__ import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "fused_resnet", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_info():
+    r = run("info")
+    assert r.returncode == 0, r.stderr
+    assert "backends:" in r.stdout and "eager" in r.stdout and "triton" in r.stdout
+
+
+def test_help_for_each_command():
+    for cmd in ("info", "verify", "bench", "demo"):
+        r = run(cmd, "--help")
+        assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_verify_pass_exit_0():
+    r = run("verify", "--model", "resnet18", "--batch", "1", "--image-size", "32", "--device", "cpu")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().endswith("PASS")
+
+
+def test_verify_fail_exit_1(monkeypatch, capsys):
+    # Break BN folding (bias off by 0.5): verify must notice and fail.
+    from fused_resnet import folding
+
+    real = folding.fold_bn
+    monkeypatch.setattr(folding, "fold_bn", lambda w, b, bn: (real(w, b, bn)[0], real(w, b, bn)[1] + 0.5))
+    rc = main(["verify", "--model", "resnet18", "--batch", "1", "--image-size", "32", "--device", "cpu"])
+    assert rc == 1
+    assert capsys.readouterr().out.strip().endswith("FAIL")
+
+
+def test_bad_arguments_exit_2():
+    assert run("verify", "--dtype", "fp8").returncode == 2
+    assert run("nonsense").returncode == 2
+
+
+def test_explicit_unavailable_backend_is_a_clear_error():
+    # no GPU and no interpreter here: asking for triton on a CPU tensor must raise, not fall back
+    import torch
+
+    x = torch.randn(1, 4, 5, 5)
+    w = torch.randn(4, 4, 3, 3)
+    if fused_resnet._selector.triton_interpreting():
+        pytest.skip("the interpreter runs triton on CPU")
+    with pytest.raises(fused_resnet.BackendUnavailableError, match="triton"):
+        fused_resnet.ops.fused_conv2d(x, w, backend="triton")
+    with pytest.raises(ValueError, match="unknown fused_resnet backend"):
+        fused_resnet.ops.fused_conv2d(x, w, backend="tpu")
