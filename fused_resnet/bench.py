@@ -77,12 +77,16 @@ class ConvShape:
     def flops(self) -> int:
         return 2 * self.n * self.oh * self.ow * self.cout * (self.cin // self.groups) * self.k * self.k
 
-    def bytes(self, elem: int, fused: bool) -> int:
-        """Minimum activation + weight bytes: fused = read input, (read residual), write output once;
-        unfused = conv writes its output, BN reads+writes it, ReLU reads+writes, add reads 2 writes 1."""
+    def weight_bytes(self, elem: int) -> int:
+        return self.cout * (self.cin // self.groups) * self.k * self.k * elem
+
+    def bytes(self, elem: int, fused: bool, weights: bool = True) -> int:
+        """Minimum bytes moved: fused = read input, (read residual), write output once;
+        unfused = conv writes its output, BN reads+writes it, ReLU reads+writes, add reads 2 writes 1.
+        Plus the weights read once when ``weights``."""
         inp = self.n * self.cin * self.h * self.w * elem
         out = self.n * self.cout * self.oh * self.ow * elem
-        wgt = self.cout * (self.cin // self.groups) * self.k * self.k * elem
+        wgt = self.weight_bytes(elem) if weights else 0
         if fused:
             return inp + wgt + out * (2 if self.residual else 1)
         return inp + wgt + out * (1 + 2 + (2 if self.relu else 0) + (3 if self.residual else 0))
@@ -122,7 +126,10 @@ def roofline(model_name: str, batch: int, elem: int, image_size: int = 224) -> d
     shapes = conv_shapes(model_name, batch, image_size)
     return {"gflop": sum(s.flops for s in shapes) / 1e9,
             "mb_fused": sum(s.bytes(elem, True) for s in shapes) / 1e6,
-            "mb_unfused": sum(s.bytes(elem, False) for s in shapes) / 1e6}
+            "mb_unfused": sum(s.bytes(elem, False) for s in shapes) / 1e6,
+            "mb_act_fused": sum(s.bytes(elem, True, weights=False) for s in shapes) / 1e6,
+            "mb_act_unfused": sum(s.bytes(elem, False, weights=False) for s in shapes) / 1e6,
+            "mb_weights": sum(s.weight_bytes(elem) for s in shapes) / 1e6}
 
 
 def measure_peaks(device: str) -> dict:
