@@ -1,0 +1,1 @@
+"""Triton kernels (imported lazily: nothing here runs at ``import fused_resnet``)."""
