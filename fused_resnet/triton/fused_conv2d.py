@@ -33,7 +33,10 @@ from .. import _packing, _selector
 from . import configs
 
 
-@triton.jit
+# Sizes, strides and paddings are not specialized: one compiled kernel serves every batch size and
+# layer of a config (compiles cost seconds each); channel counts stay specialized (divisibility by
+# 16 is what lets loads vectorize).
+@triton.jit(do_not_specialize=["N", "H", "W", "OH", "OW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "DIL_H", "DIL_W"])
 def _fused_conv2d_kernel(
     x_ptr,  # input, NHWC contiguous: [N, H, W, C_IN]
     w_ptr,  # packed weight: [G, K, COUT_G], K = KH*KW*CIN_G ordered (kh, kw, ci)

@@ -1,0 +1,123 @@
+"""GPU correctness (skipped without a CUDA GPU): every builder converted, every dtype and memory
+format, batch 1 and 64, against torchvision on the same card and a float64 reference (on the GPU).
+Run by benchmarks/gpu_suite.sh."""
+import copy
+
+import pytest
+import torch
+import torchvision
+
+import fused_resnet
+from fused_resnet.ops import add_relu, fused_conv2d
+from fused_resnet.ops.fused_conv2d import fused_conv2d_ref
+from fused_resnet.testing import compare, randomize_bn
+
+pytestmark = pytest.mark.gpu
+CL = torch.channels_last
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+_models = {}
+
+
+def _model(name):
+    if name not in _models:
+        torch.manual_seed(0)
+        _models[name] = randomize_bn(getattr(torchvision.models, name)()).eval().cuda()
+    return _models[name]
+
+
+# batch 1 at full resolution; batch 64 at 96x96 (every layer still runs, at a fraction of the time).
+# One float64 reference per (model, batch); every dtype and memory format is checked against it.
+@pytest.mark.parametrize("batch, size", [(1, 224), (64, 96)], ids=["b1", "b64"])
+@pytest.mark.parametrize("name", fused_resnet.models.NAMES)
+def test_builder_on_gpu(name, batch, size):
+    tv = _model(name)
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    with torch.no_grad():
+        ref = copy.deepcopy(tv).double()(x.double())
+    failures = []
+    for dtype, dt in DTYPES.items():
+        tv_dt = copy.deepcopy(tv).to(dt)
+        fused = fused_resnet.convert(copy.deepcopy(tv_dt))
+        for fmt in ("nchw", "channels_last"):
+            xf = x.to(dt).contiguous(memory_format=CL if fmt == "channels_last" else torch.contiguous_format)
+            with torch.no_grad():
+                cmp = compare(fused(xf), tv_dt(xf), ref)
+            print(f"{name} b{batch} {dtype} {fmt}: {cmp}")
+            if not cmp.ok:
+                failures.append(f"{dtype} {fmt}: {cmp}")
+        del tv_dt, fused
+    assert not failures, f"{name} b{batch}: " + "; ".join(failures)
+
+
+def test_auto_uses_triton_on_cuda():
+    m = fused_resnet.convert(copy.deepcopy(_model("resnet50")).half())
+    rows = fused_resnet.explain(m, torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.float16)).rows
+    assert len(rows) == 53 and all(r.backend == "triton" for r in rows), {r.reason for r in rows}
+
+
+CASES = [  # real ResNet-50 / ResNeXt / segmentation conv shapes at batch 8
+    (8, 64, 56, 56, 256, 1, 1, 0, 1, 1), (8, 256, 56, 56, 128, 1, 2, 0, 1, 1), (8, 64, 56, 56, 64, 3, 1, 1, 1, 1),
+    (8, 128, 56, 56, 128, 3, 2, 1, 1, 1), (8, 512, 28, 28, 512, 3, 1, 2, 2, 1), (8, 512, 28, 28, 512, 3, 1, 4, 4, 1),
+    (8, 128, 56, 56, 128, 3, 1, 1, 1, 32), (8, 3, 224, 224, 64, 7, 2, 3, 1, 1), (1, 2048, 7, 7, 512, 1, 1, 0, 1, 1),
+    (3, 40, 13, 13, 24, 3, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}-{c[4]}-k{c[5]}s{c[6]}d{c[8]}g{c[9]}")
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv_classes_on_gpu(case, dtype, residual, monkeypatch):
+    from fused_resnet.triton import fused_conv2d as mod
+
+    real = mod._new_output
+    monkeypatch.setattr(mod, "_new_output", lambda shape, like: real(shape, like).fill_(float("nan")))
+    n, cin, h, w, cout, k, s, p, d, g = case
+    dt = DTYPES[dtype]
+    x = torch.randn(n, cin, h, w, device="cuda").contiguous(memory_format=CL)
+    wt = torch.randn(cout, cin // g, k, k, device="cuda") / (cin // g * k * k) ** 0.5
+    b = torch.randn(cout, device="cuda")
+    oh, ow = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    res = torch.randn(n, cout, oh, ow, device="cuda").contiguous(memory_format=CL) if residual else None
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    ref = fused_conv2d_ref(x, wt, b, residual=res, upcast=True, **kw)
+    rd = res.to(dt) if res is not None else None
+    with torch.no_grad():
+        out = fused_conv2d(x.to(dt), wt.to(dt), b, residual=rd, backend="triton", **kw)
+        eager = fused_conv2d_ref(x.to(dt), wt.to(dt), b, residual=rd, **kw)
+    cmp = compare(out, eager, ref)
+    assert cmp.ok, str(cmp)
+
+
+def test_add_relu_on_gpu():
+    for dt in DTYPES.values():
+        x = torch.randn(7, 64, 13, 13, device="cuda", dtype=dt).contiguous(memory_format=CL)
+        y = torch.randn_like(x)
+        torch.testing.assert_close(add_relu(x, y, backend="triton"), torch.relu(x + y), rtol=0, atol=0)
+
+
+def test_cuda_graph_capture():
+    m = fused_resnet.convert(copy.deepcopy(_model("resnet50")).half())
+    x = torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        expected = m(x)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            m(x)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = m(x)
+        g.replay()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_torch_compile_on_gpu():
+    tv = copy.deepcopy(_model("resnet18")).half()
+    compiled = torch.compile(fused_resnet.convert(copy.deepcopy(tv)), fullgraph=True)
+    x = torch.randn(4, 3, 64, 64, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        ref = copy.deepcopy(tv).double()(x.double())
+        cmp = compare(compiled(x), tv(x), ref)
+    assert cmp.ok, str(cmp)
