@@ -7,8 +7,9 @@
 # for anything missing may sit in .whl/ beside it. Phases, each guarded by the time left of
 # SUITE_BUDGET_S (default 450 s) so the suite ends inside ~8 minutes and a cut-short run still
 # leaves its results: info -> GPU tests -> compute-sanitizer memcheck -> per-shape op benchmark
+# [--tune: autotune table for resnet50 fp16, used by what follows] -> per-shape op benchmark
 # (resnet50 fp16, batch 32/256) -> model benchmark (resnet50 fp16: batch 256; batch 1 with and without
-# CUDA graphs; torch.compile at batch 256 if time is left) -> [--tune: autotune table]. Writes to OUT_DIR: suite.log, gpu_tests.log, memcheck.log,
+# CUDA graphs; torch.compile at batch 256 if time is left). Writes to OUT_DIR: suite.log, gpu_tests.log, memcheck.log,
 # results.json, results.csv, results.png, and with --tune triton_<gpu>.json. Safe to rerun.
 set -u
 OUT_DIR=${1:?usage: gpu_suite.sh OUT_DIR [--tune] [--skip-tests]}
@@ -38,25 +39,38 @@ python3 -m fused_resnet info 2>&1 | tee -a "$OUT_DIR/suite.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv 2>&1 | tee -a "$OUT_DIR/suite.log"
 echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown) $(git status --porcelain 2>/dev/null | head -c 300)" | tee -a "$OUT_DIR/suite.log"
 
+if command -v compute-sanitizer >/dev/null; then
+  say "compute-sanitizer memcheck on one fused Bottleneck"
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
+    > "$OUT_DIR/memcheck.log" 2>&1
+  say "memcheck exit $? : $(grep -E 'ERROR SUMMARY|memcheck block' "$OUT_DIR/memcheck.log" | tr '\n' ' ')"
+else
+  say "compute-sanitizer not found: memcheck skipped"
+fi
+
 if [ "$TESTS" = 1 ]; then
   say "GPU tests (pytest -m gpu), $(left) s left"
-  timeout $(( $(left) * 45 / 100 )) python3 -m pytest -q -m gpu tests -p no:cacheprovider --maxfail=25 \
+  timeout $(( $(left) * 45 / 100 )) python3 -m pytest -q -m gpu tests -p no:cacheprovider -rf \
     > "$OUT_DIR/gpu_tests.log" 2>&1
   say "GPU tests exit $? : $(tail -n 1 "$OUT_DIR/gpu_tests.log")"
 fi
 
-if command -v compute-sanitizer >/dev/null && [ "$(left)" -gt 200 ]; then
-  say "compute-sanitizer memcheck on one fused Bottleneck"
-  timeout 90 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
-    > "$OUT_DIR/memcheck.log" 2>&1
-  say "memcheck exit $? : $(grep -E 'ERROR SUMMARY|memcheck block' "$OUT_DIR/memcheck.log" | tr '\n' ' ')"
+if [ "$TUNE" = 1 ]; then
+  # Tuned configs go into the working tree's table (so the benchmarks below use them) and to OUT_DIR.
+  TB=$(( $(left) * 40 / 100 ))
+  say "autotune resnet50 fp16 batch 256,32,1 (budget ${TB} s)"
+  timeout $(( TB + 60 )) python3 benchmarks/tune.py --model resnet50 --batch 256,32,1 --dtype fp16 \
+    --budget-s "$TB" > "$RAW/tune.log" 2>&1
+  say "tune exit $?: $(tail -n 1 "$RAW/tune.log")"
+  grep -c "autotuning" "$RAW/tune.log" | xargs echo "shapes tuned:" >> "$OUT_DIR/suite.log"
+  cp fused_resnet/tuned/triton_*.json "$OUT_DIR/" 2>/dev/null
 fi
 
 if [ "$(left)" -gt 120 ]; then
   say "op benchmark: resnet50 conv shapes, fp16, batch 32 and 256"
   timeout $(( $(left) - 90 )) python3 -m fused_resnet bench --level op --model resnet50 --batch 32,256 --dtype fp16 \
     --providers conv_alone,conv_bn_relu,fused_triton,fused_cuda --runs 20 --out "$RAW/op" > "$RAW/op.log" 2>&1
-  say "op benchmark exit $?"; tail -n 45 "$RAW/op.log" >> "$OUT_DIR/suite.log"
+  say "op benchmark exit $?"; grep -E "^(provider|-{5}|conv|fused)" "$RAW/op.log" >> "$OUT_DIR/suite.log"
 fi
 
 # One bench call per setting, cheapest first, so a cut-short run keeps what it finished.
@@ -66,20 +80,15 @@ bench() {  # bench NAME MIN_LEFT_S ARGS...
     say "model benchmark $name: $*"
     timeout $(( $(left) - 10 )) python3 -m fused_resnet bench --model resnet50 --dtype fp16 "$@" \
       --out "$RAW/$name" > "$RAW/$name.log" 2>&1
-    say "$name exit $?"; grep -E "^(provider|-{5}|torch|fused|compile)" "$RAW/$name.log" >> "$OUT_DIR/suite.log"
+    local rc=$?
+    say "$name exit $rc"; grep -E "^(provider|-{5}|torch|fused|compile|  .*failed)" "$RAW/$name.log" >> "$OUT_DIR/suite.log"
+    [ "$rc" = 0 ] || tail -n 15 "$RAW/$name.log" >> "$OUT_DIR/suite.log"
   fi
 }
 bench model_b256 60 --batch 256 --runs 20 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda
 bench model_b1 40 --batch 1 --runs 50 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda
 bench graphs_b1 40 --batch 1 --runs 50 --cuda-graphs --providers torchvision,torchvision_cl,fused_triton,fused_cuda
 bench compile_b256 150 --batch 256 --runs 20 --providers torchvision_cl,compile,fused_triton
-
-if [ "$TUNE" = 1 ]; then
-  say "autotune resnet50 fp16 batch 256,32,1 ($(left) s left)"
-  timeout $(( $(left) > 30 ? $(left) - 10 : 20 )) python3 benchmarks/tune.py --model resnet50 --batch 256,32,1 \
-    --dtype fp16 --out "$OUT_DIR" --budget-s $(( $(left) > 60 ? $(left) - 40 : 10 )) >> "$OUT_DIR/suite.log" 2>&1
-  say "tune exit $?"
-fi
 
 python3 benchmarks/merge_results.py "$OUT_DIR/results" "$RAW"/*.json >> "$OUT_DIR/suite.log" 2>&1
 say "done"

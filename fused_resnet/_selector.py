@@ -78,6 +78,7 @@ def _triton_status() -> tuple[bool, str]:
     return True, "triton on " + torch.cuda.get_device_name()
 
 
+@functools.lru_cache(maxsize=None)
 def _cuda_ext_status() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         return False, "no CUDA GPU visible to torch"
@@ -131,6 +132,14 @@ def _cuda_guard(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Optional[
     return None
 
 
+def _precision_note(backend: str, x: torch.Tensor) -> str:
+    if x.dtype != torch.float32 or backend != "triton":
+        return backend
+    if x.device.type == "cuda" and torch.backends.cudnn.allow_tf32:
+        return "triton (fp32 as TF32: torch.backends.cudnn.allow_tf32 is on)"
+    return "triton (exact fp32)"
+
+
 def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: str) -> Choice:
     """Pick the backend for one fused_conv2d call."""
     if requested == "eager":
@@ -139,7 +148,7 @@ def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: s
         why = _triton_guard(x, weight) if requested == "triton" else _cuda_guard(x, weight, groups)
         if why is not None:
             raise BackendUnavailableError(f"fused_resnet backend {requested!r} was requested but cannot run: {why}")
-        return Choice(requested, requested)
+        return Choice(requested, _precision_note(requested, x))
     # auto: GPU kernels only for GPU tensors; the interpreter is never picked automatically.
     if x.device.type != "cuda":
         return Choice("eager", f"eager: {x.device.type.upper()} tensor")
@@ -153,7 +162,7 @@ def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: s
             return Choice(best, f"{best}: faster in the tuned table")
         return Choice("triton", "triton: default (no measurement for this shape)")
     if why_triton is None:
-        return Choice("triton", "triton")
+        return Choice("triton", _precision_note("triton", x))
     if why_cuda is None:
         return Choice("cuda", "cuda: cutlass")
     return Choice("eager", f"eager: {why_triton}")

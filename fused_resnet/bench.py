@@ -265,9 +265,12 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         xs = [x.contiguous(memory_format=torch.channels_last) if x0.is_contiguous(memory_format=torch.channels_last)
               and not x0.is_contiguous() else x for x in inputs]
         if cuda_graphs and device.startswith("cuda"):
-            static = xs[0].clone()
-            replay = _graphed(fn, static)
-            call = replay
+            try:
+                call = _graphed(fn, xs[0].clone())
+            except Exception as e:  # report, keep the other providers
+                print(f"  {name}: CUDA graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                      flush=True)
+                continue
         else:
             state = {"i": 0}
 

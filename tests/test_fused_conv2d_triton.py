@@ -10,12 +10,15 @@ import copy
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 import torchvision.models.resnet as tvr
 
 import fused_resnet
 from fused_resnet.ops import fused_conv2d
 from fused_resnet.ops.fused_conv2d import fused_conv2d_ref
 from fused_resnet.testing import compare, randomize_bn
+from fused_resnet.triton.fused_conv2d import _round_to_tf32
 
 from helpers import CL, assert_matches_torchvision
 
@@ -36,6 +39,12 @@ CASES = [
     (2, 3, 17, 17, 16, 7, 2, 3, 1, 1),   # 7x7 stem, 3 input channels (flattened K)
     (1, 40, 5, 5, 24, 3, 1, 1, 1, 1),    # channels not multiples of the tile (masked K and N)
 ]
+@triton.jit
+def _round_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs, _round_to_tf32(tl.load(x_ptr + offs, mask=offs < n)), mask=offs < n)
+
+
 EPILOGUES = {"bias+relu": (False, False, True), "scale+bias": (True, False, False),
              "residual+relu": (False, True, True), "scale+residual": (True, True, False)}
 
@@ -124,3 +133,18 @@ def test_add_relu_triton():
         out = add_relu(x, y, backend="triton")
         torch.testing.assert_close(out, torch.relu(x + y), equal_nan=True)
         assert out.is_contiguous(memory_format=fmt)
+
+
+def test_round_to_tf32_matches_round_to_nearest():
+    """The GPU fp32 path rounds dot operands to tf32 before the tensor cores (they truncate)."""
+    x = torch.cat([torch.randn(1000) * 10 ** torch.randint(-5, 5, (1000,)).float(),
+                   torch.tensor([1.0, -1.0, 0.0, float("nan"), float("inf"), 1 + 2 ** -11, 1 + 2 ** -10 + 2 ** -11])])
+    y = torch.empty_like(x)
+    _round_kernel[(1,)](x, y, x.numel(), BLOCK=2048)
+    # reference: nearest representable value with 10 mantissa bits (ties away from zero)
+    bits = x.view(torch.int32)
+    ref = ((bits + 0x1000) & -8192).view(torch.float32)
+    assert torch.equal(y.nan_to_num(), ref.nan_to_num()) and y[-4].isnan()
+    rel = ((y - x).abs() / x.abs().clamp_min(1e-30))[torch.isfinite(x) & (x != 0)]
+    assert float(rel.max()) <= 2 ** -11 + 1e-12  # half a tf32 ulp
+    assert y[-2] == 1 + 2 ** -10 and y[-1] == 1 + 2 ** -9  # a tie rounds away from zero

@@ -240,8 +240,10 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         return fused_conv2d_ref(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
     # Inference tensors may only be written in place inside inference mode; under torch.compile the
     # compiler plans buffers itself.
-    if (_into_residual and residual is not None and not torch.compiler.is_compiling()
-            and (torch.is_inference_mode_enabled() or not residual.is_inference())):
-        _fused_conv2d_into_residual_op(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested)
-        return residual
-    return _fused_conv2d_op(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested)
+    if torch.compiler.is_compiling():
+        return _fused_conv2d_op(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested)
+    # Eager: call the implementation directly; the dispatcher round trip of the custom op costs tens of
+    # microseconds per conv, which is most of a batch-1 conv's time on a GPU.
+    into = (_into_residual and residual is not None
+            and (torch.is_inference_mode_enabled() or not residual.is_inference()))
+    return _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested, into_residual=into)

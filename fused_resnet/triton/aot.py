@@ -58,6 +58,7 @@ def compile_conv(cfg, dtype: str = "fp16", arch: int = 90, kh: int = 3, kw: int 
         sig[name] = "i32"
     constexprs = {"KH": kh, "KW": kw, "HAS_BIAS": True, "HAS_SCALE": has_scale, "HAS_RES": has_res, "RELU": relu,
                   "FLAT_K": cfg.flat_k, "UPCAST": False, "INPUT_PRECISION": "tf32" if dtype == "fp32" else "ieee",
+                  "ROUND_TF32": dtype == "fp32",
                   "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m}
     for k in constexprs:
         sig[k] = "constexpr"

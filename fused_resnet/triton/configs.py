@@ -9,6 +9,7 @@ Under the interpreter one large config is used (each program costs ~50 ms on the
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -88,8 +89,15 @@ def shape_key(m: int, cout_g: int, cin_g: int, taps: int, dtype: torch.dtype) ->
     return f"m{m}_n{cout_g}_c{cin_g}_t{taps}_{str(dtype).replace('torch.', '')}"
 
 
+@functools.lru_cache(maxsize=None)
+def _tag_of(index: int) -> str:
+    return device_tag(torch.cuda.get_device_name(index))
+
+
 def device_tag(name: Optional[str] = None) -> str:
-    name = name or (torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    """File-name form of a GPU name ("NVIDIA H100 80GB HBM3" -> "nvidia_h100_80gb_hbm3")."""
+    if name is None:
+        return _tag_of(torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
 
