@@ -3,7 +3,11 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup ext demo test bench clean
+
+# Building the CUDA extension needs no GPU: nvcc for sm_80/sm_90 without querying a device.
+export CUDA_HOME ?= /usr/local/cuda
+export TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +24,17 @@ demo: setup
 
 # Two runs: the suite (eager path, AOT compiles for sm_80/sm_90), then the Triton kernels' numerics
 # under the interpreter (TRITON_INTERPRET must be set before kernels are defined: its own process).
-test: setup
+# Compile (or reuse the cached build of) the CUDA extension and print nvcc's resource report
+# (registers, spills per kernel). Skipped with a note where there is no nvcc.
+ext: setup
+	@if [ -x "$$CUDA_HOME/bin/nvcc" ]; then \
+	  echo "building the CUDA extension (csrc/, sm_80 + sm_90; minutes the first time, cached after) ..."; \
+	  $(BIN)/python -c "import fused_resnet._ext as e; print('built', e.build(verbose=True))" > $(VENV)/ext_build.log 2>&1; \
+	  rc=$$?; grep -E "ptxas info *: Used|spill stores" $(VENV)/ext_build.log | sed 's/^ *//; s/, [0-9]* bytes cmem.*//' | sort | uniq -c; \
+	  tail -n 3 $(VENV)/ext_build.log; exit $$rc; \
+	else echo "nvcc not found at $$CUDA_HOME: the CUDA extension is not built (its tests skip)"; fi
+
+test: setup ext
 	$(BIN)/python -m pytest -q tests
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m interpreter tests
 

@@ -6,11 +6,12 @@
 # Installs nothing from the network: the project runs from this working tree (PYTHONPATH), wheels
 # for anything missing may sit in .whl/ beside it. Phases, each guarded by the time left of
 # SUITE_BUDGET_S (default 450 s) so the suite ends inside ~8 minutes and a cut-short run still
-# leaves its results: info -> GPU tests -> compute-sanitizer memcheck -> per-shape op benchmark
+# leaves its results: info -> CUDA extension JIT build -> compute-sanitizer memcheck -> GPU tests ->
 # [--tune: autotune table for resnet50 fp16, used by what follows] -> per-shape op benchmark
 # (resnet50 fp16, batch 32/256) -> model benchmark (resnet50 fp16: batch 256; batch 1 with and without
 # CUDA graphs; torch.compile at batch 256 if time is left). Writes to OUT_DIR: suite.log, gpu_tests.log, memcheck.log,
-# results.json, results.csv, results.png, and with --tune triton_<gpu>.json. Safe to rerun.
+# results.json, results.csv, results.png, backend_<gpu>.json (faster backend per conv shape), and
+# with --tune triton_<gpu>.json. Safe to rerun.
 set -u
 OUT_DIR=${1:?usage: gpu_suite.sh OUT_DIR [--tune] [--skip-tests]}
 shift
@@ -39,6 +40,12 @@ python3 -m fused_resnet info 2>&1 | tee -a "$OUT_DIR/suite.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv 2>&1 | tee -a "$OUT_DIR/suite.log"
 echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown) $(git status --porcelain 2>/dev/null | head -c 300)" | tee -a "$OUT_DIR/suite.log"
 
+say "CUDA extension: JIT build (nvcc, CUTLASS headers from the carried nvidia-cutlass wheel)"
+python3 -c "import fused_resnet._ext as e; print('built', e.build(verbose=True))" > "$RAW/ext_build.log" 2>&1
+say "extension build exit $?"
+grep -E "ptxas info *: Used|spill stores|error|built" "$RAW/ext_build.log" | sed 's/^ *//; s/, [0-9]* bytes cmem.*//' \
+  | sort | uniq -c | head -n 30 >> "$OUT_DIR/suite.log"
+
 if command -v compute-sanitizer >/dev/null; then
   say "compute-sanitizer memcheck on one fused Bottleneck"
   timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
@@ -50,7 +57,7 @@ fi
 
 if [ "$TESTS" = 1 ]; then
   say "GPU tests (pytest -m gpu), $(left) s left"
-  timeout $(( $(left) * 45 / 100 )) python3 -m pytest -q -m gpu tests -p no:cacheprovider -rf \
+  timeout $(( $(left) * 45 / 100 )) python3 -m pytest -v -s --tb=short -m gpu tests -p no:cacheprovider -rf \
     > "$OUT_DIR/gpu_tests.log" 2>&1
   say "GPU tests exit $? : $(tail -n 1 "$OUT_DIR/gpu_tests.log")"
 fi
@@ -71,6 +78,7 @@ if [ "$(left)" -gt 120 ]; then
   timeout $(( $(left) - 90 )) python3 -m fused_resnet bench --level op --model resnet50 --batch 32,256 --dtype fp16 \
     --providers conv_alone,conv_bn_relu,fused_triton,fused_cuda --runs 20 --out "$RAW/op" > "$RAW/op.log" 2>&1
   say "op benchmark exit $?"; grep -E "^(provider|-{5}|conv|fused)" "$RAW/op.log" >> "$OUT_DIR/suite.log"
+  python3 benchmarks/backend_table.py "$RAW/op.json" --out "$OUT_DIR" >> "$OUT_DIR/suite.log" 2>&1
 fi
 
 # One bench call per setting, cheapest first, so a cut-short run keeps what it finished.

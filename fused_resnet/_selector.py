@@ -5,6 +5,9 @@ Given the op's tensors and the requested backend, ``select`` returns a ``Choice`
 layout, alignment, groups, size) lives here and nowhere else, so explain() can report the same
 reason the dispatch used.
 
+With "auto", a conv both GPU backends can run goes to the one the committed per-GPU table
+(fused_resnet/tuning.py) measured faster, or to FUSED_RESNET_PREFER ("cuda"/"triton") when set.
+
 The requested backend comes from, in order: the op's ``backend=`` argument, the innermost
 ``use_backend(...)`` context, the ``FUSED_RESNET_BACKEND`` environment variable, else "auto".
 "auto" falls back silently (the reason says why); an explicitly requested backend that cannot run
@@ -117,12 +120,14 @@ def _triton_guard(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
     return None
 
 
-def _cuda_guard(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Optional[str]:
+def _cuda_guard(x: torch.Tensor, weight: torch.Tensor, groups: int, scale=None) -> Optional[str]:
+    if x.device.type != "cuda":
+        return f"{x.device.type.upper()} tensor"
     ok, why = _cuda_ext_status()
     if not ok:
         return why
-    if x.device.type != "cuda":
-        return f"{x.device.type.upper()} tensor"
+    if scale is not None:
+        return "separate per-channel scale not supported by the CUTLASS kernels (fold it into the weight)"
     if x.dtype not in _CUDA_DTYPES:
         return f"dtype {x.dtype} not supported by the CUTLASS kernels (fp16/bf16 only)"
     if groups != 1:
@@ -140,24 +145,28 @@ def _precision_note(backend: str, x: torch.Tensor) -> str:
     return "triton (exact fp32)"
 
 
-def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: str) -> Choice:
+def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: str, scale=None,
+                stride: int = 1) -> Choice:
     """Pick the backend for one fused_conv2d call."""
     if requested == "eager":
         return Choice("eager", "eager: requested")
     if requested in ("triton", "cuda"):
-        why = _triton_guard(x, weight) if requested == "triton" else _cuda_guard(x, weight, groups)
+        why = _triton_guard(x, weight) if requested == "triton" else _cuda_guard(x, weight, groups, scale)
         if why is not None:
             raise BackendUnavailableError(f"fused_resnet backend {requested!r} was requested but cannot run: {why}")
         return Choice(requested, _precision_note(requested, x))
     # auto: GPU kernels only for GPU tensors; the interpreter is never picked automatically.
     if x.device.type != "cuda":
         return Choice("eager", f"eager: {x.device.type.upper()} tensor")
-    why_cuda = _cuda_guard(x, weight, groups)
+    why_cuda = _cuda_guard(x, weight, groups, scale)
     why_triton = _triton_guard(x, weight)
     if why_cuda is None and why_triton is None:
+        prefer = os.environ.get("FUSED_RESNET_PREFER", "")
+        if prefer in ("cuda", "triton"):
+            return Choice(prefer, f"{prefer}: FUSED_RESNET_PREFER")
         from . import tuning
 
-        best = tuning.preferred_backend(x, weight, groups)
+        best = tuning.preferred_backend(x, weight, groups, stride)
         if best is not None:
             return Choice(best, f"{best}: faster in the tuned table")
         return Choice("triton", "triton: default (no measurement for this shape)")
@@ -168,12 +177,23 @@ def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: s
     return Choice("eager", f"eager: {why_triton}")
 
 
+def _elementwise_cuda_guard(x: torch.Tensor) -> Optional[str]:
+    if x.device.type != "cuda":
+        return f"{x.device.type.upper()} tensor"
+    ok, why = _cuda_ext_status()
+    if not ok:
+        return why
+    if x.dim() != 4:
+        return "the CUDA elementwise kernels take 4D (NHWC) tensors"
+    return None
+
+
 def select_elementwise(x: torch.Tensor, requested: str) -> Choice:
     """Pick the backend for add_relu."""
     if requested == "eager":
         return Choice("eager", "eager: requested")
     if requested in ("triton", "cuda"):
-        why = _triton_guard(x, x) if requested == "triton" else _cuda_guard(x, x.new_empty(8, 1, 1, 1), 1)
+        why = _triton_guard(x, x) if requested == "triton" else _elementwise_cuda_guard(x)
         if why is not None:
             raise BackendUnavailableError(f"fused_resnet backend {requested!r} was requested but cannot run: {why}")
         return Choice(requested, requested)

@@ -176,8 +176,12 @@ def build_provider(name: str, tv_model: torch.nn.Module, example: torch.Tensor) 
             fn(cl)
         x = cl
     elif name.startswith("fused_"):
-        backend = {"fused_resnet": "auto"}.get(name, name[len("fused_"):])
+        # fused_cuda: auto preferring the CUTLASS kernels (convs they cannot run, e.g. the 3-channel
+        # stem or grouped convs, go to triton), so a whole model can run it.
+        backend = {"fused_resnet": "auto", "fused_cuda": "auto"}.get(name, name[len("fused_"):])
         fn, x = _fused(tv_model, backend), example
+        if name == "fused_cuda":
+            fn = _with_env(fn, "FUSED_RESNET_PREFER", "cuda")
         with torch.no_grad():
             fn(x)
     else:
@@ -187,6 +191,20 @@ def build_provider(name: str, tv_model: torch.nn.Module, example: torch.Tensor) 
     return fn, x, time.perf_counter() - t0
 
 
+def _with_env(fn, key, value):
+    def call(*args):
+        old = os.environ.get(key)
+        os.environ[key] = value
+        try:
+            return fn(*args)
+        finally:
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+    return call
+
+
 def provider_available(name: str, device: str) -> Optional[str]:
     """None if the provider can run on this device, else why not."""
     from . import _selector
@@ -194,7 +212,7 @@ def provider_available(name: str, device: str) -> Optional[str]:
     status = _selector.backend_status()
     if name == "fused_triton" and not (status["triton"][0] and device.startswith("cuda")):
         return "triton backend needs a CUDA GPU"
-    if name == "fused_cuda" and not status["cuda"][0]:
+    if name == "fused_cuda" and not (device.startswith("cuda") and status["cuda"][0]):
         return status["cuda"][1]
     if name == "compile_max" and not device.startswith("cuda"):
         return "max-autotune is GPU-only here (CPU compile would take many minutes)"
@@ -335,11 +353,20 @@ def run_op_bench(model: str, batch: int, dtype: str, device: str, providers, *, 
             return F.relu(y) if s.relu else y
 
         table = {"conv_alone": lambda: F.conv2d(x, w, None, *conv_args), "conv_bn_relu": conv_bn_relu}
+        from ._selector import BackendUnavailableError
+
         for p in providers:
             if p.startswith("fused_") and provider_available(p, device) is None:
-                table[p] = (lambda be=p[len("fused_"):]: fused_conv2d(
+                fn = (lambda be=p[len("fused_"):]: fused_conv2d(
                     x, w, bias, stride=s.stride, padding=s.padding, dilation=s.dilation, groups=s.groups,
                     residual=res, relu=s.relu, backend=be))
+                try:
+                    with torch.inference_mode():
+                        fn()
+                except BackendUnavailableError as e:  # e.g. the CUTLASS kernels on the 3-channel stem
+                    print(f"    {p}: skipped ({str(e).split(': ')[-1]})", flush=True)
+                    continue
+                table[p] = fn
         names = [p for p in providers if p in table]
         with torch.inference_mode():
             ts = time_interleaved([table[p] for p in names], torch.device(device), warmup=3, runs=runs)
@@ -347,7 +374,8 @@ def run_op_bench(model: str, batch: int, dtype: str, device: str, providers, *, 
         elem = torch.finfo(dt).bits // 8
         for p, t in zip(names, ts):
             tflops = s.flops / t.median_s / 1e12
-            rows.append(Row(p, model, "op", f"{s.name}:{s.k}x{s.k}/{s.stride} {s.cin}->{s.cout} {s.h}x{s.w}",
+            rows.append(Row(p, model, "op", f"{s.name}:{s.k}x{s.k}/{s.stride} {s.cin}->{s.cout} {s.h}x{s.w}"
+                            + (f" g{s.groups}" if s.groups != 1 else ""),
                             batch, dtype, "channels_last", False, t.median_s * 1e3, t.spread_s * 1e3, t.runs,
                             s.n / t.median_s, base / t.median_s, names[0], 0.0, s.flops / 1e9, tflops,
                             s.bytes(elem, True) / t.median_s / 1e9, 0.0, 0.0, env))

@@ -1,6 +1,7 @@
-"""GPU correctness (skipped without a CUDA GPU): every builder converted, every dtype and memory
-format, batch 1 and 64, against torchvision on the same card and a float64 reference (on the GPU).
-Run by benchmarks/gpu_suite.sh."""
+"""GPU correctness (skipped without a CUDA GPU): every conv class per backend, the elementwise kernels,
+CUDA graphs, then every builder converted in every dtype and memory format at batch 1 and 64, against
+torchvision on the same card and a float64 reference (computed on the GPU). Run by
+benchmarks/gpu_suite.sh."""
 import copy
 
 import pytest
@@ -26,34 +27,10 @@ def _model(name):
     return _models[name]
 
 
-# batch 1 at full resolution; batch 64 at 96x96 (every layer still runs, at a fraction of the time).
-# One float64 reference per (model, batch); every dtype and memory format is checked against it.
-@pytest.mark.parametrize("batch, size", [(1, 224), (64, 96)], ids=["b1", "b64"])
-@pytest.mark.parametrize("name", fused_resnet.models.NAMES)
-def test_builder_on_gpu(name, batch, size):
-    tv = _model(name)
-    x = torch.randn(batch, 3, size, size, device="cuda")
-    with torch.no_grad():
-        ref = copy.deepcopy(tv).double()(x.double())
-    failures = []
-    for dtype, dt in DTYPES.items():
-        tv_dt = copy.deepcopy(tv).to(dt)
-        fused = fused_resnet.convert(copy.deepcopy(tv_dt))
-        for fmt in ("nchw", "channels_last"):
-            xf = x.to(dt).contiguous(memory_format=CL if fmt == "channels_last" else torch.contiguous_format)
-            with torch.no_grad():
-                cmp = compare(fused(xf), tv_dt(xf), ref)
-            print(f"{name} b{batch} {dtype} {fmt}: {cmp}")
-            if not cmp.ok:
-                failures.append(f"{dtype} {fmt}: {cmp}")
-        del tv_dt, fused
-    assert not failures, f"{name} b{batch}: " + "; ".join(failures)
-
-
-def test_auto_uses_triton_on_cuda():
+def test_auto_uses_gpu_kernels_on_cuda():
     m = fused_resnet.convert(copy.deepcopy(_model("resnet50")).half())
     rows = fused_resnet.explain(m, torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.float16)).rows
-    assert len(rows) == 53 and all(r.backend == "triton" for r in rows), {r.reason for r in rows}
+    assert len(rows) == 53 and all(r.backend in ("triton", "cuda") for r in rows), {r.reason for r in rows}
 
 
 CASES = [  # real ResNet-50 / ResNeXt / segmentation conv shapes at batch 8
@@ -111,6 +88,93 @@ def test_cuda_graph_capture():
             out = m(x)
         g.replay()
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+# --- the CUDA (CUTLASS) backend -------------------------------------------------------------------
+
+def _need_cuda_backend():
+    ok, why = fused_resnet._selector.backend_status()["cuda"]
+    if not ok:
+        pytest.fail(f"CUDA extension unavailable on a GPU machine: {why}")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[9] == 1 and c[1] % 8 == 0 and c[4] % 8 == 0],
+                         ids=lambda c: f"{c[1]}-{c[4]}-k{c[5]}s{c[6]}d{c[8]}")
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_cuda_backend_conv_classes(case, dtype, residual):
+    _need_cuda_backend()
+    n, cin, h, w, cout, k, s, p, d, g = case
+    dt = DTYPES[dtype]
+    x = torch.randn(n, cin, h, w, device="cuda").contiguous(memory_format=CL)
+    wt = torch.randn(cout, cin, k, k, device="cuda") / (cin * k * k) ** 0.5
+    b = torch.randn(cout, device="cuda")
+    oh, ow = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    res = torch.randn(n, cout, oh, ow, device="cuda").contiguous(memory_format=CL) if residual else None
+    kw = dict(stride=s, padding=p, dilation=d)
+    ref = fused_conv2d_ref(x, wt, b, residual=res, upcast=True, **kw)
+    rd = res.to(dt) if res is not None else None
+    with torch.no_grad():
+        out = fused_conv2d(x.to(dt), wt.to(dt), b, residual=rd, backend="cuda", **kw)
+        eager = fused_conv2d_ref(x.to(dt), wt.to(dt), b, residual=rd, **kw)
+    cmp = compare(out, eager, ref)
+    assert cmp.ok, str(cmp)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_cuda_backend_resnet50(dtype, monkeypatch):
+    _need_cuda_backend()
+    monkeypatch.setenv("FUSED_RESNET_PREFER", "cuda")
+    dt = DTYPES[dtype]
+    tv = copy.deepcopy(_model("resnet50")).to(dt)
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    x = torch.randn(8, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        ref = copy.deepcopy(_model("resnet50")).double()(x.double())
+        cmp = compare(fused(x.to(dt)), tv(x.to(dt)), ref)
+    assert cmp.ok, str(cmp)
+    rows = fused_resnet.explain(fused, x.to(dt)).rows
+    assert sum(r.backend == "cuda" for r in rows) == 52 and rows[0].backend == "triton"  # stem: 3 channels
+
+
+def test_cuda_elementwise():
+    _need_cuda_backend()
+    for dt in DTYPES.values():
+        x = torch.randn(7, 64, 13, 13, device="cuda", dtype=dt).contiguous(memory_format=CL)
+        y = torch.randn_like(x)
+        torch.testing.assert_close(add_relu(x, y, backend="cuda"), torch.relu(x + y), rtol=0, atol=0)
+        b = torch.randn(64, device="cuda")
+        got = torch.ops.fused_resnet._bias_residual_act_cuda(x, b, y, True)
+        want = torch.relu(x.float() + b.view(1, -1, 1, 1) + y.float()).to(dt)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        odd = torch.randn(3, 5, 7, 9, device="cuda", dtype=dt).contiguous(memory_format=CL)  # scalar path
+        torch.testing.assert_close(add_relu(odd, odd, backend="cuda"), torch.relu(odd + odd), rtol=0, atol=0)
+
+
+# --- whole models (slowest last: a time-limited run still reports the kernel tests) ----------------
+
+# batch 1 at full resolution; batch 64 at 96x96 (every layer still runs, at a fraction of the time).
+# One float64 reference per (model, batch); every dtype and memory format is checked against it.
+@pytest.mark.parametrize("batch, size", [(1, 224), (64, 96)], ids=["b1", "b64"])
+@pytest.mark.parametrize("name", fused_resnet.models.NAMES)
+def test_builder_on_gpu(name, batch, size):
+    tv = _model(name)
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    with torch.no_grad():
+        ref = copy.deepcopy(tv).double()(x.double())
+    failures = []
+    for dtype, dt in DTYPES.items():
+        tv_dt = copy.deepcopy(tv).to(dt)
+        fused = fused_resnet.convert(copy.deepcopy(tv_dt))
+        for fmt in ("nchw", "channels_last"):
+            xf = x.to(dt).contiguous(memory_format=CL if fmt == "channels_last" else torch.contiguous_format)
+            with torch.no_grad():
+                cmp = compare(fused(xf), tv_dt(xf), ref)
+            print(f"{name} b{batch} {dtype} {fmt}: {cmp}")
+            if not cmp.ok:
+                failures.append(f"{dtype} {fmt}: {cmp}")
+        del tv_dt, fused
+    assert not failures, f"{name} b{batch}: " + "; ".join(failures)
 
 
 def test_torch_compile_on_gpu():

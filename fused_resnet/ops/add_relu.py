@@ -24,6 +24,13 @@ def _run(x, identity, backend):
         from ..triton.add_relu import add_relu_triton
 
         return add_relu_triton(x, identity)
+    if choice.backend == "cuda":
+        from .. import _ext  # noqa: F401  (defines the op schema)
+
+        cl = torch.channels_last
+        out = torch.ops.fused_resnet._add_relu_cuda(x.contiguous(memory_format=cl), identity.contiguous(memory_format=cl))
+        return out.contiguous(memory_format=cl if x.is_contiguous(memory_format=cl) and not x.is_contiguous()
+                              else torch.contiguous_format)
     return add_relu_ref(x, identity)
 
 

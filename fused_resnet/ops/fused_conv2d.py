@@ -124,7 +124,7 @@ def _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups, re
 
 def _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend, into_residual=False):
     """Compute the fused conv; with into_residual=True the result is written into ``residual``."""
-    choice = _selector.select_conv(x, weight, groups, backend)
+    choice = _selector.select_conv(x, weight, groups, backend, scale, stride[0])
     _trace.record(x, weight, stride, padding, dilation, groups, choice)
     args = (x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
     if choice.backend == "triton":

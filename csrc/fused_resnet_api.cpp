@@ -1,0 +1,117 @@
+// Torch bindings of the CUDA kernels: input checks with clear messages, launch on the current
+// stream, launch check. The op schemas are defined in Python (fused_resnet/_ext.py, with their fake
+// implementations); this file only registers the CUDA implementations.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "fused_conv2d.h"
+
+namespace fused_resnet {
+namespace {
+
+int dtype_code(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf: return 0;
+    case at::kBFloat16: return 1;
+    case at::kFloat: return 2;
+    default: return -1;
+  }
+}
+
+void check_nhwc(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda(), "fused_resnet: ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.dim() == 4, "fused_resnet: ", name, " must be 4D, got ", t.dim(), "D");
+  TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "fused_resnet: ", name, " must be channels_last contiguous (NHWC)");
+}
+
+// x: [N, C, H, W] channels_last; w: [K, C, R, S] channels_last (= KRSC in memory); bias fp32 [K].
+at::Tensor conv2d_cutlass(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                          const c10::optional<at::Tensor>& residual, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, bool relu, int64_t tile) {
+  check_nhwc(x, "input");
+  check_nhwc(w, "weight");
+  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+              "fused_resnet CUTLASS conv: fp16/bf16 only, got ", x.scalar_type());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "fused_resnet CUTLASS conv: weight dtype ", w.scalar_type(),
+              " != input dtype ", x.scalar_type());
+  TORCH_CHECK(bias.is_cuda() && bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == w.size(0),
+              "fused_resnet CUTLASS conv: bias must be a contiguous fp32 CUDA tensor of ", w.size(0), " elements");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3);
+  const int64_t k = w.size(0), r = w.size(2), s = w.size(3);
+  TORCH_CHECK(w.size(1) == c, "fused_resnet CUTLASS conv: grouped convs are not supported (weight has ", w.size(1),
+              " input channels, input has ", c, ")");
+  TORCH_CHECK(c % 8 == 0 && k % 8 == 0, "fused_resnet CUTLASS conv: channels must be multiples of 8 (alignment), got ",
+              c, " -> ", k);
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "stride/padding/dilation: 2 ints");
+  const int64_t p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) / stride[0] + 1;
+  const int64_t q = (wd + 2 * padding[1] - dilation[1] * (s - 1) - 1) / stride[1] + 1;
+  TORCH_CHECK(n * std::max(h * wd * c, p * q * k) < (int64_t(1) << 31), "fused_resnet CUTLASS conv: tensor too large");
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty({n, k, p, q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const void* res_ptr = nullptr;
+  if (residual.has_value()) {
+    check_nhwc(*residual, "residual");
+    TORCH_CHECK(residual->sizes() == out.sizes() && residual->scalar_type() == x.scalar_type(),
+                "fused_resnet CUTLASS conv: residual must match the output's shape and dtype");
+    res_ptr = residual->data_ptr();
+  }
+  if (out.numel() == 0) return out;
+  ConvParams prm{x.data_ptr(), w.data_ptr(), bias.data_ptr<float>(), res_ptr, out.data_ptr(),
+                 (int)n, (int)h, (int)wd, (int)c, (int)k, (int)r, (int)s, (int)p, (int)q,
+                 (int)padding[0], (int)padding[1], (int)stride[0], (int)stride[1], (int)dilation[0], (int)dilation[1],
+                 relu};
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  int st = x.scalar_type() == at::kHalf ? conv2d_cutlass_f16(prm, (int)tile, stream)
+                                        : conv2d_cutlass_bf16(prm, (int)tile, stream);
+  TORCH_CHECK(st == 0, "fused_resnet CUTLASS conv failed: ", cutlass_status_string(st));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+at::Tensor bias_residual_act_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
+                                  const c10::optional<at::Tensor>& residual, bool relu) {
+  check_nhwc(x, "input");
+  int code = dtype_code(x);
+  TORCH_CHECK(code >= 0, "fused_resnet: fp16/bf16/fp32 only, got ", x.scalar_type());
+  const float* bias_ptr = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->is_cuda() && bias->scalar_type() == at::kFloat && bias->is_contiguous() &&
+                    bias->numel() == x.size(1),
+                "fused_resnet: bias must be a contiguous fp32 CUDA tensor with one value per channel");
+    bias_ptr = bias->data_ptr<float>();
+  }
+  const void* res_ptr = nullptr;
+  if (residual.has_value()) {
+    check_nhwc(*residual, "residual");
+    TORCH_CHECK(residual->sizes() == x.sizes() && residual->scalar_type() == x.scalar_type(),
+                "fused_resnet: residual must match the input's shape and dtype");
+    res_ptr = residual->data_ptr();
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty_like(x);
+  int st = bias_residual_act(x.data_ptr(), bias_ptr, res_ptr, out.data_ptr(), x.numel(), (int)x.size(1), relu, code,
+                             c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(st == 0, "fused_resnet elementwise kernel failed: ", cudaGetErrorString((cudaError_t)st));
+  return out;
+}
+
+at::Tensor add_relu_cuda(const at::Tensor& x, const at::Tensor& y) {
+  return bias_residual_act_cuda(x, c10::nullopt, y, true);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_resnet, CUDA, m) {
+  m.impl("_conv2d_cutlass", &conv2d_cutlass);
+  m.impl("_bias_residual_act_cuda", &bias_residual_act_cuda);
+  m.impl("_add_relu_cuda", &add_relu_cuda);
+}
+
+}  // namespace fused_resnet
