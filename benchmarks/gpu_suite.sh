@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU suite: ONE command for a GPU machine with no network (see benchmarks/README.md).
 #
-#   bash benchmarks/gpu_suite.sh OUT_DIR [--tune] [--skip-tests]
+#   bash benchmarks/gpu_suite.sh OUT_DIR [--tune] [--skip-tests] [--tests PYTEST_K_EXPR]
 #
 # Installs nothing from the network: the project runs from this working tree (PYTHONPATH), wheels
 # for anything missing may sit in .whl/ beside it. Phases, each guarded by the time left of
@@ -13,11 +13,17 @@
 # results.json, results.csv, results.png, backend_<gpu>.json (faster backend per conv shape), and
 # with --tune triton_<gpu>.json. Safe to rerun.
 set -u
-OUT_DIR=${1:?usage: gpu_suite.sh OUT_DIR [--tune] [--skip-tests]}
+OUT_DIR=${1:?usage: gpu_suite.sh OUT_DIR [--tune] [--skip-tests] [--tests PYTEST_K_EXPR]}
 shift
-TUNE=0; TESTS=1
-for a in "$@"; do
-  case "$a" in --tune) TUNE=1 ;; --skip-tests) TESTS=0 ;; *) echo "unknown option $a"; exit 2 ;; esac
+TUNE=0; TESTS=1; TEST_K=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tune) TUNE=1 ;;
+    --skip-tests) TESTS=0 ;;
+    --tests) TEST_K=$2; shift ;;
+    *) echo "unknown option $1"; exit 2 ;;
+  esac
+  shift
 done
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
@@ -58,6 +64,7 @@ fi
 if [ "$TESTS" = 1 ]; then
   say "GPU tests (pytest -m gpu), $(left) s left"
   timeout $(( $(left) * 45 / 100 )) python3 -m pytest -v -s --tb=short -m gpu tests -p no:cacheprovider -rf \
+    ${TEST_K:+-k "$TEST_K"} \
     > "$OUT_DIR/gpu_tests.log" 2>&1
   say "GPU tests exit $? : $(tail -n 1 "$OUT_DIR/gpu_tests.log")"
 fi

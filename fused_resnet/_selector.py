@@ -5,8 +5,9 @@ Given the op's tensors and the requested backend, ``select`` returns a ``Choice`
 layout, alignment, groups, size) lives here and nowhere else, so explain() can report the same
 reason the dispatch used.
 
-With "auto", a conv both GPU backends can run goes to the one the committed per-GPU table
-(fused_resnet/tuning.py) measured faster, or to FUSED_RESNET_PREFER ("cuda"/"triton") when set.
+With "auto", a conv both GPU backends can run goes to FUSED_RESNET_PREFER ("cuda"/"triton") when
+set, else to the one the committed per-GPU table (fused_resnet/tuning.py) measured faster, else to
+cuda (faster on every shape measured so far); convs only one can run go to that one.
 
 The requested backend comes from, in order: the op's ``backend=`` argument, the innermost
 ``use_backend(...)`` context, the ``FUSED_RESNET_BACKEND`` environment variable, else "auto".
@@ -47,6 +48,13 @@ def requested_backend(arg: Optional[str] = None) -> str:
     """Resolve the requested backend name (argument > use_backend > env var > "auto")."""
     if arg is not None:
         return _check_name(arg)
+    return _ambient_backend()
+
+
+# torch.compile cannot trace ContextVar.get (torch 2.11); the choice is read once at trace time and
+# baked into the compiled graph (compile inside the use_backend() block you mean to use).
+@torch.compiler.assume_constant_result
+def _ambient_backend() -> str:
     ctx = _REQUESTED.get()
     if ctx is not None:
         return ctx
@@ -168,8 +176,10 @@ def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: s
 
         best = tuning.preferred_backend(x, weight, groups, stride)
         if best is not None:
-            return Choice(best, f"{best}: faster in the tuned table")
-        return Choice("triton", "triton: default (no measurement for this shape)")
+            return Choice(best, f"{best}: faster for this shape in the tuned table")
+        # Untabled shapes: CUTLASS beat the Triton conv on all 46 ResNet-50 fp16 shapes measured on
+        # an H200 (batch 32 and 256, benchmarks/results/h200-run2).
+        return Choice("cuda", "cuda: cutlass (default where both run; faster on every measured shape)")
     if why_triton is None:
         return Choice("triton", _precision_note("triton", x))
     if why_cuda is None:

@@ -21,22 +21,26 @@ class Timing:
     runs: int
 
 
-def _once(fn: Callable[[], object], device: torch.device) -> float:
+def _once(fn: Callable[[], object], device: torch.device, inner: int = 1) -> float:
+    """Seconds per call of fn, over ``inner`` back-to-back calls."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        fn()
+        for _ in range(inner):
+            fn()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return start.elapsed_time(end) / 1e3 / inner
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - t0) / inner
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, *, warmup: int = 2,
-                     runs: int = 10, min_time_s: float = 0.0) -> list[Timing]:
-    """Median time of each fn, measured round-robin: fn0, fn1, ..., fn0, fn1, ..."""
+                     runs: int = 10, min_time_s: float = 0.0, inner: int = 1) -> list[Timing]:
+    """Median time per call of each fn, measured round-robin: fn0, fn1, ..., fn0, fn1, ...
+    Each sample times ``inner`` back-to-back calls (1: the latency of one synchronous call)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -46,7 +50,7 @@ def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, 
     t_start = time.perf_counter()
     while len(samples[0]) < runs or time.perf_counter() - t_start < min_time_s:
         for i, fn in enumerate(fns):
-            samples[i].append(_once(fn, device))
+            samples[i].append(_once(fn, device, inner))
     out = []
     for s in samples:
         q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
