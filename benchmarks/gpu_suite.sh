@@ -81,8 +81,8 @@ if [ "$TUNE" = 1 ]; then
 fi
 
 if [ "$(left)" -gt 120 ]; then
-  say "op benchmark: resnet50 conv shapes, fp16, batch 32 and 256"
-  timeout $(( $(left) - 90 )) python3 -m fused_resnet bench --level op --model resnet50 --batch 32,256 --dtype fp16 \
+  say "op benchmark: resnet50 conv shapes, fp16, batch 1, 32 and 256"
+  timeout $(( $(left) - 90 )) python3 -m fused_resnet bench --level op --model resnet50 --batch 1,32,256 --dtype fp16 \
     --providers conv_alone,conv_bn_relu,fused_triton,fused_cuda --runs 20 --out "$RAW/op" > "$RAW/op.log" 2>&1
   say "op benchmark exit $?"; grep -E "^(provider|-{5}|conv|fused)" "$RAW/op.log" >> "$OUT_DIR/suite.log"
   python3 benchmarks/backend_table.py "$RAW/op.json" --out "$OUT_DIR" >> "$OUT_DIR/suite.log" 2>&1
@@ -100,9 +100,9 @@ bench() {  # bench NAME MIN_LEFT_S ARGS...
     [ "$rc" = 0 ] || tail -n 15 "$RAW/$name.log" >> "$OUT_DIR/suite.log"
   fi
 }
-bench model_b256 60 --batch 256 --runs 20 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda
-bench model_b1 40 --batch 1 --runs 50 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda
-bench graphs_b1 40 --batch 1 --runs 50 --cuda-graphs --providers torchvision,torchvision_cl,fused_triton,fused_cuda
+bench model_b256 60 --batch 256 --runs 20 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet
+bench model_b1 40 --batch 1 --runs 50 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet
+bench graphs_b1 40 --batch 1 --runs 50 --cuda-graphs --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet
 bench compile_b256 150 --batch 256 --runs 20 --providers torchvision_cl,compile,fused_triton
 
 python3 benchmarks/merge_results.py "$OUT_DIR/results" "$RAW"/*.json >> "$OUT_DIR/suite.log" 2>&1
