@@ -44,7 +44,9 @@ export PYTHONDONTWRITEBYTECODE=1
 say "info"
 python3 -m fused_resnet info 2>&1 | tee -a "$OUT_DIR/suite.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv 2>&1 | tee -a "$OUT_DIR/suite.log"
-echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown) $(git status --porcelain 2>/dev/null | head -c 300)" | tee -a "$OUT_DIR/suite.log"
+# A copy of the tree without git history cannot name its commit: pass FUSED_RESNET_GIT_SHA=<sha>.
+export FUSED_RESNET_GIT_SHA=${FUSED_RESNET_GIT_SHA:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+echo "git: $FUSED_RESNET_GIT_SHA" | tee -a "$OUT_DIR/suite.log"
 
 say "CUDA extension: JIT build (nvcc, CUTLASS headers from the carried nvidia-cutlass wheel)"
 python3 -c "import fused_resnet._ext as e; print('built', e.build(verbose=True))" > "$RAW/ext_build.log" 2>&1

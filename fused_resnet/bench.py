@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from ._packing import mark_stable
 from .blocks import convert
 from .testing import randomize_bn
 from .timing import time_interleaved
@@ -36,11 +37,12 @@ OP_PROVIDERS = ("conv_alone", "conv_bn_relu", "fused_eager", "fused_triton", "fu
 # --- environment -------------------------------------------------------------------------------------
 
 def environment(device: str) -> dict:
+    sha = os.environ.get("FUSED_RESNET_GIT_SHA", "")  # for copies of the tree without git history
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip() or sha
     except (OSError, subprocess.SubprocessError):
-        sha = ""
+        pass
     try:
         import triton
 
@@ -291,7 +293,9 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         if cuda_graphs and device.startswith("cuda"):
             try:
                 call = _graphed(fn, xs[0].clone())
-            except Exception as e:  # report, keep the other providers
+                call()
+                torch.cuda.synchronize()  # surface an asynchronous fault here, naming the provider
+            except Exception as e:  # report, keep the other providers (a device fault ends them all)
                 print(f"  {name}: CUDA graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
                       flush=True)
                 continue
@@ -347,6 +351,9 @@ def run_op_bench(model: str, batch: int, dtype: str, device: str, providers, *, 
                   flush=True)
         x = torch.randn(s.n, s.cin, s.h, s.w, device=device, dtype=dt).contiguous(memory_format=cl)
         w = (torch.randn(s.cout, s.cin // s.groups, s.k, s.k, device=device, dtype=dt) * 0.05).contiguous(memory_format=cl)
+        # As in a converted model: the weight's packed layouts are cached, not rebuilt per call.
+        # (Runs before this fix, h200-run2/run3, repacked the weight on every fused call.)
+        mark_stable(w)
         bias = torch.randn(s.cout, device=device)
         res = torch.randn(s.n, s.cout, s.oh, s.ow, device=device, dtype=dt).contiguous(memory_format=cl) if s.residual else None
         bn = torch.nn.BatchNorm2d(s.cout).to(device=device, dtype=dt).eval()
@@ -445,6 +452,8 @@ def plot(rows: list[Row], path: str) -> Optional[str]:
     ax.legend(fontsize=8)
     if op_rows:
         ax = axes[0][1]
+        big = max(r.batch for r in op_rows)  # one batch per chart: the largest
+        op_rows = [r for r in op_rows if r.batch == big]
         shapes = list(dict.fromkeys(r.shape for r in op_rows))
         provs = list(dict.fromkeys(r.provider for r in op_rows))
         width = 0.8 / len(provs)
@@ -454,7 +463,7 @@ def plot(rows: list[Row], path: str) -> Optional[str]:
         ax.set_xticks([i + 0.4 for i in range(len(shapes))])
         ax.set_xticklabels([s.split(":")[0] for s in shapes], rotation=70, fontsize=6)
         ax.set_ylabel("ms")
-        ax.set_title("per conv shape")
+        ax.set_title(f"per conv shape, batch {big}")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -500,14 +509,16 @@ def main(args) -> int:
         for dtype in dtypes:
             for batch in batches:
                 if "model" in levels:
-                    provs = (args.providers.split(",") if args.providers else
+                    provs = ([p for p in args.providers.split(",") if p in MODEL_PROVIDERS] if args.providers else
                              [p for p in MODEL_PROVIDERS if p != "compile_max" or gpu])
                     print(f"[model] {model} batch {batch} {dtype} graphs={args.cuda_graphs}", flush=True)
                     rows += run_model_bench(model, batch, dtype, device, provs, runs=runs,
                                             image_size=args.image_size, cuda_graphs=args.cuda_graphs,
                                             peaks=peaks, env=env)
                 if "op" in levels:
-                    provs = args.providers.split(",") if args.providers else list(OP_PROVIDERS)
+                    # the baselines always run: the ratios are relative to cuDNN/oneDNN's conv alone
+                    asked = args.providers.split(",") if args.providers else list(OP_PROVIDERS)
+                    provs = ["conv_alone", "conv_bn_relu"] + [p for p in asked if p.startswith("fused_")]
                     print(f"[op] {model} batch {batch} {dtype}", flush=True)
                     rows += run_op_bench(model, batch, dtype, device, provs, runs=runs,
                                          image_size=args.image_size, env=env)

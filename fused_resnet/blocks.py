@@ -85,7 +85,7 @@ class _FusedMixin:
             return "eager: training mode"
         if type(self.relu) is not nn.ReLU:
             return f"eager: activation {type(self.relu).__name__} is not ReLU"
-        for conv, bn in self._structure_pairs():
+        for conv, bn in self._fold_pairs():
             why = _foldable(conv, bn)
             if why:
                 return f"eager: {why}"
@@ -93,9 +93,6 @@ class _FusedMixin:
                 return "eager: a BatchNorm inside is in training mode"
         why = _input_problem(x, self.conv1)
         return f"eager: {why} (torchvision's forward)" if why else None
-
-    def _structure_pairs(self) -> list:
-        return self._fold_pairs()
 
     def train(self, mode: bool = True):
         self.__dict__.pop("_fold_cache", None)  # belt and braces: mode switches always refold

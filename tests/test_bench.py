@@ -1,0 +1,45 @@
+"""The benchmark tooling on CPU: bench CLI outputs, roofline counts, the pytest-benchmark files."""
+import json
+import os
+import subprocess
+import sys
+
+from fused_resnet.bench import conv_shapes, roofline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_roofline_resnet50_counts():
+    shapes = conv_shapes("resnet50", 1)
+    assert len(shapes) == 53
+    r = roofline("resnet50", 1, 2)
+    assert abs(r["gflop"] - 8.17) < 0.05  # 4.09 G multiply-adds per 224x224 image (convs only)
+    assert 50 < r["mb_act_fused"] < 60 and 150 < r["mb_act_unfused"] < 165  # DESIGN: ~57 / ~162 MB
+
+
+def test_bench_cli_writes_json_csv_png(tmp_path):
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "fused_resnet", "bench", "--device", "cpu", "--model", "resnet18", "--batch", "1",
+           "--image-size", "32", "--runs", "2", "--providers", "torchvision,fused_eager", "--level", "model,op",
+           "--out", str(out), "--plot", str(tmp_path / "r.png")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "vs torchvision" in r.stdout
+    rows = json.loads((tmp_path / "r.json").read_text())
+    providers = {(x["level"], x["provider"]) for x in rows}
+    assert ("model", "fused_eager") in providers and ("op", "conv_alone") in providers
+    for key in ("device", "torch", "git_sha", "date", "median_ms", "spread_ms", "ratio_vs_baseline"):
+        assert key in rows[0]
+    assert (tmp_path / "r.csv").exists() and (tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_pytest_benchmark_files_run(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "benchmarks", "--benchmark-disable", "-p",
+                        "no:cacheprovider", "-k", "layer1 or r18 or torchvision"],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+def test_readme_table_is_rendered_from_results():
+    r = subprocess.run([sys.executable, "benchmarks/render_table.py", "--check"], cwd=ROOT, timeout=60)
+    assert r.returncode == 0, "README.md performance table is stale: run python benchmarks/render_table.py"
