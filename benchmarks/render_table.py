@@ -6,7 +6,6 @@ so the README never shows a number that no file backs.
 """
 import argparse
 import collections
-import glob
 import json
 import os
 import statistics

@@ -144,7 +144,6 @@ def measure_peaks(device: str) -> dict:
     (t_copy,) = time_interleaved([lambda: b.copy_(a)], torch.device(device), warmup=3, runs=20)
     m = torch.randn(8192, 8192, device=device, dtype=torch.float16)
     (t_mm,) = time_interleaved([lambda: m @ m], torch.device(device), warmup=3, runs=20)
-    del a, b, m
     return {"peak_gbps": 2 * n * 2 / t_copy.median_s / 1e9, "peak_tflops": 2 * 8192 ** 3 / t_mm.median_s / 1e12}
 
 

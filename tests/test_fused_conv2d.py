@@ -3,8 +3,6 @@
 The Triton kernel's own numerics are in tests/test_fused_conv2d_triton.py (interpreter) and its
 GPU-only compile checks in tests/test_triton_aot.py.
 """
-import os
-
 import pytest
 import torch
 
