@@ -1,14 +1,11 @@
 """Block level: torchvision Bottleneck / BasicBlock (eval) vs the fused block, per backend."""
-import copy
-
 import pytest
 import torch
 import torchvision.models.resnet as tvr
 
-import fused_resnet
 from fused_resnet.testing import randomize_bn
 
-from conftest import DEVICE, DTYPE, GPU, fused_backends, timed
+from conftest import DEVICE, DTYPE, GPU, fused_backends, provider_model, timed
 
 BATCH = 32 if GPU else 2
 # (name, block, inplanes, planes, stride, downsample, spatial): ResNet-50 layer1.0 / layer3.1, ResNet-18 layer2.0
@@ -30,12 +27,6 @@ def test_block(benchmark, cfg, provider):
     name, block, inplanes, planes, stride, ds, hw = cfg
     tv = _block(block, inplanes, planes, stride, ds)
     x = torch.randn(BATCH, inplanes, hw, hw, device=DEVICE, dtype=DTYPE)
-    if provider == "torchvision":
-        m = tv
-    elif provider == "torchvision_cl":
-        m, x = copy.deepcopy(tv).to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    else:
-        m = fused_resnet.convert(copy.deepcopy(tv), backend=provider[len("fused_"):])
-        torch.testing.assert_close(m(x), tv(x), rtol=3e-2, atol=3e-2)  # sanity, not the numerics test
+    m, x = provider_model(provider, tv, x, rtol=3e-2)
     benchmark.extra_info.update(block=name, batch=BATCH)
     benchmark(timed(lambda: m(x)))

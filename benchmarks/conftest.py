@@ -35,6 +35,22 @@ def fused_backends():
     return [b for b in available_backends() if GPU or b == "eager"]
 
 
+def provider_model(provider, tv, x, rtol=3e-2):
+    """(model, input) for a block/model-level provider: torchvision as is, torchvision in
+    channels_last, or a converted copy on one backend (sanity-checked against torchvision first)."""
+    import copy
+
+    import fused_resnet
+
+    if provider == "torchvision":
+        return tv, x
+    if provider == "torchvision_cl":
+        return copy.deepcopy(tv).to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    m = fused_resnet.convert(copy.deepcopy(tv), backend=provider[len("fused_"):])
+    torch.testing.assert_close(m(x), tv(x), rtol=rtol, atol=rtol)  # sanity, not the numerics test
+    return m, x
+
+
 @pytest.fixture(autouse=True)
 def _inference():
     with torch.inference_mode():

@@ -41,14 +41,8 @@ CASES = [  # real ResNet-50 / ResNeXt / segmentation conv shapes at batch 8
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}-{c[4]}-k{c[5]}s{c[6]}d{c[8]}g{c[9]}")
-@pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("residual", [False, True])
-def test_conv_classes_on_gpu(case, dtype, residual, monkeypatch):
-    from fused_resnet.triton import fused_conv2d as mod
-
-    real = mod._new_output
-    monkeypatch.setattr(mod, "_new_output", lambda shape, like: real(shape, like).fill_(float("nan")))
+def _check_conv_case(case, dtype, residual, backend):
+    """One conv on ``backend`` against the float64 reference, DESIGN's tolerance rule."""
     n, cin, h, w, cout, k, s, p, d, g = case
     dt = DTYPES[dtype]
     x = torch.randn(n, cin, h, w, device="cuda").contiguous(memory_format=CL)
@@ -60,10 +54,21 @@ def test_conv_classes_on_gpu(case, dtype, residual, monkeypatch):
     ref = fused_conv2d_ref(x, wt, b, residual=res, upcast=True, **kw)
     rd = res.to(dt) if res is not None else None
     with torch.no_grad():
-        out = fused_conv2d(x.to(dt), wt.to(dt), b, residual=rd, backend="triton", **kw)
+        out = fused_conv2d(x.to(dt), wt.to(dt), b, residual=rd, backend=backend, **kw)
         eager = fused_conv2d_ref(x.to(dt), wt.to(dt), b, residual=rd, **kw)
     cmp = compare(out, eager, ref)
-    assert cmp.ok, str(cmp)
+    assert cmp.ok, f"{backend}: {cmp}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}-{c[4]}-k{c[5]}s{c[6]}d{c[8]}g{c[9]}")
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("residual", [False, True])
+def test_conv_classes_on_gpu(case, dtype, residual, monkeypatch):
+    from fused_resnet.triton import fused_conv2d as mod
+
+    real = mod._new_output
+    monkeypatch.setattr(mod, "_new_output", lambda shape, like: real(shape, like).fill_(float("nan")))
+    _check_conv_case(case, dtype, residual, "triton")
 
 
 def test_add_relu_on_gpu():
@@ -104,21 +109,7 @@ def _need_cuda_backend():
 @pytest.mark.parametrize("residual", [False, True])
 def test_cuda_backend_conv_classes(case, dtype, residual):
     _need_cuda_backend()
-    n, cin, h, w, cout, k, s, p, d, g = case
-    dt = DTYPES[dtype]
-    x = torch.randn(n, cin, h, w, device="cuda").contiguous(memory_format=CL)
-    wt = torch.randn(cout, cin, k, k, device="cuda") / (cin * k * k) ** 0.5
-    b = torch.randn(cout, device="cuda")
-    oh, ow = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
-    res = torch.randn(n, cout, oh, ow, device="cuda").contiguous(memory_format=CL) if residual else None
-    kw = dict(stride=s, padding=p, dilation=d)
-    ref = fused_conv2d_ref(x, wt, b, residual=res, upcast=True, **kw)
-    rd = res.to(dt) if res is not None else None
-    with torch.no_grad():
-        out = fused_conv2d(x.to(dt), wt.to(dt), b, residual=rd, backend="cuda", **kw)
-        eager = fused_conv2d_ref(x.to(dt), wt.to(dt), b, residual=rd, **kw)
-    cmp = compare(out, eager, ref)
-    assert cmp.ok, str(cmp)
+    _check_conv_case(case, dtype, residual, "cuda")
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])

@@ -48,6 +48,16 @@ def _round_to_tf32(v):
     return bits.to(tl.float32, bitcast=True)
 
 
+@triton.jit
+def _operand(v, UPCAST: tl.constexpr, ROUND_TF32: tl.constexpr):
+    """A dot operand as the tensor cores should see it (see UPCAST / ROUND_TF32 below)."""
+    if UPCAST:
+        v = v.to(tl.float32)
+    if ROUND_TF32:
+        v = _round_to_tf32(v)
+    return v
+
+
 # Sizes, strides and paddings are not specialized: one compiled kernel serves every batch size and
 # layer of a config (compiles cost seconds each); channel counts stay specialized (divisibility by
 # 16 is what lets loads vectorize).
@@ -109,13 +119,8 @@ def _fused_conv2d_kernel(
             a = tl.load(x_ptr + a_off, mask=a_mask, other=0.0)
             b = tl.load(w_base + offs_k[:, None] * COUT_G + offs_n[None, :],
                         mask=(offs_k < K)[:, None] & n_mask[None, :], other=0.0)
-            if UPCAST:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            if ROUND_TF32:
-                a = _round_to_tf32(a)
-                b = _round_to_tf32(b)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot(_operand(a, UPCAST, ROUND_TF32), _operand(b, UPCAST, ROUND_TF32), acc,
+                         input_precision=INPUT_PRECISION)
     else:
         # One flat loop over (tap, channel block) rather than nested tap/channel loops: the software
         # pipeliner then overlaps loads across taps too (a nested loop drains it at every tap).
@@ -135,13 +140,8 @@ def _fused_conv2d_kernel(
             k = tap * CIN_G + offs_c
             b = tl.load(w_base + k[:, None] * COUT_G + offs_n[None, :], mask=c_ok[:, None] & n_mask[None, :],
                         other=0.0)
-            if UPCAST:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
-            if ROUND_TF32:
-                a = _round_to_tf32(a)
-                b = _round_to_tf32(b)
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot(_operand(a, UPCAST, ROUND_TF32), _operand(b, UPCAST, ROUND_TF32), acc,
+                         input_precision=INPUT_PRECISION)
 
     # Epilogue: per-channel affine (folded BN), residual, ReLU, one store.
     co = g * COUT_G + offs_n
