@@ -154,16 +154,6 @@ def _fused_conv2d_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     return _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend)
 
 
-@torch.library.custom_op("fused_resnet::fused_conv2d_into_residual_", mutates_args=("residual",), tags=_FIXED_STRIDES)
-def _fused_conv2d_into_residual_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                                   scale: Optional[torch.Tensor], stride: List[int], padding: List[int],
-                                   dilation: List[int], groups: int, residual: torch.Tensor, relu: bool,
-                                   backend: str) -> None:
-    """fused_conv2d writing its result over ``residual`` (which it reads first): no new buffer.
-    Used by the fused blocks when they own the residual tensor."""
-    _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend, into_residual=True)
-
-
 @_fused_conv2d_op.register_fake
 def _(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend):
     n, _, h, w = x.shape
@@ -238,12 +228,12 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
                       _selector.Choice("eager", "eager: autograd (a tensor requires grad; use torch.no_grad() "
                                                 "or torch.inference_mode() for fused kernels)"))
         return fused_conv2d_ref(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
-    # Inference tensors may only be written in place inside inference mode; under torch.compile the
-    # compiler plans buffers itself.
+    # torch.compile traces the registered op (and plans buffers itself: no writing into the residual).
     if torch.compiler.is_compiling():
         return _fused_conv2d_op(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested)
-    # Eager: call the implementation directly; the dispatcher round trip of the custom op costs tens of
-    # microseconds per conv, which is most of a batch-1 conv's time on a GPU.
+    # Eager calls the implementation directly, skipping the custom op's Python-side dispatch, which
+    # adds to every conv's host time (batch-1 inference on a GPU is host-bound). Inference tensors may
+    # only be written in place inside inference mode.
     into = (_into_residual and residual is not None
             and (torch.is_inference_mode_enabled() or not residual.is_inference()))
     return _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested, into_residual=into)
