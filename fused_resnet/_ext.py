@@ -42,7 +42,7 @@ def _(x, w, bias, residual, stride, padding, dilation, relu, tile):
     k, _, r, s = w.shape
     p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
     q = (wd + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
-    return x.new_empty((n, k, p, q)).contiguous(memory_format=torch.channels_last)
+    return torch.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
 @torch.library.register_fake("fused_resnet::_bias_residual_act_cuda")

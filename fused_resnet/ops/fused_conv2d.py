@@ -123,7 +123,8 @@ def _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups, re
 
 
 def _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend, into_residual=False):
-    """Compute the fused conv; with into_residual=True the result is written into ``residual``."""
+    """Compute the fused conv. into_residual=True allows (does not require) the backend to write the
+    result over ``residual``; the returned tensor is the result either way."""
     choice = _selector.select_conv(x, weight, groups, backend, scale, stride[0])
     _trace.record(x, weight, stride, padding, dilation, groups, choice)
     args = (x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
@@ -139,10 +140,8 @@ def _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, re
         out = _eager_cpu(*args, into_residual=into_residual)
     else:
         out = _eager_generic(*args)
-    if into_residual:
-        if out is not residual:
-            residual.copy_(out)
-        return residual
+    # (Backends that cannot write into the residual return a new tensor; copying it over the residual
+    # would cost a pass over the output for nothing: callers use the returned tensor.)
     return out.contiguous(memory_format=memory_format_of(x))
 
 
@@ -160,7 +159,7 @@ def _(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
     cout, _, kh, kw = weight.shape
     oh = out_size(h, kh, stride[0], padding[0], dilation[0])
     ow = out_size(w, kw, stride[1], padding[1], dilation[1])
-    return x.new_empty((n, cout, oh, ow)).contiguous(memory_format=memory_format_of(x))
+    return torch.empty((n, cout, oh, ow), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
 
 
 def _validate(x, weight, bias, scale, groups, residual, out_shape):
@@ -202,8 +201,8 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         residual: optional tensor of the output's shape and x's dtype, added before the ReLU.
         relu: apply ReLU last (NaN propagates, as torch.relu).
         backend: "auto" | "eager" | "triton" | "cuda"; None reads use_backend() / FUSED_RESNET_BACKEND.
-        _into_residual: (private) write the result over ``residual`` and return it; only for callers
-            that own the residual tensor (the fused blocks).
+        _into_residual: (private) the result may be written over ``residual`` (backends that can do so
+            avoid an allocation); only for callers that own the residual tensor (the fused blocks).
     Returns:
         (N, Cout, OH, OW) tensor in x's dtype and memory format.
     Raises:

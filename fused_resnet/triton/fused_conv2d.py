@@ -167,7 +167,9 @@ def pack_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _new_output(shape, like: torch.Tensor) -> torch.Tensor:
     """Output buffer (NHWC). A function of its own so tests can poison it."""
-    return torch.empty(shape, dtype=like.dtype, device=like.device).contiguous(memory_format=torch.channels_last)
+    # Allocated channels_last directly: empty(...).contiguous(channels_last) would add a copy kernel
+    # over the whole output per conv (the H200 runs h200-run1..3 still paid it).
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
 def fused_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
