@@ -36,6 +36,13 @@ def cmd_info(args) -> int:
     print("backends:")
     for name, (ok, why) in _selector.backend_status().items():
         print(f"  {name:7s} {'yes' if ok else 'no ':3s}  {why}")
+    if torch.cuda.is_available():
+        from . import tuning
+        from .triton import configs
+
+        tag = configs.device_tag()
+        print(f"tuned tables for {tag}: {len(configs.table(tag))} triton configs, "
+              f"{len(tuning._table(tag))} backend choices (fused_resnet/tuned/)")
     return 0
 
 
