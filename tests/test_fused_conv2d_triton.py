@@ -93,6 +93,20 @@ def test_epilogues(epilogue, dtype, poisoned_output):
     _run_case(CASES[3], dtype, epilogue)
 
 
+@pytest.mark.parametrize("case", [CASES[6], CASES[8]], ids=["resnext-4ch", "stem-3ch"])
+def test_narrow_channels_per_tap_walk(case, monkeypatch, poisoned_output):
+    """The autotuner may pick the per-tap K walk for < 16 channels per group (padded 16-wide tiles)."""
+    import dataclasses
+
+    from fused_resnet.triton import configs
+
+    real = configs.interpreter_config
+    monkeypatch.setattr(configs, "interpreter_config",
+                        lambda *a: dataclasses.replace(real(*a), flat_k=False, block_k=16))
+    assert not configs.interpreter_config(64, 16, 3, 49).flat_k
+    _run_case(case, torch.float16, "bias+relu")
+
+
 def test_into_residual():
     _run_case(CASES[0], torch.float16, "residual+relu", into_residual=True)
 

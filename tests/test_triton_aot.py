@@ -47,6 +47,15 @@ def test_other_dtypes_compile(dtype):
     assert r.mma == "wgmma"
 
 
+@pytest.mark.parametrize("arch", [80, 90])
+def test_stem_per_tap_candidates_compile(arch):
+    """The autotuner's per-tap candidates for the 3-channel stem (16-wide padded tiles) compile."""
+    for cfg in [c for c in configs.candidates(64, 3, 49) if not c.flat_k][:3]:
+        r = aot.compile_conv(cfg, "fp16", arch, 7, 7, has_res=False)
+        print(f"sm_{arch} {r.name}: {r.registers} regs, {r.spill_bytes} B spilled, {r.mma}")
+        assert r.mma in ("wgmma", "mma")
+
+
 def test_add_relu_compiles_vectorized():
     r = aot.compile_add_relu("fp16", 90)
     print(f"sm_90 {r.name}: {r.registers} regs, {r.spill_bytes} B spilled, loads {r.mma}")
