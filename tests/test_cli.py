@@ -58,3 +58,18 @@ def test_explicit_unavailable_backend_is_a_clear_error():
         fused_resnet.ops.fused_conv2d(x, w, backend="triton")
     with pytest.raises(ValueError, match="unknown fused_resnet backend"):
         fused_resnet.ops.fused_conv2d(x, w, backend="tpu")
+
+
+def test_verify_with_checkpoint(tmp_path):
+    import torch
+    import torchvision
+
+    from fused_resnet.testing import randomize_bn
+
+    torch.manual_seed(3)
+    path = tmp_path / "r18.pth"
+    torch.save(randomize_bn(torchvision.models.resnet18(), torch.Generator().manual_seed(3)).state_dict(), path)
+    r = run("verify", "--model", "resnet18", "--batch", "1", "--image-size", "32", "--device", "cpu",
+            "--checkpoint", str(path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "checkpoint" in r.stdout and r.stdout.strip().endswith("PASS")

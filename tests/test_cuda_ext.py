@@ -58,3 +58,29 @@ def test_selector_guards_for_cuda(monkeypatch):
     # on a CPU tensor the cuda backend is never usable, and asking for it explicitly raises
     with pytest.raises(fused_resnet.BackendUnavailableError, match="cuda"):
         fused_resnet.ops.fused_conv2d(torch.randn(1, 8, 4, 4), torch.randn(8, 8, 1, 1), backend="cuda")
+
+
+def test_ahead_of_time_build_with_setup_py(tmp_path):
+    """FUSED_RESNET_BUILD_CUDA=1 builds fused_resnet/_C*.so, and the loader prefers it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    why = _ext.toolchain_problem()
+    if why:
+        pytest.skip(f"no CUDA toolchain here: {why}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for item in ("setup.py", "pyproject.toml", "README.md", "csrc", "fused_resnet"):
+        src = os.path.join(root, item)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, tmp_path / item)
+    env = {**os.environ, "FUSED_RESNET_BUILD_CUDA": "1"}
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    check = ("import torch; from fused_resnet import _ext; ok, why = _ext._load(); print(why); "
+             "assert ok and 'prebuilt' in why; "
+             "assert torch._C._dispatch_has_kernel_for_dispatch_key('fused_resnet::_conv2d_cutlass', 'CUDA')")
+    r = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr
