@@ -57,6 +57,7 @@ def cmd_verify(args) -> int:
                      checkpoint=args.checkpoint, backend=args.backend, channels_last=args.channels_last)
     print(f"  max abs err: fused {r.max_abs_err:.3e}, torchvision {r.eager_max_abs_err:.3e} (vs float64)")
     print(f"  max rel err: {r.comparison}")
+    print("  convs by backend: " + ", ".join(f"{n} {b}" for b, n in sorted(r.backends.items())))
     print("PASS" if r.ok else "FAIL")
     return 0 if r.ok else 1
 

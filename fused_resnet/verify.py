@@ -32,6 +32,7 @@ class VerifyResult:
     comparison: Comparison
     max_abs_err: float
     eager_max_abs_err: float
+    backends: dict  # {backend: number of convs it ran}
 
     @property
     def ok(self) -> bool:
@@ -59,4 +60,6 @@ def verify_model(name: str, *, batch: int = 2, dtype: str = "fp32", device: str 
     cmp = compare(out, eager, ref)
     abs_err = float((out.double().cpu() - ref).abs().max())
     eager_abs = float((eager.double().cpu() - ref).abs().max())
-    return VerifyResult(name, cmp, abs_err, eager_abs)
+    from .explain import explain
+
+    return VerifyResult(name, cmp, abs_err, eager_abs, explain(fused, x[:1]).counts())
