@@ -176,3 +176,26 @@ def test_torch_compile_on_gpu():
         ref = copy.deepcopy(tv).double()(x.double())
         cmp = compare(compiled(x), tv(x), ref)
     assert cmp.ok, str(cmp)
+
+
+def test_cuda_graphs_of_several_models_in_one_process():
+    """The `bench --cuda-graphs` scenario that faulted on the H200 (illegal memory access): several
+    models captured one after another in one process, each replayed, checked against eager."""
+    from fused_resnet.bench import _graphed
+
+    tv = copy.deepcopy(_model("resnet50")).half()
+    x = torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.float16)
+    models = {"torchvision": tv,
+              "torchvision_cl": copy.deepcopy(tv).to(memory_format=CL),
+              "fused_triton": fused_resnet.convert(copy.deepcopy(tv), backend="triton"),
+              "fused_auto": fused_resnet.convert(copy.deepcopy(tv))}
+    replays = {}
+    for name, m in models.items():
+        with torch.no_grad():
+            expected = m(x)
+        replays[name] = (_graphed(m, x.clone()), expected)
+        torch.cuda.synchronize()
+    for name, (replay, expected) in replays.items():
+        out = replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(out, expected, rtol=0, atol=0, msg=name)
