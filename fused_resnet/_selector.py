@@ -1,6 +1,7 @@
 """The one place that decides which kernel family runs a fused op.
 
-Given the op's tensors and the requested backend, ``select`` returns a ``Choice``: the backend
+Given the op's tensors and the requested backend, ``select_conv`` / ``select_elementwise`` return a
+``Choice``: the backend
 ("eager", "triton" or "cuda") and a human-readable reason. Every per-call guard (device, dtype,
 layout, alignment, groups, size) lives here and nowhere else, so explain() can report the same
 reason the dispatch used.
