@@ -1,10 +1,9 @@
 """The one place that decides which kernel family runs a fused op.
 
 Given the op's tensors and the requested backend, ``select_conv`` / ``select_elementwise`` return a
-``Choice``: the backend
-("eager", "triton" or "cuda") and a human-readable reason. Every per-call guard (device, dtype,
-layout, alignment, groups, size) lives here and nowhere else, so explain() can report the same
-reason the dispatch used.
+``Choice``: the backend ("eager", "triton" or "cuda") and a human-readable reason. Every per-call
+guard (device, dtype, layout, alignment, groups, size) lives here and nowhere else, so explain()
+can report the same reason the dispatch used.
 
 With "auto", a conv both GPU backends can run goes to FUSED_RESNET_PREFER ("cuda"/"triton") when
 set, else to the one the committed per-GPU table (fused_resnet/tuning.py) measured faster, else to
