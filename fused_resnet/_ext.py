@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from .ops.fused_conv2d import out_size
+
 _LIB = torch.library.Library("fused_resnet", "FRAGMENT")
 _LIB.define("_conv2d_cutlass(Tensor x, Tensor w, Tensor bias, Tensor? residual, int[] stride, int[] padding, "
             "int[] dilation, bool relu, int tile) -> Tensor")
@@ -40,8 +42,8 @@ CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-DNDEBUG", "-Xptxas=-v",
 def _(x, w, bias, residual, stride, padding, dilation, relu, tile):
     n, _, h, wd = x.shape
     k, _, r, s = w.shape
-    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    q = (wd + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    p = out_size(h, r, stride[0], padding[0], dilation[0])
+    q = out_size(wd, s, stride[1], padding[1], dilation[1])
     return torch.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 

@@ -116,7 +116,7 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _CUDA_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def _triton_guard(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
+def _triton_guard(x: torch.Tensor) -> Optional[str]:
     """None if the Triton conv can run these tensors, else why not."""
     ok, why = _triton_status()
     if not ok:
@@ -159,7 +159,7 @@ def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: s
     if requested == "eager":
         return Choice("eager", "eager: requested")
     if requested in ("triton", "cuda"):
-        why = _triton_guard(x, weight) if requested == "triton" else _cuda_guard(x, weight, groups, scale)
+        why = _triton_guard(x) if requested == "triton" else _cuda_guard(x, weight, groups, scale)
         if why is not None:
             raise BackendUnavailableError(f"fused_resnet backend {requested!r} was requested but cannot run: {why}")
         return Choice(requested, _precision_note(requested, x))
@@ -167,7 +167,7 @@ def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: s
     if x.device.type != "cuda":
         return Choice("eager", f"eager: {x.device.type.upper()} tensor")
     why_cuda = _cuda_guard(x, weight, groups, scale)
-    why_triton = _triton_guard(x, weight)
+    why_triton = _triton_guard(x)
     if why_cuda is None and why_triton is None:
         prefer = os.environ.get("FUSED_RESNET_PREFER", "")
         if prefer in ("cuda", "triton"):
@@ -203,12 +203,12 @@ def select_elementwise(x: torch.Tensor, requested: str) -> Choice:
     if requested == "eager":
         return Choice("eager", "eager: requested")
     if requested in ("triton", "cuda"):
-        why = _triton_guard(x, x) if requested == "triton" else _elementwise_cuda_guard(x)
+        why = _triton_guard(x) if requested == "triton" else _elementwise_cuda_guard(x)
         if why is not None:
             raise BackendUnavailableError(f"fused_resnet backend {requested!r} was requested but cannot run: {why}")
         return Choice(requested, requested)
     if x.device.type != "cuda":
         return Choice("eager", f"eager: {x.device.type.upper()} tensor")
-    if _triton_guard(x, x) is None:
+    if _triton_guard(x) is None:
         return Choice("triton", "triton")
     return Choice("eager", "eager: no GPU backend usable")

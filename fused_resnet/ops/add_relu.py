@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import _selector
+from .fused_conv2d import memory_format_of
 
 # Inductor must hand the op tensors with the strides seen at trace time: the output layout
 # follows the input layout (channels_last in, channels_last out).
@@ -29,8 +30,7 @@ def _run(x, identity, backend):
 
         cl = torch.channels_last
         out = torch.ops.fused_resnet._add_relu_cuda(x.contiguous(memory_format=cl), identity.contiguous(memory_format=cl))
-        return out.contiguous(memory_format=cl if x.is_contiguous(memory_format=cl) and not x.is_contiguous()
-                              else torch.contiguous_format)
+        return out.contiguous(memory_format=memory_format_of(x))
     return add_relu_ref(x, identity)
 
 

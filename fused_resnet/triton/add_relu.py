@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from .. import _selector
+from ..ops.fused_conv2d import memory_format_of
 
 
 @triton.jit
@@ -22,8 +23,7 @@ def _add_relu_kernel(x_ptr, y_ptr, out_ptr, numel, BLOCK: tl.constexpr):
 
 
 def add_relu_triton(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    fmt = torch.channels_last if (x.dim() == 4 and not x.is_contiguous()
-                                  and x.is_contiguous(memory_format=torch.channels_last)) else torch.contiguous_format
+    fmt = memory_format_of(x)
     x = x.contiguous(memory_format=fmt)
     y = y.contiguous(memory_format=fmt)
     out = torch.empty_like(x)

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from .. import _packing, _selector
+from ..ops.fused_conv2d import out_size
 from . import configs
 
 
@@ -179,8 +180,8 @@ def fused_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     cl = torch.channels_last
     n, c_in, h, w = x.shape
     c_out, cin_g, kh, kw = weight.shape
-    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh = out_size(h, kh, stride[0], padding[0], dilation[0])
+    ow = out_size(w, kw, stride[1], padding[1], dilation[1])
     cout_g = c_out // groups
     x = x.contiguous(memory_format=cl)
     if residual is not None:
