@@ -6,10 +6,12 @@
 # Installs nothing from the network: the project runs from this working tree (PYTHONPATH), wheels
 # for anything missing may sit in .whl/ beside it. Phases, each guarded by the time left of
 # SUITE_BUDGET_S (default 450 s) so the suite ends inside ~8 minutes and a cut-short run still
-# leaves its results: info -> CUDA extension JIT build -> compute-sanitizer memcheck -> GPU tests ->
+# leaves its results: info -> CUDA extension JIT build -> compute-sanitizer memcheck -> CUDA-graph check
+# (benchmarks/graph_check.py; rerun under memcheck if it fails) -> GPU tests ->
 # [--tune: autotune table for resnet50 fp16, used by what follows] -> per-shape op benchmark
 # (resnet50 fp16, batch 32/256) -> model benchmark (resnet50 fp16: batch 256; batch 1 with and without
 # CUDA graphs; torch.compile at batch 256 if time is left). Writes to OUT_DIR: suite.log, gpu_tests.log, memcheck.log,
+# graph_check.log (graph_memcheck.log),
 # results.json, results.csv, results.png, backend_<gpu>.json (faster backend per conv shape), and
 # with --tune triton_<gpu>.json. Safe to rerun.
 set -u
@@ -61,6 +63,17 @@ if command -v compute-sanitizer >/dev/null; then
   say "memcheck exit $? : $(grep -E 'ERROR SUMMARY|memcheck block' "$OUT_DIR/memcheck.log" | tr '\n' ' ')"
 else
   say "compute-sanitizer not found: memcheck skipped"
+fi
+
+say "CUDA graphs: capture + replay of each benchmark provider, batch 1 (benchmarks/graph_check.py)"
+timeout 240 python3 benchmarks/graph_check.py > "$OUT_DIR/graph_check.log" 2>&1
+rc=$?
+say "graph check exit $rc : $(grep -E '^graph check|^\[|DIFFERS|Error' "$OUT_DIR/graph_check.log" | tail -n 3 | tr '\n' ' ')"
+if [ "$rc" != 0 ] && command -v compute-sanitizer >/dev/null && [ "$(left)" -gt 300 ]; then
+  say "graph check failed: rerun under compute-sanitizer memcheck to name the faulting kernel"
+  timeout 200 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/graph_check.py --rounds 1 \
+    > "$OUT_DIR/graph_memcheck.log" 2>&1
+  say "graph memcheck exit $? : $(grep -E 'ERROR SUMMARY|Invalid|^graph check' "$OUT_DIR/graph_memcheck.log" | head -n 4 | tr '\n' ' ')"
 fi
 
 if [ "$TESTS" = 1 ]; then
