@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU suite: ONE command for a GPU machine with no network (see benchmarks/README.md).
 #
-#   bash benchmarks/gpu_suite.sh OUT_DIR [--tune] [--skip-tests] [--tests PYTEST_K_EXPR]
+#   bash benchmarks/gpu_suite.sh OUT_DIR [--tune] [--skip-tests] [--tests PYTEST_K_EXPR] [--only PHASES]
+#
+# --only takes a comma list of phases (default all): memcheck, graphs, tests, op, model_b256, model_b1,
+# graphs_b1, compile_b256 (--tune adds the tune phase). For a short rerun of what a first run lacked.
 #
 # Installs nothing from the network: the project runs from this working tree (PYTHONPATH), wheels
 # for anything missing may sit in .whl/ beside it. Phases, each guarded by the time left of
@@ -15,14 +18,15 @@
 # results.json, results.csv, results.png, backend_<gpu>.json (faster backend per conv shape), and
 # with --tune triton_<gpu>.json. Safe to rerun.
 set -u
-OUT_DIR=${1:?usage: gpu_suite.sh OUT_DIR [--tune] [--skip-tests] [--tests PYTEST_K_EXPR]}
+OUT_DIR=${1:?usage: gpu_suite.sh OUT_DIR [--tune] [--skip-tests] [--tests PYTEST_K_EXPR] [--only PHASES]}
 shift
-TUNE=0; TESTS=1; TEST_K=""
+TUNE=0; TESTS=1; TEST_K=""; ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tune) TUNE=1 ;;
     --skip-tests) TESTS=0 ;;
     --tests) TEST_K=$2; shift ;;
+    --only) ONLY=",$2,"; shift ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
   shift
@@ -33,6 +37,7 @@ RAW=$(mktemp -d)
 START=$(date +%s)
 BUDGET=${SUITE_BUDGET_S:-450}
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+want() { [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]; }  # is phase $1 selected?
 say() { echo "[gpu_suite +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT_DIR/suite.log"; }
 : > "$OUT_DIR/suite.log"
 
@@ -56,7 +61,9 @@ say "extension build exit $?"
 grep -E "ptxas info *: Used|spill stores|error|built" "$RAW/ext_build.log" | sed 's/^ *//; s/, [0-9]* bytes cmem.*//' \
   | sort | uniq -c | head -n 30 >> "$OUT_DIR/suite.log"
 
-if command -v compute-sanitizer >/dev/null; then
+if ! want memcheck; then
+  :
+elif command -v compute-sanitizer >/dev/null; then
   say "compute-sanitizer memcheck on one fused Bottleneck"
   timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
     > "$OUT_DIR/memcheck.log" 2>&1
@@ -65,18 +72,21 @@ else
   say "compute-sanitizer not found: memcheck skipped"
 fi
 
-say "CUDA graphs: capture + replay of each benchmark provider, batch 1 (benchmarks/graph_check.py)"
-timeout 240 python3 benchmarks/graph_check.py > "$OUT_DIR/graph_check.log" 2>&1
-rc=$?
-say "graph check exit $rc : $(grep -E '^graph check|^\[|DIFFERS|Error' "$OUT_DIR/graph_check.log" | tail -n 3 | tr '\n' ' ')"
-if [ "$rc" != 0 ] && command -v compute-sanitizer >/dev/null && [ "$(left)" -gt 300 ]; then
-  say "graph check failed: rerun under compute-sanitizer memcheck to name the faulting kernel"
-  timeout 200 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/graph_check.py --rounds 1 \
-    > "$OUT_DIR/graph_memcheck.log" 2>&1
-  say "graph memcheck exit $? : $(grep -E 'ERROR SUMMARY|Invalid|^graph check' "$OUT_DIR/graph_memcheck.log" | head -n 4 | tr '\n' ' ')"
+if want graphs; then
+  # All providers but TorchScript, whose capture breaks an earlier torchvision graph (reproduced below).
+  say "CUDA graphs: capture + replay of each benchmark provider, batch 1 (benchmarks/graph_check.py)"
+  timeout 240 python3 benchmarks/graph_check.py --providers torchvision,torchvision_cl,fused_triton,fused_cuda,fused_resnet \
+    > "$OUT_DIR/graph_check.log" 2>&1
+  rc=$?
+  say "graph check exit $rc : $(grep -E '^graph check|^\[|DIFFERS|Error' "$OUT_DIR/graph_check.log" | tail -n 3 | tr '\n' ' ')"
+  # Torch-only reproduction of the fault between two baseline providers (no fused_resnet import).
+  for opt in "" --own-stream; do
+    timeout 90 python3 benchmarks/repro_graph_fault.py $opt >> "$OUT_DIR/graph_check.log" 2>&1
+    say "repro_graph_fault.py $opt exit $? : $(grep -E 'ok$|repro|Error' "$OUT_DIR/graph_check.log" | tail -n 2 | tr '\n' ' ')"
+  done
 fi
 
-if [ "$TESTS" = 1 ]; then
+if [ "$TESTS" = 1 ] && want tests; then
   say "GPU tests (pytest -m gpu), $(left) s left"
   timeout $(( $(left) * 45 / 100 )) python3 -m pytest -v -s --tb=short -m gpu tests -p no:cacheprovider -rf \
     ${TEST_K:+-k "$TEST_K"} \
@@ -95,18 +105,19 @@ if [ "$TUNE" = 1 ]; then
   cp fused_resnet/tuned/triton_*.json "$OUT_DIR/" 2>/dev/null
 fi
 
-if [ "$(left)" -gt 120 ]; then
+if [ "$(left)" -gt 120 ] && want op; then
   say "op benchmark: resnet50 conv shapes, fp16, batch 1, 32 and 256"
   timeout $(( $(left) - 90 )) python3 -m fused_resnet bench --level op --model resnet50 --batch 1,32,256 --dtype fp16 \
     --providers conv_alone,conv_bn_relu,fused_triton,fused_cuda --runs 20 --out "$RAW/op" > "$RAW/op.log" 2>&1
   say "op benchmark exit $?"; grep -E "^(provider|-{5}|conv|fused)" "$RAW/op.log" >> "$OUT_DIR/suite.log"
-  python3 benchmarks/backend_table.py "$RAW/op.json" --out "$OUT_DIR" >> "$OUT_DIR/suite.log" 2>&1
+  python3 benchmarks/backend_table.py "$RAW/op.json" >> "$OUT_DIR/suite.log" 2>&1  # into fused_resnet/tuned/
+  cp fused_resnet/tuned/backend_*.json "$OUT_DIR/" 2>/dev/null
 fi
 
 # One bench call per setting, cheapest first, so a cut-short run keeps what it finished.
 bench() {  # bench NAME MIN_LEFT_S ARGS...
   local name=$1 need=$2; shift 2
-  if [ "$(left)" -gt "$need" ]; then
+  if [ "$(left)" -gt "$need" ] && want "$name"; then
     say "model benchmark $name: $*"
     timeout $(( $(left) - 10 )) python3 -m fused_resnet bench --model resnet50 --dtype fp16 "$@" \
       --out "$RAW/$name" > "$RAW/$name.log" 2>&1
@@ -118,7 +129,7 @@ bench() {  # bench NAME MIN_LEFT_S ARGS...
 bench model_b256 60 --batch 256 --runs 20 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet
 bench model_b1 40 --batch 1 --runs 50 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet
 bench graphs_b1 40 --batch 1 --runs 50 --cuda-graphs --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet
-bench compile_b256 150 --batch 256 --runs 20 --providers torchvision_cl,compile,fused_triton
+bench compile_b256 100 --batch 256 --runs 20 --providers torchvision_cl,compile,fused_triton,fused_resnet
 
 python3 benchmarks/merge_results.py "$OUT_DIR/results" "$RAW"/*.json >> "$OUT_DIR/suite.log" 2>&1
 say "done"

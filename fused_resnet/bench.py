@@ -273,7 +273,8 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
     tv = randomize_bn(getattr(torchvision.models, model)()).eval().to(device=device, dtype=dt)
     inputs = [torch.randn(batch, 3, image_size, image_size, device=device, dtype=dt) for _ in range(3)]
     env = env or environment(device)
-    fns, names, builds = [], [], []
+    graphs = cuda_graphs and device.startswith("cuda")
+    fns, names, builds, timings = [], [], [], []
     for name in providers:
         why = provider_available(name, device)
         if why:
@@ -289,7 +290,14 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
             continue
         xs = [x.contiguous(memory_format=torch.channels_last) if x0.is_contiguous(memory_format=torch.channels_last)
               and not x0.is_contiguous() else x for x in inputs]
-        if cuda_graphs and device.startswith("cuda"):
+        if progress:
+            print(f" {build_s:.1f}s", flush=True)
+        if graphs:
+            # Captured and timed while its graph is the only one alive, then released. Building and
+            # capturing TorchScript's model broke an earlier-captured channels_last torchvision graph
+            # in the same process (illegal memory access at replay, torch 2.11 on H100/H200, with no
+            # fused_resnet kernel in either graph: benchmarks/repro_graph_fault.py), so graphs are not
+            # kept around to be timed round-robin.
             try:
                 call = _graphed(fn, xs[0].clone())
                 call()
@@ -298,23 +306,26 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
                 print(f"  {name}: CUDA graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
                       flush=True)
                 continue
+            with torch.no_grad():
+                timings += time_interleaved([call], torch.device(device), warmup=2, runs=runs)
+            del call
+            torch.cuda.synchronize()
         else:
             state = {"i": 0}
 
             def call(fn=fn, xs=xs, state=state):
                 state["i"] = (state["i"] + 1) % len(xs)
                 return fn(xs[state["i"]])
-        fns.append(call)
+            fns.append(call)
         names.append(name)
         builds.append(build_s)
-        if progress:
-            print(f" {build_s:.1f}s", flush=True)
-    if not fns:
+    if not names:
         return []
-    if progress:
-        print(f"  timing {len(fns)} providers x {runs} runs (interleaved) ...", flush=True)
-    with torch.inference_mode() if not cuda_graphs else torch.no_grad():
-        timings = time_interleaved(fns, torch.device(device), warmup=2, runs=runs)
+    if not graphs:
+        if progress:
+            print(f"  timing {len(fns)} providers x {runs} runs (interleaved) ...", flush=True)
+        with torch.inference_mode():
+            timings = time_interleaved(fns, torch.device(device), warmup=2, runs=runs)
     elem = torch.finfo(dt).bits // 8
     roof = roofline(model, batch, elem, image_size)
     base = timings[0].median_s
@@ -484,7 +495,9 @@ def add_arguments(p) -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--runs", type=int, default=None, help="timed runs per provider (default 20 GPU, 5 CPU)")
     p.add_argument("--cuda-graphs", action="store_true", help="capture each provider's forward in a CUDA graph "
-                                                              "and time replays (batch-1 latency as served)")
+                                                              "and time replays (batch-1 latency as served); "
+                                                              "providers are then timed one after another, "
+                                                              "not round-robin")
     p.add_argument("--out", default=None, help="write results to OUT.json and OUT.csv")
     p.add_argument("--plot", default=None, help="write a PNG (throughput vs batch, per-shape bars)")
 
