@@ -166,24 +166,34 @@ def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: s
     # auto: GPU kernels only for GPU tensors; the interpreter is never picked automatically.
     if x.device.type != "cuda":
         return Choice("eager", f"eager: {x.device.type.upper()} tensor")
-    why_cuda = _cuda_guard(x, weight, groups, scale)
-    why_triton = _triton_guard(x)
-    if why_cuda is None and why_triton is None:
-        prefer = os.environ.get("FUSED_RESNET_PREFER", "")
-        if prefer in ("cuda", "triton"):
-            return Choice(prefer, f"{prefer}: FUSED_RESNET_PREFER")
-        from . import tuning
+    from . import tuning
 
-        best = tuning.preferred_backend(x, weight, groups, stride)
-        if best is not None:
-            return Choice(best, f"{best}: faster for this shape in the tuned table")
+    return _auto_choice(_cuda_guard(x, weight, groups, scale), _triton_guard(x),
+                        os.environ.get("FUSED_RESNET_PREFER", ""), tuning.preferred_backend(x, weight, groups, stride),
+                        _precision_note("triton", x))
+
+
+def _auto_choice(why_cuda: Optional[str], why_triton: Optional[str], prefer: str, tabled: Optional[str],
+                 triton_note: str = "triton") -> Choice:
+    """auto on a CUDA tensor, given why each GPU kernel cannot run (None: it can), FUSED_RESNET_PREFER
+    and the tuned table's measured-fastest backend for this shape on this GPU (None: not measured);
+    triton_note is the Triton choice's reason (its fp32 precision).
+
+    Order: FUSED_RESNET_PREFER (where both kernels run) > the table (any backend that can run,
+    "eager" included: cuDNN's conv plus pointwise passes beat both fused kernels on some shapes,
+    e.g. the 3-channel stem on the H100) > CUTLASS > Triton > eager.
+    """
+    if why_cuda is None and why_triton is None and prefer in ("cuda", "triton"):
+        return Choice(prefer, f"{prefer}: FUSED_RESNET_PREFER")
+    if tabled == "eager" or (tabled == "cuda" and why_cuda is None) or (tabled == "triton" and why_triton is None):
+        what = "cuDNN conv + pointwise" if tabled == "eager" else tabled
+        return Choice(tabled, f"{tabled}: {what} measured fastest for this shape (tuned table)")
+    if why_cuda is None:
         # Untabled shapes: CUTLASS beat the Triton conv on all 46 ResNet-50 fp16 shapes measured on
         # an H200 (batch 32 and 256, benchmarks/results/h200-run2).
-        return Choice("cuda", "cuda: cutlass (default where both run; faster on every measured shape)")
+        return Choice("cuda", "cuda: cutlass" + (" (default where both run)" if why_triton is None else ""))
     if why_triton is None:
-        return Choice("triton", _precision_note("triton", x))
-    if why_cuda is None:
-        return Choice("cuda", "cuda: cutlass")
+        return Choice("triton", triton_note)
     return Choice("eager", f"eager: {why_triton}")
 
 

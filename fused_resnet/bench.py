@@ -37,12 +37,15 @@ OP_PROVIDERS = ("conv_alone", "conv_bn_relu", "fused_eager", "fused_triton", "fu
 # --- environment -------------------------------------------------------------------------------------
 
 def environment(device: str) -> dict:
-    sha = os.environ.get("FUSED_RESNET_GIT_SHA", "")  # for copies of the tree without git history
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip() or sha
-    except (OSError, subprocess.SubprocessError):
-        pass
+    # FUSED_RESNET_GIT_SHA wins: a copy of the tree sent to another machine may carry no git history,
+    # or a stale one (a GPU run recorded an older HEAD than the code it ran until this was the rule).
+    sha = os.environ.get("FUSED_RESNET_GIT_SHA", "")
+    if not sha:
+        try:
+            sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
     try:
         import triton
 

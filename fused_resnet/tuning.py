@@ -1,8 +1,9 @@
-"""Committed per-GPU table of which backend (triton or cuda) is faster for each conv shape.
+"""Committed per-GPU table of which backend (triton, cuda or eager) is fastest for each conv shape.
 
-``fused_resnet/tuned/backend_<gpu>.json`` maps a shape key to "triton" or "cuda"; it is written by
-``benchmarks/backend_table.py`` from an op-level benchmark run on that GPU (both backends timed in
-the same run). auto uses it when both backends can run a conv; without an entry it takes triton.
+``fused_resnet/tuned/backend_<gpu>.json`` maps a shape key (batch, channels, size, kernel, stride,
+groups, dtype) to "triton", "cuda" or "eager" (cuDNN's conv plus pointwise passes); it is written by
+``benchmarks/backend_table.py`` from an op-level benchmark run on that GPU (all candidates timed in
+the same run). auto follows it where the chosen backend can run (see _selector._auto_choice).
 """
 from __future__ import annotations
 
