@@ -15,8 +15,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(HERE, "..", "README.md")
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 # The run each table comes from (later runs of the same card supersede earlier ones).
-SOURCES = {"model": ["h200-run3/results.json", "h200-run2/results.json"], "compile": ["h200-run2/results.json"],
-           "op": ["h200-run3/results.json"], "cpu": ["cpu-2core/resnet50_b8.json"]}
+SOURCES = {"h100": ["h100-run1/results.json", "h100-run2/results.json"],
+           "h200": {"model": "h200-run3/results.json", "compile": "h200-run2/results.json", "op": "h200-run3/results.json"},
+           "cpu": "cpu-2core/resnet50_b8.json"}
 
 
 def load(rel):
@@ -29,52 +30,32 @@ ORDER = ["torchvision", "torchvision_cl", "torchscript", "compile", "compile_max
 
 
 def sha_of(run: str, rows) -> str:
-    """git sha recorded in the rows, else the one in the run's run.json (device copies had no history)."""
-    sha = rows[0].get("git_sha", "unknown")
+    """git sha recorded in the run's run.json (authoritative: device copies had no or stale history),
+    else the one in the rows."""
     meta = os.path.join(HERE, "results", run, "run.json")
-    if sha in ("", "unknown") and os.path.exists(meta):
+    if os.path.exists(meta):
         with open(meta) as f:
-            sha = json.load(f)["git_sha"]
-    return sha
+            return json.load(f)["git_sha"]
+    return rows[0].get("git_sha", "unknown")
 
 
-def model_table(rows, title):
-    out = [f"**{title}**", "", "| provider | batch | CUDA graphs | median ms | images/s | vs torchvision (NCHW) |",
+def model_table(rows, title, base="torchvision (NCHW)"):
+    out = [f"**{title}**", "", f"| provider | batch | CUDA graphs | median ms | images/s | vs {base} |",
            "|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (-r["batch"], r["graphs"], ORDER.index(r["provider"]))):
         out.append(f"| {r['provider']} | {r['batch']} | {'yes' if r['graphs'] else 'no'} | {r['median_ms']:.3f} | "
                    f"{r['items_per_s']:.0f} | {r['ratio_vs_baseline']:.2f}x |")
     return out
 
 
-def render() -> str:
-    lines = []
-    run3 = load(SOURCES["model"][0])
-    env = run3[0]
-    lines.append(f"GPU: {env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
-                 f"git {sha_of('h200-run3', run3)} ({env['date'][:10]}); ResNet-50, fp16, 224x224, random weights, "
-                 f"medians of 20-50 interleaved runs. Files: `benchmarks/results/h200-run3/`, "
-                 f"`h200-run2/` (torch.compile).")
-    lines.append("")
-    models = [r for r in run3 if r["level"] == "model"]
-    lines += model_table(sorted(models, key=lambda r: (-r["batch"], r["graphs"], ORDER.index(r["provider"]))),
-                         "Whole model")
-    comp = [r for r in load(SOURCES["compile"][0]) if r["level"] == "model" and r["provider"] == "compile"]
-    for r in comp:
-        base = next(x for x in load(SOURCES["compile"][0]) if x["level"] == "model" and x["batch"] == r["batch"]
-                    and x["provider"] == "torchvision" and not x["graphs"])
-        lines.append(f"| compile (inductor, freezing; run 2) | {r['batch']} | no | {r['median_ms']:.3f} | "
-                     f"{r['items_per_s']:.0f} | {base['median_ms'] / r['median_ms']:.2f}x |")
-    lines.append("")
-    lines.append("**Per conv shape** (each distinct ResNet-50 conv, fp16, channels_last): time of the fused "
-                 "kernel relative to cuDNN's conv alone (`F.conv2d`, no BN/ReLU); above 1 would be faster. "
-                 "Median [min, max] over shapes. These runs repacked the weight on every fused call (since "
-                 "fixed), which weighs most at batch 1.")
-    lines.append("")
-    lines.append("| batch | conv + BN + ReLU (+add), cuDNN | fused triton | fused cuda (CUTLASS) |")
-    lines.append("|---|---|---|---|")
+def shape_table(rows, note):
+    """Fused-kernel time relative to cuDNN's conv alone, median [min, max] over conv shapes, per batch."""
+    out = ["**Per conv shape** (each distinct ResNet-50 conv, fp16, channels_last): time of cuDNN's conv "
+           "alone (`F.conv2d`, no BN/ReLU) divided by the fused kernel's; above 1 would be faster than the "
+           "bare conv. Median [min, max] over shapes. " + note, "",
+           "| batch | conv + BN + ReLU (+add), cuDNN | fused triton | fused cuda (CUTLASS) |", "|---|---|---|---|"]
     by = collections.defaultdict(dict)
-    for r in load(SOURCES["op"][0]):
+    for r in rows:
         if r["level"] == "op":
             by[(r["shape"], r["batch"])][r["provider"]] = r["median_ms"]
     for b in sorted({k[1] for k in by}):
@@ -82,9 +63,50 @@ def render() -> str:
         for p in ("conv_bn_relu", "fused_triton", "fused_cuda"):
             rs = [v["conv_alone"] / v[p] for (s, bb), v in by.items() if bb == b and p in v]
             cells.append(f"{statistics.median(rs):.2f}x [{min(rs):.2f}, {max(rs):.2f}]" if rs else "-")
-        lines.append(f"| {b} | " + " | ".join(cells) + " |")
+        out.append(f"| {b} | " + " | ".join(cells) + " |")
+    return out
+
+
+def render() -> str:
+    lines = []
+    # --- H100: the current code's numbers (runs 1 and 2, a fresh lease each) ---
+    r1, r2 = (load(x) for x in SOURCES["h100"])
+    env = r2[0]
+    lines.append(f"GPU: {env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']} "
+                 f"({env['date'][:10]}); ResNet-50, fp16, 224x224, random weights. Run 1 (git "
+                 f"{sha_of('h100-run1', r1)}): batch 256 and 1 without graphs, medians of 20/50 interleaved runs. "
+                 f"Run 2 (git {sha_of('h100-run2', r2)}): CUDA graphs (each provider timed alone, 50 replays), "
+                 f"torch.compile, per-shape. fused_resnet is auto: in run 1 without an H100 backend table (CUTLASS "
+                 f"but the stem), in run 2 with the table that run measured (triton/cuda choices; the eager "
+                 f"choices were added to it afterwards, not yet timed). "
+                 f"Files: `benchmarks/results/h100-run1/`, `h100-run2/`.")
     lines.append("")
-    cpu = load(SOURCES["cpu"][0])
+    models = [r for r in r1 if r["level"] == "model"] + [r for r in r2 if r["level"] == "model" and r["graphs"]]
+    lines += model_table(models, "Whole model")
+    lines.append("")
+    comp = [r for r in r2 if r["level"] == "model" and not r["graphs"]]
+    lines += model_table(comp, "torch.compile (inductor, freezing), run 2", base="torchvision channels_last")
+    lines.append("")
+    lines += shape_table(r2, "At batch 1 and 32 the times are mostly launch and host overhead.")
+    lines.append("")
+    # --- H200: earlier code ---
+    run3 = load(SOURCES["h200"]["model"])
+    env = run3[0]
+    lines.append(f"Earlier code on a {env['device']} (torch {env['torch']}, triton {env['triton']}, git "
+                 f"{sha_of('h200-run3', run3)}): it still copied each Triton output and repacked weights per op "
+                 f"call (fixed since). Files: `benchmarks/results/h200-run3/`, `h200-run2/` (torch.compile).")
+    lines.append("")
+    lines += model_table([r for r in run3 if r["level"] == "model"], "Whole model, H200")
+    c2 = load(SOURCES["h200"]["compile"])
+    for r in (r for r in c2 if r["level"] == "model" and r["provider"] == "compile"):
+        base = next(x for x in c2 if x["level"] == "model" and x["batch"] == r["batch"]
+                    and x["provider"] == "torchvision" and not x["graphs"])
+        lines.append(f"| compile (inductor, freezing; run 2) | {r['batch']} | no | {r['median_ms']:.3f} | "
+                     f"{r['items_per_s']:.0f} | {base['median_ms'] / r['median_ms']:.2f}x |")
+    lines.append("")
+    lines += shape_table(load(SOURCES["h200"]["op"]), "H200.")
+    lines.append("")
+    cpu = load(SOURCES["cpu"])
     lines.append(f"CPU: {cpu[0]['device']} ({cpu[0]['threads']} threads), torch {cpu[0]['torch']}, ResNet-50 fp32, "
                  f"224x224, git {sha_of('cpu-2core', cpu)}. File: `benchmarks/results/cpu-2core/`.")
     lines.append("")
