@@ -108,8 +108,8 @@ fi
 if [ "$(left)" -gt 120 ] && want op; then
   say "op benchmark: resnet50 conv shapes, fp16, batch 1, 32 and 256"
   timeout $(( $(left) - 90 )) python3 -m fused_resnet bench --level op --model resnet50 --batch 1,32,256 --dtype fp16 \
-    --providers conv_alone,conv_bn_relu,fused_triton,fused_cuda --runs 20 --out "$RAW/op" > "$RAW/op.log" 2>&1
-  say "op benchmark exit $?"; grep -E "^(provider|-{5}|conv|fused)" "$RAW/op.log" >> "$OUT_DIR/suite.log"
+    --providers conv_alone,conv_bn_relu,cudnn_fused,fused_triton,fused_cuda --runs 20 --out "$RAW/op" > "$RAW/op.log" 2>&1
+  say "op benchmark exit $?"; grep -E "^(provider|-{5}|conv|cudnn|fused)" "$RAW/op.log" >> "$OUT_DIR/suite.log"
   python3 benchmarks/backend_table.py "$RAW/op.json" >> "$OUT_DIR/suite.log" 2>&1  # into fused_resnet/tuned/
   cp fused_resnet/tuned/backend_*.json "$OUT_DIR/" 2>/dev/null
 fi

@@ -53,14 +53,18 @@ def shape_table(rows, note):
     out = ["**Per conv shape** (each distinct ResNet-50 conv, fp16, channels_last): time of cuDNN's conv "
            "alone (`F.conv2d`, no BN/ReLU) divided by the fused kernel's; above 1 would be faster than the "
            "bare conv. Median [min, max] over shapes. " + note, "",
-           "| batch | conv + BN + ReLU (+add), cuDNN | fused triton | fused cuda (CUTLASS) |", "|---|---|---|---|"]
+           ]
+    cols = {"conv_bn_relu": "conv + BN + ReLU (+add), cuDNN", "cudnn_fused": "cuDNN fused conv+bias(+add)+ReLU",
+            "fused_triton": "fused triton", "fused_cuda": "fused cuda (CUTLASS)"}
     by = collections.defaultdict(dict)
     for r in rows:
         if r["level"] == "op":
             by[(r["shape"], r["batch"])][r["provider"]] = r["median_ms"]
+    cols = {p: t for p, t in cols.items() if any(p in v for v in by.values())}
+    out += ["| batch | " + " | ".join(cols.values()) + " |", "|---" * (len(cols) + 1) + "|"]
     for b in sorted({k[1] for k in by}):
         cells = []
-        for p in ("conv_bn_relu", "fused_triton", "fused_cuda"):
+        for p in cols:
             rs = [v["conv_alone"] / v[p] for (s, bb), v in by.items() if bb == b and p in v]
             cells.append(f"{statistics.median(rs):.2f}x [{min(rs):.2f}, {max(rs):.2f}]" if rs else "-")
         out.append(f"| {b} | " + " | ".join(cells) + " |")

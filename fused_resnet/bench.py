@@ -31,7 +31,7 @@ from .verify import DTYPES
 
 MODEL_PROVIDERS = ("torchvision", "torchvision_cl", "compile", "compile_max", "torchscript",
                    "fused_eager", "fused_triton", "fused_cuda", "fused_resnet")
-OP_PROVIDERS = ("conv_alone", "conv_bn_relu", "fused_eager", "fused_triton", "fused_cuda")
+OP_PROVIDERS = ("conv_alone", "conv_bn_relu", "cudnn_fused", "fused_eager", "fused_triton", "fused_cuda")
 
 
 # --- environment -------------------------------------------------------------------------------------
@@ -378,7 +378,23 @@ def run_op_bench(model: str, batch: int, dtype: str, device: str, providers, *, 
                 y = y + res
             return F.relu(y) if s.relu else y
 
+        def cudnn_fused():
+            """cuDNN's own fused conv + bias (+ add) + ReLU, as TorchScript's optimize_for_inference uses."""
+            b, lists = bias.to(dt), ([s.stride] * 2, [s.padding] * 2, [s.dilation] * 2, s.groups)
+            if s.relu and res is not None:
+                return torch.cudnn_convolution_add_relu(x, w, res, 1.0, b, *lists)
+            if s.relu:
+                return torch.cudnn_convolution_relu(x, w, b, *lists)
+            return F.conv2d(x, w, b, *conv_args)
+
         table = {"conv_alone": lambda: F.conv2d(x, w, None, *conv_args), "conv_bn_relu": conv_bn_relu}
+        if "cudnn_fused" in providers and device.startswith("cuda"):
+            try:
+                with torch.inference_mode():
+                    cudnn_fused()
+                table["cudnn_fused"] = cudnn_fused
+            except RuntimeError as e:  # a cuDNN build without the fused engines: report, go on
+                print(f"    cudnn_fused: skipped ({str(e).splitlines()[0][:120]})", flush=True)
         from ._selector import BackendUnavailableError
 
         for p in providers:
