@@ -73,13 +73,13 @@ else
 fi
 
 if want graphs; then
-  # All providers but TorchScript, whose capture breaks an earlier torchvision graph (reproduced below).
+  # All providers but TorchScript (h100-run1: its capture broke an earlier torchvision graph).
   say "CUDA graphs: capture + replay of each benchmark provider, batch 1 (benchmarks/graph_check.py)"
   timeout 240 python3 benchmarks/graph_check.py --providers torchvision,torchvision_cl,fused_triton,fused_cuda,fused_resnet \
     > "$OUT_DIR/graph_check.log" 2>&1
   rc=$?
   say "graph check exit $rc : $(grep -E '^graph check|^\[|DIFFERS|Error' "$OUT_DIR/graph_check.log" | tail -n 3 | tr '\n' ' ')"
-  # Torch-only reproduction of the fault between two baseline providers (no fused_resnet import).
+  # Torch-only attempt at the same fault (no fused_resnet import; did not fault in h100-run2).
   for opt in "" --own-stream; do
     timeout 90 python3 benchmarks/repro_graph_fault.py $opt >> "$OUT_DIR/graph_check.log" 2>&1
     say "repro_graph_fault.py $opt exit $? : $(grep -E 'ok$|repro|Error' "$OUT_DIR/graph_check.log" | tail -n 2 | tr '\n' ' ')"

@@ -1,5 +1,7 @@
-"""Stand-alone reproduction of the CUDA-graph fault seen by `bench --cuda-graphs` (GPU only; imports
-torch and torchvision, not fused_resnet).
+"""Torch-only attempt at the CUDA-graph fault that graph_check.py reproduces (GPU only; imports torch
+and torchvision, not fused_resnet). On the H100 (h100-run2) this two-model sequence did NOT fault,
+while graph_check.py's three-model sequence with plain torchvision/TorchScript graphs did: the next
+step is to grow this script toward graph_check's order until it faults without fused_resnet.
 
     python benchmarks/repro_graph_fault.py [--own-stream]
 

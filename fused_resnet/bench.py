@@ -296,11 +296,10 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         if progress:
             print(f" {build_s:.1f}s", flush=True)
         if graphs:
-            # Captured and timed while its graph is the only one alive, then released. Building and
-            # capturing TorchScript's model broke an earlier-captured channels_last torchvision graph
-            # in the same process (illegal memory access at replay, torch 2.11 on H100/H200, with no
-            # fused_resnet kernel in either graph: benchmarks/repro_graph_fault.py), so graphs are not
-            # kept around to be timed round-robin.
+            # Captured and timed while its graph is the only one alive, then released: replaying a
+            # graph after another model's graph was captured faulted (illegal memory access; torch
+            # 2.11 on H100/H200), also with plain torchvision/TorchScript graphs. benchmarks/NOTES.md
+            # has the diagnosis; benchmarks/graph_check.py reproduces it.
             try:
                 call = _graphed(fn, xs[0].clone())
                 call()
