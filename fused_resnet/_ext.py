@@ -24,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from .ops.fused_conv2d import out_size
+from ._geometry import out_size
 
 _LIB = torch.library.Library("fused_resnet", "FRAGMENT")
 _LIB.define("_conv2d_cutlass(Tensor x, Tensor w, Tensor bias, Tensor? residual, int[] stride, int[] padding, "
@@ -157,16 +157,26 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.contiguous(memory_format=torch.channels_last)
 
 
-def fused_conv2d_cuda(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
-                      tile: int = 0) -> torch.Tensor:
-    """The selector's "cuda" backend for fused_conv2d (scale must be None: folded into the weight)."""
+def cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile: int = 0):
+    """run(x, residual) -> out for the CUTLASS conv, with the packed (KRSC) weight and the fp32 bias
+    prepared once (the selector's "cuda" backend; a separate scale is never passed here)."""
     from ._packing import packed
 
-    if scale is not None:
-        raise RuntimeError("the CUTLASS conv takes no separate scale (fold it into the weight)")
     cl = torch.channels_last
     w = packed(weight, "cutlass_krsc", pack_weight)
     b = bias.float().contiguous() if bias is not None else torch.zeros(weight.shape[0], device=x.device)
-    res = residual.contiguous(memory_format=cl) if residual is not None else None
-    return torch.ops.fused_resnet._conv2d_cutlass(x.contiguous(memory_format=cl), w, b, res, list(stride),
-                                                  list(padding), list(dilation), relu, tile)
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    op = torch.ops.fused_resnet._conv2d_cutlass.default
+
+    def run(x, residual):
+        res = residual.contiguous(memory_format=cl) if residual is not None else None
+        return op(x.contiguous(memory_format=cl), w, b, res, stride, padding, dilation, relu, tile)
+    return run
+
+
+def fused_conv2d_cuda(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
+                      tile: int = 0) -> torch.Tensor:
+    """One CUTLASS fused conv call (scale must be None: folded into the weight)."""
+    if scale is not None:
+        raise RuntimeError("the CUTLASS conv takes no separate scale (fold it into the weight)")
+    return cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile)(x, residual)

@@ -23,7 +23,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import _selector, _trace
 from .folding import FoldCache, FoldedConv, fold_conv_bn
-from .ops.fused_conv2d import fused_conv2d, memory_format_of
+from ._geometry import memory_format_of
+from .ops.fused_conv2d import fused_conv2d
 
 CL = torch.channels_last
 

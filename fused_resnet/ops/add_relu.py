@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import _selector
-from .fused_conv2d import memory_format_of
+from .._geometry import memory_format_of
 
 # Inductor must hand the op tensors with the strides seen at trace time: the output layout
 # follows the input layout (channels_last in, channels_last out).

@@ -18,41 +18,20 @@ fake implementation, so torch.compile(fullgraph=True) traces through it.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+import functools
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .. import _selector, _trace
+from .._geometry import IntOrPair, memory_format_of, out_size
+from .._geometry import pair as _pair
 from .._packing import packed
 
 # Inductor must hand the op tensors with the strides seen at trace time: the output layout
 # follows the input layout (channels_last in, channels_last out).
 _FIXED_STRIDES = (torch.Tag.needs_fixed_stride_order,)
-
-IntOrPair = Union[int, Sequence[int]]
-
-
-def _pair(v: IntOrPair) -> List[int]:
-    if isinstance(v, int):
-        return [v, v]
-    v = [int(i) for i in v]
-    if len(v) == 1:
-        return v * 2
-    if len(v) != 2:
-        raise ValueError(f"expected an int or a pair of ints, got {v}")
-    return v
-
-
-def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """The memory format torch's conv would give its output for input x."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def fused_conv2d_ref(x, weight, bias=None, scale=None, stride=1, padding=0, dilation=1, groups=1,
@@ -82,29 +61,43 @@ def _mkldnn_pointwise():
     return op if op is not None and torch.backends.mkldnn.is_available() else None
 
 
-def _eager_cpu(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, into_residual=False):
+@functools.lru_cache(maxsize=None)
+def _mkldnn_dtypes() -> tuple:
+    """Dtypes oneDNN's fused conv takes on this CPU: bf16 needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT,
+    else its weight reorder raises (seen on an AVX2-only CPU); those CPUs run bf16 through conv2d."""
+    return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
+
+
+def _eager_cpu_launch(x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu,
+                      into_residual=False) -> Callable:
+    """run(x, residual) for a CPU tensor: oneDNN's fused conv with pre-reordered weights where it
+    applies (channels_last fp32/bf16, no separate scale), else conv2d + in-place epilogue."""
     op = _mkldnn_pointwise()
     cl = torch.channels_last
-    if (op is not None and scale is None and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous(memory_format=cl)
-            and (not into_residual or residual.is_contiguous(memory_format=cl))):
-        b = bias.to(x.dtype) if bias is not None else None
-        # Pre-reordered (blocked) weights skip oneDNN's per-call weight reorder, as inductor does.
-        weight = packed(weight, ("mkldnn", tuple(stride), tuple(padding), tuple(dilation), groups),
-                        lambda w: torch.ops.mkldnn._reorder_convolution_weight(
-                            w.contiguous(memory_format=cl), padding, stride, dilation, groups, list(x.shape)))
-        # oneDNN's ReLU post-op maps NaN to 0 (torch.relu keeps NaN), so the ReLU is torch's relu_, in
-        # place on the still-cache-warm output.
+    if op is None or scale is not None or x.dtype not in _mkldnn_dtypes() \
+            or not x.is_contiguous(memory_format=cl):
+        return lambda x, residual: _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups,
+                                                  residual, relu)
+    b = bias.to(x.dtype) if bias is not None else None
+    # Pre-reordered (blocked) weights skip oneDNN's per-call weight reorder, as inductor does.
+    w = packed(weight, ("mkldnn", tuple(stride), tuple(padding), tuple(dilation), groups),
+               lambda t: torch.ops.mkldnn._reorder_convolution_weight(
+                   t.contiguous(memory_format=cl), padding, stride, dilation, groups, list(x.shape)))
+    binary = torch.ops.mkldnn._convolution_pointwise_.binary
+
+    # oneDNN's ReLU post-op maps NaN to 0 (torch.relu keeps NaN), so the ReLU is torch's relu_, in
+    # place on the still-cache-warm output.
+    def run(x, residual):
         if residual is None:
-            out = op(x, weight, b, padding, stride, dilation, groups, "none", [], "")
-        elif into_residual:
-            out = torch.ops.mkldnn._convolution_pointwise_.binary(
-                residual, x, weight, b, padding, stride, dilation, groups, "add", None, None, [], "")
+            out = op(x, w, b, padding, stride, dilation, groups, "none", [], "")
+        elif into_residual and residual.is_contiguous(memory_format=cl):
+            out = binary(residual, x, w, b, padding, stride, dilation, groups, "add", None, None, [], "")
         else:
             # oneDNN's out-of-place conv+add copies the residual into a fresh buffer first; measured on
             # a (8,64,56,56)->256 1x1 conv: 3.3 ms vs 2.3 ms for conv+bias then in-place add_.
-            out = op(x, weight, b, padding, stride, dilation, groups, "none", [], "").add_(residual)
+            out = op(x, w, b, padding, stride, dilation, groups, "none", [], "").add_(residual)
         return out.relu_() if relu else out
-    return _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
+    return run
 
 
 def _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu):
@@ -122,27 +115,48 @@ def _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups, re
     return out
 
 
-def _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend, into_residual=False):
-    """Compute the fused conv. into_residual=True allows (does not require) the backend to write the
-    result over ``residual``; the returned tensor is the result either way."""
+class Launch(NamedTuple):
+    """One conv's launch, resolved once: ``run(x, residual) -> out`` with the backend, packed weights,
+    bias and output policy bound; ``choice`` says which backend and why (what explain() reports)."""
+
+    run: Callable
+    choice: _selector.Choice
+
+
+def resolve(x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu, backend,
+            into_residual=False) -> Launch:
+    """Everything about a fused conv call that depends only on its signature (shapes, dtype, device,
+    layout, requested backend), not on the tensors' values: the backend choice, packed weights, the
+    bias in the kernel's dtype. The fused blocks keep the result per input signature (a plan) and
+    call ``run`` on their hot path; into_residual=True allows (not requires) writing over the
+    residual. The returned tensor is the result either way, in whatever layout the backend made."""
     choice = _selector.select_conv(x, weight, groups, backend, scale, stride[0])
     _trace.record(x, weight, stride, padding, dilation, groups, choice)
-    args = (x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
+    args = (weight, bias, scale, stride, padding, dilation, groups)
     if choice.backend == "triton":
         from ..triton.fused_conv2d import fused_conv2d_triton
 
-        out = fused_conv2d_triton(*args, into_residual=into_residual)
+        def run(x, residual):
+            return fused_conv2d_triton(x, *args, residual, relu, into_residual=into_residual)
     elif choice.backend == "cuda":
         from .. import _ext
 
-        out = _ext.fused_conv2d_cuda(*args)
+        run = _ext.cutlass_launch(x, weight, bias, stride, padding, dilation, relu)
     elif x.device.type == "cpu":
-        out = _eager_cpu(*args, into_residual=into_residual)
+        run = _eager_cpu_launch(x, *args, has_residual, relu, into_residual)
     else:
-        out = _eager_generic(*args)
+        def run(x, residual):
+            return _eager_generic(x, *args, residual, relu)
+    return Launch(run, choice)
+
+
+def _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend, into_residual=False):
+    """Resolve and run one call (the op's path when no plan is kept), in x's memory format."""
+    launch = resolve(x, weight, bias, scale, stride, padding, dilation, groups, residual is not None, relu,
+                     backend, into_residual)
     # (Backends that cannot write into the residual return a new tensor; copying it over the residual
     # would cost a pass over the output for nothing: callers use the returned tensor.)
-    return out.contiguous(memory_format=memory_format_of(x))
+    return launch.run(x, residual).contiguous(memory_format=memory_format_of(x))
 
 
 @torch.library.custom_op("fused_resnet::fused_conv2d", mutates_args=(), tags=_FIXED_STRIDES)

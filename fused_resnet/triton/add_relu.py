@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .. import _selector
-from ..ops.fused_conv2d import memory_format_of
+from .._geometry import memory_format_of
 
 
 @triton.jit

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .. import _packing, _selector
-from ..ops.fused_conv2d import out_size
+from .._geometry import out_size
 from . import configs
 
 

@@ -1,0 +1,35 @@
+"""Conv geometry and memory-format helpers shared by the op, the selector and every backend.
+
+A leaf module (imports only torch), so backends never import the op module that dispatches to them.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Union
+
+import torch
+
+IntOrPair = Union[int, Sequence[int]]
+
+
+def pair(v: IntOrPair) -> List[int]:
+    """An int or a 1-/2-sequence as a list of two ints (conv2d's stride/padding/dilation rules)."""
+    if isinstance(v, int):
+        return [v, v]
+    v = [int(i) for i in v]
+    if len(v) == 1:
+        return v * 2
+    if len(v) != 2:
+        raise ValueError(f"expected an int or a pair of ints, got {v}")
+    return v
+
+
+def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    """Output length of a conv along one axis (input size, kernel, stride, padding, dilation)."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """The memory format torch's conv would give its output for input x."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
