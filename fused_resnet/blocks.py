@@ -14,7 +14,7 @@ dtype and device: it is recomputed after load_state_dict, in-place edits, .to()/
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 import torchvision.models.resnet as tvr
@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import _selector, _trace
-from .folding import FoldCache, FoldedConv, fold_conv_bn
+from .folding import FoldCache, FoldedConv, _sources, fold_conv_bn, structure_epoch
 from ._geometry import memory_format_of
 from .ops.fused_conv2d import fused_conv2d
 
@@ -61,10 +61,15 @@ def _input_problem(x: torch.Tensor, conv: nn.Conv2d) -> Optional[str]:
     return None
 
 
-def _conv(x, fc: FoldedConv, name: str, backend, residual=None, relu=True, into_residual=False):
+def _conv(x, fc: FoldedConv, name: str, backend, steps, residual=None, relu=True, into_residual=False):
+    """One fused conv of a block: the next prebuilt launch when replaying a plan, else the op (which
+    appends the launch it resolved to ``steps.record`` when recording one)."""
+    if steps.replay is not None:
+        return next(steps.replay).run(x, residual)
     _trace.set_conv(name)
     return fused_conv2d(x, fc.weight, fc.bias, stride=fc.stride, padding=fc.padding, dilation=fc.dilation,
-                        groups=fc.groups, residual=residual, relu=relu, backend=backend, _into_residual=into_residual)
+                        groups=fc.groups, residual=residual, relu=relu, backend=backend,
+                        _into_residual=into_residual, _record=steps.record)
 
 
 def _has_hooks(m: nn.Module) -> bool:
@@ -72,8 +77,45 @@ def _has_hooks(m: nn.Module) -> bool:
                 or nn.modules.module._global_forward_pre_hooks)
 
 
+class _Steps(NamedTuple):
+    """How a block's convs run in this call: replay a plan's launches, or resolve each (and record
+    the launches into ``record`` when a plan is being built)."""
+
+    replay: Optional[Iterator]
+    record: Optional[list]
+    n: int  # convs this block runs fused (the downsample's is last, when it is fused)
+
+
+class _Hot(NamedTuple):
+    """What a block's hot path re-reads only when structure_epoch() moved (module attributes are slow)."""
+
+    epoch: int
+    pairs: tuple  # ((conv, bn), ...) as _fold_pairs() returns them
+    sources: tuple  # every tensor the folds depend on (folding._sources)
+    relu_ok: bool  # the block's activation is nn.ReLU
+
+
+class _Plan(NamedTuple):
+    generation: int  # the fold cache generation the launches were built from
+    launches: tuple  # fused_resnet.ops.fused_conv2d.Launch per conv, in call order
+
+
+_MAX_PLANS = 16  # input signatures kept per module (batch sizes x dtypes x backends in use)
+
+
+def _refresh_after_load(module, _incompatible_keys) -> None:
+    module._refresh_folds()
+
+
 class _FusedMixin:
-    """Shared machinery: which (conv, bn) pairs to fold, the fold cache, the fallback decision."""
+    """Shared machinery: which (conv, bn) pairs to fold, the fold cache, launch plans, the fallback.
+
+    Launch plans: the first eval call with a given input signature (shape, strides, dtype, device,
+    requested backend, donation, inference mode) resolves every conv as the op does (validation,
+    backend choice, tuned config, packed weights) and keeps the resulting launches; later calls with
+    that signature check that no folded source changed (the fold cache's version stamps) and run the
+    launches. A changed weight, BN, dtype or device refolds, which bumps the cache generation and
+    rebuilds the plan; train(), .to() and load_state_dict drop the plans."""
 
     _fused_backend: Optional[str] = None  # set by convert(backend=...)
 
@@ -96,25 +138,106 @@ class _FusedMixin:
         return f"eager: {why} (torchvision's forward)" if why else None
 
     def train(self, mode: bool = True):
-        self.__dict__.pop("_fold_cache", None)  # belt and braces: mode switches always refold
+        self.__dict__.pop("_plans", None)
+        self.__dict__.pop("_hot", None)
         return super().train(mode)
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.half()/.cuda(): refold now, into new tensors of the new dtype/device, so a graph
+        # compiled afterwards reads folds that match its parameters.
+        out = super()._apply(fn, *args, **kwargs)
+        self.__dict__.pop("_plans", None)
+        self.__dict__.pop("_hot", None)
+        self._refresh_folds()
+        return out
+
+    def _refresh_folds(self) -> None:
+        cache = self.__dict__.get("_fold_cache")
+        if cache is not None:
+            self.__dict__.pop("_plans", None)
+            try:
+                cache.refresh(self._fold_pairs())
+            except (ValueError, RuntimeError):  # no longer foldable: the next forward says why
+                self.__dict__.pop("_fold_cache", None)
+
     def _folded(self, pairs: list) -> tuple:
-        """Folded convs: cached on the hot path, differentiable when autograd records a graph."""
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad for c, b in pairs for t in (c.weight, c.bias, b.weight, b.bias))):
+        """Folded convs: cached on the hot path, differentiable when autograd records a graph.
+
+        Under torch.compile / torch.export the cached folded tensors are read as graph inputs (no
+        per-call fold in the graph); a small op refreshes them in place if a parameter changed
+        (export takes them as constants). A module never run eagerly before compiling has no cache
+        yet: its graph folds per call (correct, slower)."""
+        if torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for c, b in pairs for t in (c.weight, c.bias, b.weight, b.bias)):
             return tuple(fold_conv_bn(c, b) for c, b in pairs)
         cache = self.__dict__.get("_fold_cache")
+        if torch.compiler.is_compiling():
+            if cache is None or not cache.matches(pairs):
+                return tuple(fold_conv_bn(c, b) for c, b in pairs)
+            if not torch.compiler.is_exporting():
+                torch.ops.fused_resnet._refresh_folds([t for f in cache.value for t in (f.weight, f.bias)],
+                                                      cache.handle)
+            return cache.value
         if cache is None:
             cache = self.__dict__["_fold_cache"] = FoldCache()
-        return cache.get(pairs)
+            self.register_load_state_dict_post_hook(_refresh_after_load)
+        return cache.refresh(pairs)
 
-    def _identity(self, x, folded, ds_index: int, donate: bool):
+    def _plan(self, x, donate: bool) -> tuple:
+        """(plan, key): the launch plan valid for this call, or (None, key to record one under), or
+        (None, None) when this call is not planned (training, explain(), torch.compile, autograd)."""
+        if self.training or _trace.active() or torch.compiler.is_compiling():
+            return None, None
+        hot = self.__dict__.get("_hot")
+        if hot is None or hot.epoch != structure_epoch():
+            pairs = tuple(self._fold_pairs())
+            hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, _sources(pairs),
+                                               type(self.relu) is nn.ReLU)
+        if not hot.relu_ok:
+            return None, None
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in hot.sources):
+            return None, None
+        for _, bn in hot.pairs:
+            if bn.training:
+                return None, None
+        key = (x.shape, x.stride(), x.dtype, x.device, _selector.requested_backend(self._fused_backend), donate,
+               torch.is_inference_mode_enabled(), x.is_inference())
+        cache = self.__dict__.get("_fold_cache")
+        plans = self.__dict__.get("_plans")
+        if cache is None or plans is None:
+            return None, key
+        cache.refresh(hot.pairs, sources=hot.sources)  # bumps the generation if a source changed
+        plan = plans.get(key)
+        if plan is not None and plan.generation == cache.generation:
+            return plan, key
+        return None, key
+
+    def _run_planned(self, x, donate: bool, body):
+        """Run ``body(x, donate, folded, steps)`` through a launch plan (see the class docstring)."""
+        plan, key = self._plan(x, donate)
+        if plan is not None:
+            return body(x, donate, None, _Steps(iter(plan.launches), None, len(plan.launches)))
+        why = self._fusion_problem(x)
+        if why:
+            return self._fallback(x, why)
+        folded = self._folded(self._fold_pairs())
+        record = [] if key is not None else None
+        out = body(x, donate, folded, _Steps(None, record, len(folded)))
+        cache = self.__dict__.get("_fold_cache")
+        if record is not None and cache is not None and None not in record:
+            plans = self.__dict__.setdefault("_plans", {})
+            if len(plans) >= _MAX_PLANS:
+                plans.clear()
+            plans[key] = _Plan(cache.generation, tuple(record))
+        return out
+
+    def _identity(self, x, folded, ds_index: int, donate: bool, steps: _Steps):
         """(residual tensor, whether this block owns it and may overwrite it)."""
         if self.downsample is None:
             return x, donate
-        if len(folded) > ds_index:
-            return _conv(x, folded[ds_index], "downsample.0", self._fused_backend, relu=False), True
+        if steps.n > ds_index:
+            fc = folded[ds_index] if folded is not None else None
+            return _conv(x, fc, "downsample.0", self._fused_backend, steps, relu=False), True
         return self.downsample(x).contiguous(memory_format=CL), False
 
     def _fallback(self, x, why: str):
@@ -135,17 +258,17 @@ class BasicBlock(_FusedMixin, tvr.BasicBlock):
 
     def _forward(self, x: torch.Tensor, donate: bool) -> torch.Tensor:
         """donate=True: the caller hands x over, so the last conv may write its output into it."""
-        why = self._fusion_problem(x)
-        if why:
-            return self._fallback(x, why)
+        return self._run_planned(x, donate, self._body)
+
+    def _body(self, x, donate, folded, steps):
         fmt = memory_format_of(x)
         donate = donate and x.is_contiguous(memory_format=CL)
         x = x.contiguous(memory_format=CL)
-        folded = self._folded(self._fold_pairs())
         be = self._fused_backend
-        out = _conv(x, folded[0], "conv1", be)
-        identity, owned = self._identity(x, folded, 2, donate)
-        out = _conv(out, folded[1], "conv2", be, residual=identity, into_residual=owned)
+        f = folded or (None,) * steps.n
+        out = _conv(x, f[0], "conv1", be, steps)
+        identity, owned = self._identity(x, folded, 2, donate, steps)
+        out = _conv(out, f[1], "conv2", be, steps, residual=identity, into_residual=owned)
         return out.contiguous(memory_format=fmt)
 
 
@@ -162,18 +285,18 @@ class Bottleneck(_FusedMixin, tvr.Bottleneck):
 
     def _forward(self, x: torch.Tensor, donate: bool) -> torch.Tensor:
         """donate=True: the caller hands x over, so the last conv may write its output into it."""
-        why = self._fusion_problem(x)
-        if why:
-            return self._fallback(x, why)
+        return self._run_planned(x, donate, self._body)
+
+    def _body(self, x, donate, folded, steps):
         fmt = memory_format_of(x)
         donate = donate and x.is_contiguous(memory_format=CL)
         x = x.contiguous(memory_format=CL)
-        folded = self._folded(self._fold_pairs())
         be = self._fused_backend
-        out = _conv(x, folded[0], "conv1", be)
-        out = _conv(out, folded[1], "conv2", be)
-        identity, owned = self._identity(x, folded, 3, donate)
-        out = _conv(out, folded[2], "conv3", be, residual=identity, into_residual=owned)
+        f = folded or (None,) * steps.n
+        out = _conv(x, f[0], "conv1", be, steps)
+        out = _conv(out, f[1], "conv2", be, steps)
+        identity, owned = self._identity(x, folded, 3, donate, steps)
+        out = _conv(out, f[2], "conv3", be, steps, residual=identity, into_residual=owned)
         return out.contiguous(memory_format=fmt)
 
 
@@ -185,15 +308,15 @@ class ResNet(_FusedMixin, tvr.ResNet):
         return [(self.conv1, self.bn1)]
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
-        why = self._fusion_problem(x)
-        if why:
-            with _trace.fallback(why):
-                return super()._forward_impl(x)
+        return self._run_planned(x, False, self._body)
+
+    def _fallback(self, x, why: str):
+        with _trace.fallback(why):
+            return super()._forward_impl(x)
+
+    def _body(self, x, donate, folded, steps):
         x = x.contiguous(memory_format=CL)
-        (stem,) = self._folded(self._fold_pairs())
-        _trace.set_conv("conv1")
-        x = fused_conv2d(x, stem.weight, stem.bias, stride=stem.stride, padding=stem.padding,
-                         dilation=stem.dilation, groups=stem.groups, relu=True, backend=self._fused_backend)
+        x = _conv(x, folded[0] if folded else None, "conv1", self._fused_backend, steps)
         x = self.maxpool(x)
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = _run_layer(layer, x)
@@ -243,4 +366,5 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
         if isinstance(module, _FusedMixin):
             module._fused_backend = backend
             module.__dict__.pop("_fold_cache", None)
+            module.__dict__.pop("_plans", None)
     return model

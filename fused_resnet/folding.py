@@ -6,7 +6,9 @@ float64 from the stored parameters and cast once, so the folded weights carry on
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+import itertools
+import weakref
+from typing import List, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -36,8 +38,12 @@ def fold_bn(conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor], bn: Ba
     """
     if isinstance(bn, nn.BatchNorm2d) and not bn.track_running_stats:
         raise ValueError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
-    gamma, beta, mean, var = (t.double() for t in _bn_tensors(bn))
-    scale = gamma * torch.rsqrt(var + bn.eps)
+    return _fold(conv_weight, conv_bias, *_bn_tensors(bn), bn.eps)
+
+
+def _fold(conv_weight, conv_bias, gamma, beta, mean, var, eps: float):
+    gamma, beta, mean, var = (t.double() for t in (gamma, beta, mean, var))
+    scale = gamma * torch.rsqrt(var + eps)
     bias = beta - mean * scale
     if conv_bias is not None:
         bias = bias + conv_bias.double() * scale
@@ -56,28 +62,48 @@ class FoldedConv(NamedTuple):
     groups: int
 
 
-def _fingerprint(t: Optional[torch.Tensor]):
-    # _version moves on every in-place write (load_state_dict, optimizer steps, running-stat
-    # updates); data_ptr/dtype/device move on .to()/.half()/parameter replacement.
-    if t is None:
-        return None
-    return (id(t), version(t), t.data_ptr(), t.dtype, t.device)
+def _sources(pairs) -> tuple:
+    """Every tensor the folded result depends on, pair by pair (absent ones, e.g. a conv without
+    bias, are left out: the pairs' identity and the epoch cover a tensor appearing later)."""
+    out = []
+    for conv, bn in pairs:
+        # A train-mode BN forward updates running_mean/var inside the kernel without bumping their
+        # _version, but it also does num_batches_tracked.add_(1), which does: that catches it.
+        out += [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                getattr(bn, "num_batches_tracked", None)]
+    return tuple(t for t in out if t is not None)
 
 
-def conv_bn_key(conv: nn.Conv2d, bn: BatchNorm) -> tuple:
-    """Cheap validity key: changes whenever the folded result could change."""
-    return (
-        _fingerprint(conv.weight),
-        _fingerprint(conv.bias),
-        *(_fingerprint(t) for t in _bn_tensors_raw(bn)),
-        float(bn.eps),
-    )
+# Bumped whenever any module anywhere registers a parameter, buffer or submodule (assignment,
+# load_state_dict(assign=True), module replacement): while it is unchanged, a module's (conv, bn)
+# pairs and their source tensors are the same objects as last time, so the hot path may reuse
+# them instead of re-reading ~30 attributes per block. Tensor contents are checked by _stamp.
+_EPOCH = [0]
 
 
-def _bn_tensors_raw(bn: BatchNorm):
-    # A train-mode BN forward updates running_mean/var inside the kernel without bumping their
-    # _version, but it also does num_batches_tracked.add_(1), which does: that catches it.
-    return (bn.weight, bn.bias, bn.running_mean, bn.running_var, getattr(bn, "num_batches_tracked", None))
+def _bump_epoch(*_args) -> None:
+    _EPOCH[0] += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_bump_epoch)
+nn.modules.module.register_module_buffer_registration_hook(_bump_epoch)
+nn.modules.module.register_module_module_registration_hook(_bump_epoch)
+
+
+def structure_epoch() -> int:
+    return _EPOCH[0]
+
+
+def _stamp(sources: tuple, pairs) -> tuple:
+    """Changes whenever the folded result could: _version moves on every in-place write
+    (load_state_dict, optimizer steps, running-stat updates); data_ptr moves on .to(), .half() and
+    parameter replacement (a new tensor is allocated while the old one is alive). The hot path of
+    every fused block runs this over ~25 tensors, so it is kept to two list comprehensions."""
+    try:
+        versions = [t._version for t in sources]
+    except RuntimeError:  # inference tensors (made inside torch.inference_mode) have no version counter
+        versions = [version(t) for t in sources]
+    return versions, [t.data_ptr() for t in sources], [bn.eps for _, bn in pairs]
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: BatchNorm) -> FoldedConv:
@@ -88,19 +114,76 @@ def fold_conv_bn(conv: nn.Conv2d, bn: BatchNorm) -> FoldedConv:
     return FoldedConv(weight, bias, tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation), conv.groups)
 
 
+_CACHES: "weakref.WeakValueDictionary[int, FoldCache]" = weakref.WeakValueDictionary()
+_HANDLES = itertools.count(1)
+
+
 class FoldCache:
-    """Folded (conv, bn) pairs of one module, recomputed only when a source tensor changed."""
+    """Folded (conv, bn) pairs of one module, recomputed only when a source tensor changed.
+
+    ``refresh(pairs)`` returns the folded convs and bumps ``generation`` whenever it refolds (launch
+    plans and CUDA graphs built on the old values check it). A refold writes into the existing
+    folded tensors when their shapes, dtypes and devices still match, so a torch.compile graph that
+    holds them as inputs sees the new values; otherwise it allocates new ones. The folded tensors are
+    ordinary (non-inference) tensors even when first made inside torch.inference_mode(), so they can
+    be refreshed in place outside it.
+    """
 
     def __init__(self) -> None:
-        self._key: Optional[tuple] = None
-        self._value: Optional[tuple[FoldedConv, ...]] = None
+        self.generation = 0
+        self.value: Optional[tuple[FoldedConv, ...]] = None
+        self._pairs: Optional[tuple] = None
+        self._stamp: Optional[tuple] = None
+        self.handle = next(_HANDLES)  # names this cache in the compiled-graph refresh op
+        _CACHES[self.handle] = self
 
-    def get(self, pairs: list[tuple[nn.Conv2d, BatchNorm]]) -> tuple[FoldedConv, ...]:
-        key = tuple(conv_bn_key(c, b) for c, b in pairs)
-        if key != self._key:
-            with torch.no_grad():
-                self._value = tuple(fold_conv_bn(c, b) for c, b in pairs)
-            for folded in self._value:
-                mark_stable(folded.weight)  # packed layouts of it may be cached
-            self._key = key
-        return self._value
+    def matches(self, pairs) -> bool:
+        """Built for these very modules (folded tensors usable as compiled-graph inputs)?"""
+        return self.value is not None and self._pairs == tuple(pairs)
+
+    def refresh(self, pairs, in_place_only: bool = False, sources: Optional[tuple] = None) -> tuple[FoldedConv, ...]:
+        """The folded pairs, refolded first if a source changed. ``sources``: ``_sources(pairs)`` if
+        the caller already has it (the blocks' hot path keeps it while structure_epoch() holds)."""
+        pairs = tuple(pairs)
+        stamp = _stamp(sources if sources is not None else _sources(pairs), pairs)
+        if stamp == self._stamp and pairs == self._pairs:
+            return self.value
+        with torch.inference_mode(False), torch.no_grad():  # in this order: inference_mode(False) turns grad mode on
+            new = tuple(fold_conv_bn(c, b) for c, b in pairs)
+            old = self.value if pairs == self._pairs else None
+            same = old is not None and all(
+                (o.weight.shape, o.weight.dtype, o.weight.device, o.bias.shape, o.bias.device)
+                == (n.weight.shape, n.weight.dtype, n.weight.device, n.bias.shape, n.bias.device)
+                for o, n in zip(old, new))
+            if same:
+                for o, n in zip(old, new):
+                    o.weight.copy_(n.weight)  # bumps its _version: packed layouts of it are remade
+                    o.bias.copy_(n.bias)
+                new = tuple(n._replace(weight=o.weight, bias=o.bias) for o, n in zip(old, new))
+            elif in_place_only:
+                raise RuntimeError(
+                    "fused_resnet: a compiled graph holds this module's folded weights, but its parameters "
+                    "changed shape, dtype or device since it was traced; call torch._dynamo.reset() (or "
+                    "compile again) after .to()/.half() or replacing parameters")
+        for folded in new:
+            mark_stable(folded.weight)  # packed layouts of it may be cached
+        self.value, self._pairs, self._stamp = new, pairs, stamp
+        self.generation += 1
+        return new
+
+
+@torch.library.custom_op("fused_resnet::_refresh_folds", mutates_args=("folded",))
+def _refresh_folds(folded: List[torch.Tensor], handle: int) -> None:
+    """Inside a torch.compile graph: refold the cache ``handle`` in place if a parameter changed.
+
+    The graph reads the folded tensors as inputs; this op (opaque to the compiler, a few version
+    checks when nothing changed) runs before them, so a compiled model never uses stale folds and
+    never refolds per call."""
+    cache = _CACHES.get(handle)
+    if cache is not None and cache._pairs is not None:
+        cache.refresh(cache._pairs, in_place_only=True)
+
+
+@_refresh_folds.register_fake
+def _(folded, handle):
+    return None

@@ -204,7 +204,8 @@ def _validate(x, weight, bias, scale, groups, residual, out_shape):
 def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                  scale: Optional[torch.Tensor] = None, stride: IntOrPair = 1, padding: IntOrPair = 0,
                  dilation: IntOrPair = 1, groups: int = 1, residual: Optional[torch.Tensor] = None,
-                 relu: bool = True, backend: Optional[str] = None, _into_residual: bool = False) -> torch.Tensor:
+                 relu: bool = True, backend: Optional[str] = None, _into_residual: bool = False,
+                 _record: Optional[list] = None) -> torch.Tensor:
     """act(conv2d(x, weight) * scale + bias + residual), fused into one kernel where a backend allows.
 
     Args:
@@ -217,6 +218,8 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         backend: "auto" | "eager" | "triton" | "cuda"; None reads use_backend() / FUSED_RESNET_BACKEND.
         _into_residual: (private) the result may be written over ``residual`` (backends that can do so
             avoid an allocation); only for callers that own the residual tensor (the fused blocks).
+        _record: (private) a list the resolved ``Launch`` is appended to (None when this call could not
+            be planned: autograd, torch.compile); the fused blocks build their launch plans with it.
     Returns:
         (N, Cout, OH, OW) tensor in x's dtype and memory format.
     Raises:
@@ -240,6 +243,8 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         _trace.record(x, weight, stride, padding, dilation, groups,
                       _selector.Choice("eager", "eager: autograd (a tensor requires grad; use torch.no_grad() "
                                                 "or torch.inference_mode() for fused kernels)"))
+        if _record is not None:
+            _record.append(None)
         return fused_conv2d_ref(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
     # torch.compile traces the registered op (and plans buffers itself: no writing into the residual).
     if torch.compiler.is_compiling():
@@ -249,4 +254,8 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     # only be written in place inside inference mode.
     into = (_into_residual and residual is not None
             and (torch.is_inference_mode_enabled() or not residual.is_inference()))
-    return _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested, into_residual=into)
+    launch = resolve(x, weight, bias, scale, stride, padding, dilation, groups, residual is not None, relu,
+                     requested, into)
+    if _record is not None:
+        _record.append(launch)
+    return launch.run(x, residual).contiguous(memory_format=memory_format_of(x))

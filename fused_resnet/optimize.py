@@ -1,0 +1,152 @@
+"""fused_resnet.optimize(model, example_input): a converted model that replays CUDA graphs.
+
+Batch-1 inference is host-bound: without graphs a ResNet-50 forward spends more time in Python and
+kernel launches than on the GPU. ``optimize`` captures one CUDA graph per input signature (shape,
+dtype, device, strides) and replays it, so a forward costs one input copy and one graph launch.
+
+Ownership and lifetime (the reason this exists instead of a recipe): a CUDA graph holds raw
+pointers to every tensor it reads, the model's parameters, folded and packed weights, its static
+input and its output. The returned module owns all of them: the converted model, the static
+buffers and the graphs live exactly as long as it does, each graph is captured on this module's own
+stream into this module's own memory pool, and nothing it captured is freed behind a graph's back.
+(A graph whose model was dropped while the graph was kept is what faulted in our benchmarks: see
+benchmarks/NOTES.md, "The CUDA-graph fault".)
+
+Weights changed after capture (load_state_dict, in-place edits, parameter replacement) are
+detected on the next call from the parameters' and buffers' version counters and storage; the
+graphs are then dropped and captured again (warm-up included), so a forward never runs on stale
+weights. Inputs the graphs cannot take (CPU tensors, another dtype or device, autograd recording)
+run the converted model directly, under torch.no_grad(): this module is for inference only.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from . import folding
+from .blocks import convert
+
+
+class _Graph(NamedTuple):
+    graph: "torch.cuda.CUDAGraph"
+    static_input: torch.Tensor
+    static_output: torch.Tensor
+
+
+class OptimizedModel(nn.Module):
+    """What ``fused_resnet.optimize`` returns; call it like the model (see ``optimize``)."""
+
+    def __init__(self, model: nn.Module, *, cuda_graphs: bool = True, max_graphs: int = 8,
+                 copy_output: bool = False, warmup: int = 3) -> None:
+        super().__init__()
+        self.model = model  # a registered submodule: .to(), state_dict(), parameters() reach it
+        self.cuda_graphs = cuda_graphs
+        self.max_graphs = max_graphs
+        self.copy_output = copy_output
+        self.warmup = warmup
+        self._graphs: "collections.OrderedDict[tuple, _Graph]" = collections.OrderedDict()  # LRU order
+        self._pool = None
+        self._stream = None
+        self._stamp = None  # of the weights the graphs were captured with
+        self._tensors = None  # (structure epoch, every parameter and buffer of the model)
+        self._lock = threading.Lock()  # replays share static buffers: one at a time
+        self.captures = 0  # graphs captured so far (re-captures included); for tests and logs
+
+    def _weights_stamp(self) -> tuple:
+        """Changes when any parameter or buffer is edited in place, replaced, or moved."""
+        epoch = folding.structure_epoch()
+        if self._tensors is None or self._tensors[0] != epoch:
+            self._tensors = (epoch, tuple(self.model.parameters()) + tuple(self.model.buffers()))
+        tensors = self._tensors[1]
+        return epoch, tuple(map(id, tensors)), folding._stamp(tensors, ())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output for ``x`` (inference only: no autograd graph is recorded)."""
+        if not (self.cuda_graphs and isinstance(x, torch.Tensor) and x.is_cuda) or self.model.training:
+            with torch.no_grad():
+                return self.model(x)
+        with self._lock:
+            stamp = self._weights_stamp()
+            if stamp != self._stamp:
+                self.drop_graphs()
+            key = (tuple(x.shape), x.stride(), x.dtype, x.device)
+            entry = self._graphs.get(key)
+            if entry is None:
+                entry = self._capture(x, key)
+                self._stamp = self._weights_stamp()  # after warm-up: refolds are done
+            else:
+                self._graphs.move_to_end(key)
+            entry.static_input.copy_(x)
+            entry.graph.replay()
+            return entry.static_output.clone() if self.copy_output else entry.static_output
+
+    def _capture(self, x: torch.Tensor, key: tuple) -> _Graph:
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+            self._stream = torch.cuda.Stream(device=x.device)
+        while len(self._graphs) >= self.max_graphs:
+            self._graphs.popitem(last=False)  # least recently used shape
+        static_input = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+        static_input.copy_(x)
+        stream = self._stream
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        # Warm-up on the capture stream: builds fold caches, packed weights, launch plans, Triton
+        # compiles and cuDNN plans, so the capture records kernels only.
+        with torch.cuda.stream(stream), torch.inference_mode():
+            for _ in range(self.warmup):
+                self.model(static_input)
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, stream=stream):
+            static_output = self.model(static_input)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        entry = _Graph(graph, static_input, static_output)
+        self._graphs[key] = entry
+        self.captures += 1
+        return entry
+
+    def drop_graphs(self) -> None:
+        """Release every captured graph (the next call of each shape captures again)."""
+        if self._graphs and self._stream is not None:
+            self._stream.synchronize()
+        self._graphs.clear()
+        self._stamp = None
+
+    def graph_shapes(self) -> list:
+        """Input shapes with a captured graph, least recently used first."""
+        return [k[0] for k in self._graphs]
+
+
+def optimize(model: nn.Module, example_input: Optional[torch.Tensor] = None, *, cuda_graphs: bool = True,
+             max_graphs: int = 8, copy_output: bool = False) -> OptimizedModel:
+    """Convert ``model`` (if needed), put it in eval mode and return a module that owns it and, on
+    CUDA, replays one captured CUDA graph per input signature.
+
+    Args:
+        model: a torchvision/timm ResNet (or any module containing their blocks), on its device and
+            in its dtype already. It is converted in place and kept by the returned module; keep
+            using the returned module, not ``model``, for inference.
+        example_input: if given (a CUDA tensor), its graph is captured now rather than on the first
+            call; on CPU it is only run once.
+        cuda_graphs: False gives the plain converted model's behaviour (still one owner object).
+        max_graphs: how many input signatures keep a graph; the least recently used is released
+            when a new shape arrives (batch sizes map to graphs one to one: pad your batches to a
+            few sizes if they vary a lot).
+        copy_output: the returned tensor is this module's static output buffer, overwritten by the
+            next call with the same input shape; True returns a copy instead (one extra pass).
+    Returns:
+        an ``OptimizedModel``. Weights changed after capture are detected on the next call and the
+        graphs are captured again. CPU inputs and training mode run the converted model directly
+        (under torch.no_grad(): inference only).
+    """
+    convert(model)
+    model.eval()
+    opt = OptimizedModel(model, cuda_graphs=cuda_graphs, max_graphs=max_graphs, copy_output=copy_output)
+    if example_input is not None:
+        with torch.inference_mode():
+            opt(example_input)
+    return opt

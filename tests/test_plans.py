@@ -1,0 +1,192 @@
+"""Launch plans, folded constants under torch.compile/export, and optimize() on CPU.
+
+Plans: a fused module resolves its convs once per input signature and replays the launches; every
+change that could alter the result must re-plan (checked against torchvision after each change).
+"""
+import copy
+import importlib
+import threading
+
+import pytest
+import torch
+import torchvision
+import torchvision.models.resnet as tvr
+from torch import nn
+
+import fused_resnet
+from fused_resnet.testing import randomize_bn
+
+from helpers import random_model
+
+op_module = importlib.import_module("fused_resnet.ops.fused_conv2d")  # the module, not the function
+
+
+def _block():
+    # layer2.0 of a small Bottleneck net: strided 3x3, a fused downsample, a residual into conv3.
+    torch.manual_seed(0)
+    ds = nn.Sequential(nn.Conv2d(32, 64, 1, stride=2, bias=False), nn.BatchNorm2d(64))
+    tv = randomize_bn(tvr.Bottleneck(32, 16, stride=2, downsample=ds)).eval()
+    return tv, fused_resnet.convert(copy.deepcopy(tv))
+
+
+@pytest.fixture
+def count_resolves(monkeypatch):
+    calls = []
+    real = op_module.resolve
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(op_module, "resolve", counting)
+    return calls
+
+
+def test_plan_is_built_once_then_replayed(count_resolves):
+    tv, fused = _block()
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        first = fused(x)
+        assert len(count_resolves) == 4  # conv1, conv2, downsample, conv3
+        for _ in range(3):
+            assert torch.equal(fused(x), first)
+        assert len(count_resolves) == 4  # replayed, not resolved again
+        torch.testing.assert_close(first, tv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_plan_invalidation_gives_correct_outputs(count_resolves):
+    tv, fused = _block()
+    x = torch.randn(2, 32, 8, 8)
+    check = lambda a, b: torch.testing.assert_close(fused(a), tv(b), rtol=1e-5, atol=1e-5)  # noqa: E731
+    with torch.no_grad():
+        check(x, x)
+        for mutate in (lambda m: m.conv2.weight.mul_(-0.5),                # in-place weight edit
+                       lambda m: m.bn3.running_var.mul_(2.0),              # in-place BN edit
+                       lambda m: setattr(m.conv1, "weight", nn.Parameter(m.conv1.weight * 2)),  # replaced
+                       lambda m: setattr(m.bn1, "eps", 1e-2)):             # a plain float attribute
+            n = len(count_resolves)
+            mutate(tv)
+            mutate(fused)
+            check(x, x)
+            assert len(count_resolves) == n + 4, "a changed weight must re-plan"
+        other = copy.deepcopy(tv)
+        randomize_bn(other, torch.Generator().manual_seed(3))
+        tv.load_state_dict(other.state_dict())
+        fused.load_state_dict(other.state_dict())
+        check(x, x)
+        x4 = torch.randn(4, 32, 6, 6)  # another batch size and spatial size: its own plan
+        check(x4, x4)
+        check(x, x)
+        xcl = x.contiguous(memory_format=torch.channels_last)  # another layout: its own plan
+        out = fused(xcl)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, tv(xcl), rtol=1e-5, atol=1e-5)
+        fused.double()  # dtype change
+        tv.double()
+        check(x.double(), x.double())
+
+
+def test_plan_not_used_in_training_or_for_a_bn_switched_to_train():
+    tv, fused = _block()
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        fused(x)
+        fused.bn2.train()  # only one BN: the block must notice and run torchvision's forward
+        tv.bn2.train()
+        torch.testing.assert_close(fused(x), tv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_two_threads_share_one_model():
+    tv = random_model(torchvision.models.resnet18)
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    xs = [torch.randn(1 + i % 2, 3, 32, 32) for i in range(6)]
+    with torch.no_grad():
+        expected = [fused(x) for x in xs]
+    results, errors = {}, []
+
+    def worker(k):
+        try:
+            with torch.no_grad():
+                for rep in range(3):
+                    for i, x in enumerate(xs):
+                        results[(k, rep, i)] = fused(x)
+        except Exception as e:  # surfaced below
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for (k, rep, i), out in results.items():
+        assert torch.equal(out, expected[i]), (k, rep, i)
+
+
+# --- folded constants under torch.compile / torch.export ------------------------------------------
+
+def _graph_ops(gm) -> list:
+    return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+
+def test_compiled_graph_holds_no_fold_and_sees_weight_edits():
+    tv, fused = _block()
+    x = torch.randn(2, 32, 8, 8)
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    with torch.no_grad():
+        fused(x)  # eager first: the fold cache exists, so the graph reads it
+        compiled = torch.compile(fused, fullgraph=True, backend=capture)
+        torch.testing.assert_close(compiled(x), tv(x), rtol=1e-5, atol=1e-5)
+        ops = _graph_ops(graphs[0])
+        assert not any("rsqrt" in o or "float64" in o for o in ops), ops
+        assert sum("fused_conv2d" in o for o in ops) == 4, ops
+        assert any("_refresh_folds" in o for o in ops), ops
+        # an in-place edit after compiling: the refresh op refolds, no recompile needed
+        tv.conv3.weight.mul_(-1.0)
+        fused.conv3.weight.mul_(-1.0)
+        torch.testing.assert_close(compiled(x), tv(x), rtol=1e-5, atol=1e-5)
+        assert len(graphs) == 1
+
+
+def test_export_graph_holds_no_per_call_fold():
+    tv = random_model(torchvision.models.resnet18)
+    fused = fused_resnet.convert(copy.deepcopy(tv)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fused(x)
+        ep = torch.export.export(fused, (x,))
+    ops = _graph_ops(ep.graph_module)
+    assert sum("fused_conv2d" in o for o in ops) == 20, ops
+    assert not any("rsqrt" in o or "_to_copy" in o or "_refresh_folds" in o for o in ops), ops
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), tv(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_inductor_compile_matches_and_refreshes():
+    tv = random_model(torchvision.models.resnet18)
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fused(x)
+        compiled = torch.compile(fused, fullgraph=True)
+        torch.testing.assert_close(compiled(x), tv(x), rtol=1e-4, atol=1e-4)
+        for m in (tv, fused):
+            m.layer2[0].bn1.running_mean.add_(0.3)
+        torch.testing.assert_close(compiled(x), tv(x), rtol=1e-4, atol=1e-4)
+
+
+# --- optimize() --------------------------------------------------------------------------------------
+
+def test_optimize_on_cpu_equals_converted_model():
+    tv = random_model(torchvision.models.resnet18)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = fused_resnet.convert(copy.deepcopy(tv))(x)
+    opt = fused_resnet.optimize(copy.deepcopy(tv), x)
+    assert isinstance(opt, fused_resnet.OptimizedModel)
+    assert torch.equal(opt(x), expected)
+    assert opt.captures == 0 and opt.graph_shapes() == []  # no graphs on CPU
+    assert set(opt.state_dict()) == {"model." + k for k in tv.state_dict()}
