@@ -7,12 +7,16 @@ output's shape. Dtypes: x, weight and residual share one dtype (fp32, fp16, bf16
 be fp32. Every backend accumulates in fp32. The output has x's memory format (channels_last in,
 channels_last out), like torch.nn.functional.conv2d.
 
-Backends (chosen per call by fused_resnet._selector):
-  eager  - PyTorch ops. On CPU: oneDNN's fused conv+bias (+ in-place residual sum) primitive with
+Backends and their tactics (chosen per call by fused_resnet._selector; ``run_tactic`` runs one):
+  eager  - PyTorch ops. eager:cpu: oneDNN's fused conv+bias (+ in-place residual sum) primitive with
            pre-reordered weights for channels_last fp32/bf16 inputs, then an in-place NaN-preserving
-           ReLU; plain conv2d + in-place epilogue otherwise.
+           ReLU; plain conv2d + in-place epilogue otherwise. On CUDA tensors: eager:cudnn+pointwise
+           (cuDNN conv with bias, in-place add_/relu_), eager:cudnn+epilogue (cuDNN conv, then the
+           extension's one-pass bias+residual+ReLU kernel), eager:cudnn_fused (cuDNN's fused
+           conv+bias(+add)+ReLU ops; NaN propagation checked by tests/test_gpu.py only).
   triton - fused_resnet.triton.fused_conv2d (implicit GEMM, NHWC, fused epilogue).
-  cuda   - the CUTLASS extension (fused_resnet._ext).
+  cuda   - the CUTLASS extension (fused_resnet._ext): cuda:sm80_large / cuda:sm80_small (2.x tiles),
+           cuda:sm90_<config> (Hopper 3.x kernels, where the build has them).
 The op is registered as ``torch.ops.fused_resnet.fused_conv2d`` (torch.library.custom_op) with a
 fake implementation, so torch.compile(fullgraph=True) traces through it.
 """
@@ -122,24 +126,63 @@ def _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups, re
     return out
 
 
+def _cudnn_fused(x, weight, bias, stride, padding, dilation, groups, residual, relu):
+    """cuDNN's fused conv + bias (+ add) + ReLU ops (what TorchScript's optimize_for_inference uses).
+    relu=False has no cuDNN fused op: conv with bias, then the residual added in place."""
+    b = bias.to(x.dtype) if bias is not None else None
+    if not relu:
+        out = F.conv2d(x, weight, b, stride, padding, dilation, groups)
+        return out.add_(residual) if residual is not None else out
+    if residual is not None:
+        return torch.cudnn_convolution_add_relu(x, weight, residual, 1.0, b, stride, padding, dilation, groups)
+    return torch.cudnn_convolution_relu(x, weight, b, stride, padding, dilation, groups)
+
+
+def _cudnn_epilogue(x, weight, bias, stride, padding, dilation, groups, residual, relu):
+    """cuDNN's conv alone, then one pass of our vectorized bias + residual + ReLU kernel (_ext)."""
+    out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    b = bias.float().contiguous() if bias is not None else None
+    res = residual.contiguous(memory_format=torch.channels_last) if residual is not None else None
+    return torch.ops.fused_resnet._bias_residual_act_cuda(out, b, res, relu)
+
+
+def run_tactic(tactic, x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
+               into_residual=False):
+    """Run one tactic (a name from _selector's TACTICS) without selection; the caller checked
+    _selector.tactic_guard. stride/padding/dilation are pairs. Returns the tensor the kernel wrote
+    (the caller fixes the memory format)."""
+    args = (x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
+    if tactic == _selector.TRITON:
+        from ..triton.fused_conv2d import fused_conv2d_triton
+
+        return fused_conv2d_triton(*args, into_residual=into_residual)
+    if tactic in _selector.CUDA_SM80_TILES:
+        from .. import _ext
+
+        return _ext.fused_conv2d_cuda(*args, tile=_selector.CUDA_SM80_TILES[tactic])
+    if tactic.startswith(_selector.CUDA_SM90_PREFIX):
+        from .. import _ext
+
+        return _ext.fused_conv2d_sm90_tactic(tactic, x, weight, bias, stride, padding, dilation, residual, relu)
+    if tactic == _selector.CUDNN_FUSED:
+        return _cudnn_fused(x, weight, bias, stride, padding, dilation, groups, residual, relu)
+    if tactic == _selector.CUDNN_EPILOGUE:
+        return _cudnn_epilogue(x, weight, bias, stride, padding, dilation, groups, residual, relu)
+    if tactic == _selector.EAGER_CPU and x.device.type == "cpu":
+        return _eager_cpu(*args, into_residual=into_residual)
+    if tactic in (_selector.EAGER_CPU, _selector.CUDNN_POINTWISE, ""):
+        return _eager_generic(*args)
+    raise ValueError(f"unknown fused_conv2d tactic {tactic!r}")
+
+
 def _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend, into_residual=False):
     """Compute the fused conv. into_residual=True allows (does not require) the backend to write the
     result over ``residual``; the returned tensor is the result either way."""
-    choice = _selector.select_conv(x, weight, groups, backend, scale, stride[0])
+    choice = _selector.select_conv(x, weight, groups, backend, scale, stride, padding=padding, dilation=dilation,
+                                   relu=relu, residual=residual is not None)
     _trace.record(x, weight, stride, padding, dilation, groups, choice)
-    args = (x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
-    if choice.backend == "triton":
-        from ..triton.fused_conv2d import fused_conv2d_triton
-
-        out = fused_conv2d_triton(*args, into_residual=into_residual)
-    elif choice.backend == "cuda":
-        from .. import _ext
-
-        out = _ext.fused_conv2d_cuda(*args)
-    elif x.device.type == "cpu":
-        out = _eager_cpu(*args, into_residual=into_residual)
-    else:
-        out = _eager_generic(*args)
+    out = run_tactic(choice.tactic, x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
+                     into_residual)
     # (Backends that cannot write into the residual return a new tensor; copying it over the residual
     # would cost a pass over the output for nothing: callers use the returned tensor.)
     return out.contiguous(memory_format=memory_format_of(x))
@@ -225,7 +268,7 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         _trace.record(x, weight, stride, padding, dilation, groups,
                       _selector.Choice("eager", "eager: autograd (a tensor requires grad; use torch.no_grad() "
-                                                "or torch.inference_mode() for fused kernels)"))
+                                                "or torch.inference_mode() for fused kernels)", "eager:autograd"))
         return fused_conv2d_ref(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
     # torch.compile traces the registered op (and plans buffers itself: no writing into the residual).
     if torch.compiler.is_compiling():
