@@ -112,7 +112,9 @@ def main(args) -> int:
             and tuning.read_meta(path).get("device") == torch.cuda.get_device_name():
         entries = tuning.read_table(path)
     env = {**environment("cuda"), "cudnn_benchmark": True, "cudnn": torch.backends.cudnn.version()}
-    command = "python -m fused_resnet tune " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["tune"] else sys.argv[1:])
+    command = "python -m fused_resnet tune" + "".join(
+        f" --{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+        for k, v in vars(args).items() if k != "cmd" and v not in (None, False))
     floor = tuning.NOISE_FLOOR if args.noise is None else args.noise
     tactics = args.tactics.split(",") if args.tactics else None
     work = [(m, dtype, b, s) for m in args.model.split(",") for dtype in args.dtype.split(",")

@@ -277,3 +277,31 @@ def test_op_bound_summary_on_synthetic_rows():
     met, total, details = op_bound_summary(rows)
     assert (met, total) == (1, 2)
     assert [d["ok"] for d in details] == [True, False] and details[0]["tactic"] == "eager:cudnn_fused"
+
+
+def test_tune_command_loop_writes_and_updates_the_table(tmp_path, monkeypatch, capsys):
+    """`tune`'s own loop (progress, budget, table written after each shape, update of an existing table),
+    with the GPU stood in for by CPU tensors and the CPU tactic."""
+    from fused_resnet import tuner
+    from fused_resnet.__main__ import main
+    from fused_resnet.triton import configs
+
+    real = tuner.tune_shape
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    monkeypatch.setattr(configs, "device_tag", lambda name=None: "test_gpu")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 0)
+    monkeypatch.setattr(tuner, "tune_shape", lambda s, dt, tactics, runs, floor: real(
+        s, torch.float32, tactics, runs, floor, device="cpu"))
+    import fused_resnet.bench as bench
+
+    monkeypatch.setattr(bench, "environment", lambda device: {"device": "Test GPU", "torch": "t", "triton": "t"})
+    args = ["tune", "--model", "resnet18", "--batch", "1", "--image-size", "32", "--runs", "2", "--out", str(tmp_path)]
+    assert main(args + ["--limit", "2"]) == 0
+    path = tmp_path / "backend_test_gpu.json"
+    out = capsys.readouterr().out
+    assert "[1/" in out and "[2/" in out and "-> pick eager:cpu" in out and str(path) in out
+    assert len(tuning.read_table(str(path))) == 2 and torch.backends.cudnn.benchmark
+    assert main(args + ["--budget-s", "0"]) == 0  # nothing measured: the table keeps its 2 entries
+    assert "budget" in capsys.readouterr().out and len(tuning.read_table(str(path))) == 2
