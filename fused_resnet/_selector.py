@@ -236,7 +236,7 @@ def default_tactic(x: torch.Tensor, weight: torch.Tensor, groups: int = 1, scale
                    dilation=1, relu: bool = True, residual: bool = False) -> str:
     """What auto runs with no tuned table and no FUSED_RESNET_PREFER (the tuner's "default choice")."""
     return select_conv(x, weight, groups, "auto", scale, stride, padding=padding, dilation=dilation, relu=relu,
-                       residual=residual, use_table=False).tactic
+                       residual=residual, heuristic_only=True).tactic
 
 
 def _precision_note(backend: str, x: torch.Tensor) -> str:
@@ -249,8 +249,9 @@ def _precision_note(backend: str, x: torch.Tensor) -> str:
 
 def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: str, scale=None,
                 stride=1, *, padding=0, dilation=1, relu: bool = True, residual: bool = False,
-                use_table: bool = True) -> Choice:
-    """Pick the backend and tactic for one fused_conv2d call (``residual``: whether one is added).
+                heuristic_only: bool = False) -> Choice:
+    """Pick the backend and tactic for one fused_conv2d call (``residual``: whether one is added;
+    ``heuristic_only``: ignore the tuned table and FUSED_RESNET_PREFER).
 
     Explicit backends: "eager" runs eager:cpu / eager:cudnn+pointwise; "triton" runs triton; "cuda"
     runs the tabled CUTLASS tactic for this shape if any, else the sm80 tile the kernel's rule picks.
@@ -260,7 +261,7 @@ def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: s
     if requested == "eager":
         return Choice("eager", "eager: requested", CUDNN_POINTWISE if on_gpu else EAGER_CPU)
     entry = None
-    if use_table and on_gpu:
+    if on_gpu and not heuristic_only:
         from . import tuning
 
         entry = tuning.lookup(x, weight, groups, stride, padding, dilation, relu, residual)
@@ -280,7 +281,8 @@ def select_conv(x: torch.Tensor, weight: torch.Tensor, groups: int, requested: s
     if not on_gpu:
         return Choice("eager", f"eager: {x.device.type.upper()} tensor", EAGER_CPU)
     return _auto_choice(_cuda_guard(x, weight, groups, scale), _triton_guard(x),
-                        os.environ.get("FUSED_RESNET_PREFER", ""), entry, _precision_note("triton", x),
+                        "" if heuristic_only else os.environ.get("FUSED_RESNET_PREFER", ""), entry,
+                        _precision_note("triton", x),
                         cuda_tactic=sm80_tile_tactic(x, weight, stride, padding, dilation),
                         guard=lambda t: tactic_guard(t, x, weight, groups, scale, **conv))
 

@@ -130,7 +130,11 @@ def main(args) -> int:
         epi = ("+res " if s.residual else "") + ("relu" if s.relu else "no relu")
         print(f"[{i + 1}/{len(work)}] {model} b{batch} {dtype} {s.name}: {s.k}x{s.k} {s.cin}->{s.cout} s{s.stride} "
               f"p{s.padding} d{s.dilation} g{s.groups} on {s.h}x{s.w}, {epi}", flush=True)
-        key, entry = tune_shape(s, DTYPES[dtype], tactics, args.runs, floor)
+        try:
+            key, entry = tune_shape(s, DTYPES[dtype], tactics, args.runs, floor)
+        except RuntimeError as e:  # no tactic ran this shape (all failed): reported, the others still tuned
+            print(f"    skipped: {str(e).splitlines()[0][:300]}", flush=True)
+            continue
         entries[key] = entry
         done += 1
         tuning.write_table(path, entries, device=env["device"], env=env, command=command, noise_floor=floor)

@@ -305,3 +305,11 @@ def test_tune_command_loop_writes_and_updates_the_table(tmp_path, monkeypatch, c
     assert len(tuning.read_table(str(path))) == 2 and torch.backends.cudnn.benchmark
     assert main(args + ["--budget-s", "0"]) == 0  # nothing measured: the table keeps its 2 entries
     assert "budget" in capsys.readouterr().out and len(tuning.read_table(str(path))) == 2
+
+
+def test_default_tactic_ignores_table_and_prefer(gpu_world, monkeypatch):
+    x, w = _conv()
+    gpu_world({_key(x, w): Entry("eager:cudnn_fused")})
+    monkeypatch.setenv("FUSED_RESNET_PREFER", "triton")
+    assert _selector.select_conv(x, w, 1, "auto", residual=True).tactic == "triton"  # PREFER wins in auto
+    assert _selector.default_tactic(x, w, 1, residual=True) in _selector.CUDA_SM80_TILES
