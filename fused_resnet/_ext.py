@@ -187,16 +187,24 @@ def _sm90_api(name: str):
     return globals().get(name)
 
 
+_sm90_seen: dict = {}  # sm90_configs function -> its {tactic: config} (asked once: the guard runs per call)
+
+
 def sm90_tactics() -> dict[str, str]:
     """{tactic: config} for every sm90 config this build offers ({} before the sm90 merge)."""
     configs = _sm90_api("sm90_configs")
     if configs is None:
         return {}
+    if configs in _sm90_seen:
+        return _sm90_seen[configs]
     try:
         names = list(configs())
     except Exception:  # a build without the sm90 kernels: no candidates, never an error in auto
         return {}
-    return {"cuda:" + (c if c.startswith("sm90_") else "sm90_" + c): c for c in names}
+    found = {"cuda:" + (c if c.startswith("sm90_") else "sm90_" + c): c for c in names}
+    if found:  # an empty answer may come before the library is loaded: ask again next time
+        _sm90_seen[configs] = found
+    return found
 
 
 def sm90_guard(tactic: str, x, weight, stride, padding, dilation, groups) -> Optional[str]:

@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--out", default=None,
                    help="table file to write (a folder: backend_<gpu>.json inside it); default "
-                        "fused_resnet/tuned/backend_<gpu>.json. An existing format-2 table for the same GPU "
-                        "is updated: shapes not measured now keep their entries")
+                        "fused_resnet/tuned/backend_<gpu>.json. An existing table for the same GPU (either "
+                        "format) is updated: shapes not measured now keep their entries")
     p.add_argument("--budget-s", type=float, default=None, help="stop starting new shapes after this many seconds")
     p.add_argument("--runs", type=int, default=20, help="timed samples per tactic (each 10 back-to-back calls)")
     p.add_argument("--noise", type=float, default=None,
@@ -108,8 +108,9 @@ def main(args) -> int:
     tag = configs.device_tag()
     path = _out_path(args.out, tag)
     entries = {}
-    if os.path.exists(path) and tuning.read_meta(path).get("format", 1) >= 2 \
-            and tuning.read_meta(path).get("device") == torch.cuda.get_device_name():
+    if os.path.exists(path) and tuning.read_meta(path).get("device") == torch.cuda.get_device_name():
+        # Shapes not measured now keep their entries (a format-1 entry stays under its old key: auto
+        # reads it for any padding/epilogue of the shape that has no format-2 entry).
         entries = tuning.read_table(path)
     env = {**environment("cuda"), "cudnn_benchmark": True, "cudnn": torch.backends.cudnn.version()}
     command = "python -m fused_resnet tune" + "".join(
