@@ -146,6 +146,6 @@ def main(args) -> int:
     for e in entries.values():
         picks[e.tactic] = picks.get(e.tactic, 0) + 1
     kept = sum(e.kept_default for e in entries.values())
-    print(f"wrote {path}: {len(entries)} shapes in {time.time() - t0:.0f} s; picks {picks}; "
-          f"default kept by the noise rule on {kept}")
+    print(f"{'wrote' if done else 'unchanged:'} {path}: {done} shapes measured in {time.time() - t0:.0f} s, "
+          f"{len(entries)} in the table; picks {picks}; default kept by the noise rule on {kept}")
     return 0

@@ -208,7 +208,7 @@ def test_tune_writes_a_table_that_auto_follows(tmp_path, monkeypatch):
             inp = op_inputs(s, torch.float16, "cuda")
             e = table[inp.key]
             assert e.tactic in e.times_ms and len(e.times_ms) >= 3, e  # cuDNN tactics, triton, CUTLASS...
-            c = _selector.select_conv(inp.x, inp.w, s.groups, "auto", None, s.stride, **inp.conv_kwargs())
+            c = _selector.select_conv(inp.x, inp.w, s.groups, "auto", None, **inp.conv_kwargs())
             assert c.tactic == e.tactic and "tuned table" in c.reason, (c, e)
             with torch.no_grad():
                 out = fused_conv2d(inp.x, inp.w, inp.bias, stride=s.stride, padding=s.padding, groups=s.groups,
