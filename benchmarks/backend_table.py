@@ -7,6 +7,10 @@ triton (fused_triton), cuda (fused_cuda) and eager (fused_eager: cuDNN's conv, t
 bias, residual and ReLU as PyTorch pointwise passes). Runs that did not time fused_eager stand in
 conv_bn_relu for it (cuDNN conv, BN, residual add, ReLU: the same passes over memory, so no faster
 than our eager path), marked in the table's "eager_from" field. A shape needs two candidates timed.
+
+Superseded by ``python -m fused_resnet tune`` (format-2 tactic tables: every tactic timed, cuDNN's
+fused ops included, with the noise rule); this script writes format 1 and will not overwrite a
+format-2 table.
 """
 import argparse
 import json
@@ -45,6 +49,11 @@ def main() -> int:
     from fused_resnet.triton.configs import device_tag
 
     path = os.path.join(args.out, f"backend_{device_tag(device)}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            if json.load(f).get("format", 1) >= 2:
+                print(f"{path} is a format-2 tactic table (python -m fused_resnet tune): not overwritten")
+                return 1
     with open(path, "w") as f:
         json.dump({"device": device, "source": args.source or os.path.basename(args.results), "eager_from": eager_from,
                    "choices": choices}, f, indent=1)

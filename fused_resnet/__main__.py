@@ -1,7 +1,8 @@
-"""Command line: python -m fused_resnet {info,verify,bench,demo} --help"""
+"""Command line: python -m fused_resnet {info,verify,bench,demo,tune} --help"""
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -42,7 +43,7 @@ def cmd_info(args) -> int:
 
         tag = configs.device_tag()
         print(f"tuned tables for {tag}: {len(configs.table(tag))} triton configs, "
-              f"{len(tuning._table(tag))} backend choices (fused_resnet/tuned/)")
+              f"{len(tuning._table(tag))} tactic/backend entries ({os.environ.get('FUSED_RESNET_TABLE') or 'fused_resnet/tuned/'})")
     return 0
 
 
@@ -88,6 +89,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tuner import main as tune_main
+
+    return tune_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fused_resnet",
                                 description="Fused conv+BN(+residual)+ReLU ResNet blocks for PyTorch inference.")
@@ -131,12 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "freeze+optimize_for_inference, interleaved on the same inputs, with "
                                    "roofline columns. See benchmarks/README.md.")
     add_arguments(b)
+
+    from . import tuner
+
+    t = sub.add_parser("tune", help="measure every candidate tactic per conv shape; write this GPU's tactic table",
+                       description=tuner.DESCRIPTION + "\nExample: python -m fused_resnet tune --model resnet50 "
+                       "--batch 1,32,256 --dtype fp16 --budget-s 300. Exit 2 without a CUDA GPU. Table format: "
+                       "fused_resnet/tuning.py and benchmarks/README.md.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    tuner.add_arguments(t)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return {"info": cmd_info, "verify": cmd_verify, "bench": cmd_bench, "demo": cmd_demo}[args.cmd](args)
+    return {"info": cmd_info, "verify": cmd_verify, "bench": cmd_bench, "demo": cmd_demo,
+            "tune": cmd_tune}[args.cmd](args)
 
 
 if __name__ == "__main__":

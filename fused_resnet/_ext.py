@@ -180,3 +180,70 @@ def fused_conv2d_cuda(x, weight, bias, scale, stride, padding, dilation, groups,
     if scale is not None:
         raise RuntimeError("the CUTLASS conv takes no separate scale (fold it into the weight)")
     return cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile)(x, residual)
+
+
+# --- adapter: the Hopper (sm90) CUTLASS 3.x configs of branch sm90 ----------------------------------
+# The one place that knows that branch's API, looked up by name so this file works before the merge
+# (no sm90 tactics) and after it (one tactic "cuda:sm90_<config>" per config):
+#   sm90_configs() -> list of config names, e.g. "sm90_conv_f16_128x128", "sm90_gemm_coop_f16_128x256"
+#   sm90_problem(x, weight, stride, padding, dilation, groups) -> None if the sm90 kernels take the
+#       problem, else why not
+#   fused_conv2d_sm90(x, weight, bias, stride, padding, dilation, residual, relu, config) -> Tensor
+# Assumed here, to re-check at the merge: configs named "*_f16_*" / "*_bf16_*" run that dtype only,
+# "*gemm*" configs run 1x1 stride-1 unpadded convs only; the launcher takes what fused_conv2d_cuda
+# passes the sm80 kernels (channels_last x/residual, KRSC weight, fp32 bias).
+
+def _sm90_api(name: str):
+    return globals().get(name)
+
+
+_sm90_seen: dict = {}  # sm90_configs function -> its {tactic: config} (asked once: the guard runs per call)
+
+
+def sm90_tactics() -> dict[str, str]:
+    """{tactic: config} for every sm90 config this build offers ({} before the sm90 merge)."""
+    configs = _sm90_api("sm90_configs")
+    if configs is None:
+        return {}
+    if configs in _sm90_seen:
+        return _sm90_seen[configs]
+    try:
+        names = list(configs())
+    except Exception:  # a build without the sm90 kernels: no candidates, never an error in auto
+        return {}
+    found = {"cuda:" + (c if c.startswith("sm90_") else "sm90_" + c): c for c in names}
+    if found:  # an empty answer may come before the library is loaded: ask again next time
+        _sm90_seen[configs] = found
+    return found
+
+
+def sm90_guard(tactic: str, x, weight, stride, padding, dilation, groups) -> Optional[str]:
+    """None if the sm90 tactic can run this conv (the general CUTLASS guard already passed), else why not."""
+    config = sm90_tactics().get(tactic)
+    if config is None:
+        return f"{tactic}: no such sm90 config in this build"
+    if torch.cuda.get_device_capability(x.device) != (9, 0):
+        return "sm90 kernels need an sm_90 (Hopper) GPU"
+    want = {"f16": torch.float16, "bf16": torch.bfloat16}
+    for tag, dt in want.items():
+        if f"_{tag}_" in config + "_" and x.dtype != dt:
+            return f"config {config} runs {tag} only"
+    if "gemm" in config and not (weight.shape[2] == weight.shape[3] == 1 and tuple(stride) == (1, 1)
+                                 and tuple(padding) == (0, 0)):
+        return f"config {config} (GEMM) runs 1x1 stride-1 unpadded convs only"
+    problem = _sm90_api("sm90_problem")
+    if problem is None:
+        return "sm90_problem missing from the extension"
+    return problem(x, weight, list(stride), list(padding), list(dilation), groups)
+
+
+def fused_conv2d_sm90_tactic(tactic: str, x, weight, bias, stride, padding, dilation, residual, relu) -> torch.Tensor:
+    """Run one sm90 tactic (guarded by sm90_guard)."""
+    from ._packing import packed
+
+    cl = torch.channels_last
+    w = packed(weight, "cutlass_krsc", pack_weight)
+    b = bias.float().contiguous() if bias is not None else torch.zeros(weight.shape[0], device=x.device)
+    res = residual.contiguous(memory_format=cl) if residual is not None else None
+    return _sm90_api("fused_conv2d_sm90")(x.contiguous(memory_format=cl), w, b, list(stride), list(padding),
+                                          list(dilation), res, relu, sm90_tactics()[tactic])

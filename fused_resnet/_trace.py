@@ -64,11 +64,12 @@ def describe(x, weight, stride, dilation, groups) -> str:
     return f"{kh}x{kw} {x.shape[1]}->{cout}{extra} on {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
 
 
-def add(name: str, desc: str, backend: str, reason: str) -> None:
+def add(name: str, desc: str, backend: str, reason: str, tactic: str = "") -> None:
     if _records is not None:
-        _records.append((name, desc, backend, reason))
+        _records.append((name, desc, backend, reason, tactic or backend))
 
 
 def record(x, weight, stride, padding, dilation, groups, choice) -> None:
     if _records is not None:
-        add(current_name(_conv), describe(x, weight, stride, dilation, groups), choice.backend, choice.reason)
+        add(current_name(_conv), describe(x, weight, stride, dilation, groups), choice.backend, choice.reason,
+            choice.tactic)

@@ -15,6 +15,7 @@ class Row:
     conv: str  # kernel, channels, stride/dilation/groups and input shape
     backend: str  # "eager" | "triton" | "cuda"
     reason: str
+    tactic: str = ""  # the kernels that ran, e.g. "eager:cudnn_fused", "cuda:sm80_large" (see _selector)
 
 
 @dataclass
@@ -28,10 +29,10 @@ class Report:
         return out
 
     def __str__(self) -> str:
-        head = ("conv", "shape", "backend", "why")
-        table = [head] + [(r.name, r.conv, r.backend, r.reason) for r in self.rows]
-        widths = [max(len(row[i]) for row in table) for i in range(3)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3] for row in table]
+        head = ("conv", "shape", "backend", "tactic", "why")
+        table = [head] + [(r.name, r.conv, r.backend, r.tactic, r.reason) for r in self.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in table]
         lines.insert(1, "-" * len(lines[0]))
         summary = ", ".join(f"{n} {b}" for b, n in sorted(self.counts().items()))
         return "\n".join(lines + [f"{len(self.rows)} convs: {summary}"])
@@ -39,7 +40,8 @@ class Report:
 
 def explain(model: nn.Module, example_input: torch.Tensor) -> Report:
     """Run one forward of ``model`` on ``example_input`` (under torch.no_grad, in the model's
-    current train/eval mode) and report, per conv: its shape, the backend that ran it and why.
+    current train/eval mode) and report, per conv: its shape, the backend and tactic (the exact
+    kernels, e.g. "eager:cudnn_fused") that ran it, and why.
 
     Convs that run as plain ``nn.Conv2d`` modules (torchvision's forward, unconverted modules) are
     reported as eager with the reason their block fell back, or "not converted".

@@ -19,7 +19,7 @@ def test_info():
 
 
 def test_help_for_each_command():
-    for cmd in ("info", "verify", "bench", "demo"):
+    for cmd in ("info", "verify", "bench", "demo", "tune"):
         r = run(cmd, "--help")
         assert r.returncode == 0 and "usage:" in r.stdout
 

@@ -136,6 +136,11 @@ def test_auto_choice_order():
     assert _auto_choice(*both, "", None).backend == "cuda"
     assert _auto_choice(*no_cuda, "", None, "triton (exact fp32)").reason == "triton (exact fp32)"
     assert _auto_choice(*neither, "", None).reason == "eager: no triton"
+    # each choice names its tactic; a format-1 table's "eager" is cuDNN conv + pointwise passes
+    assert stem.tactic == "eager:cudnn+pointwise" and _auto_choice(*both, "", None).tactic == "cuda:sm80_large"
+    assert _auto_choice(*both, "", None, cuda_tactic="cuda:sm80_small").tactic == "cuda:sm80_small"
+    assert _auto_choice(*both, "", "eager:cudnn_fused").tactic == "eager:cudnn_fused"
+    assert _auto_choice(*no_cuda, "", None).tactic == "triton"
 
 
 def test_backend_table_picks_fastest_incl_eager(tmp_path):

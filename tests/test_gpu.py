@@ -142,6 +142,99 @@ def test_cuda_elementwise():
         torch.testing.assert_close(add_relu(odd, odd, backend="cuda"), torch.relu(odd + odd), rtol=0, atol=0)
 
 
+# --- tactics: cuDNN's paths in the eager backend; the tune command; the op bench ------------------
+
+EAGER_TACTICS = ["eager:cudnn+pointwise", "eager:cudnn+epilogue", "eager:cudnn_fused"]
+TACTIC_CASES = [CASES[0], CASES[2], CASES[6], CASES[7]]  # 1x1 64->256, 3x3 64->64, grouped 3x3, the stem
+
+
+@pytest.mark.parametrize("tactic", EAGER_TACTICS)
+@pytest.mark.parametrize("case", TACTIC_CASES, ids=lambda c: f"{c[1]}-{c[4]}-k{c[5]}s{c[6]}g{c[9]}")
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("epi", ["relu", "res_relu", "res", "none"])
+def test_eager_tactics_on_gpu(tactic, case, dtype, epi):
+    """Each cuDNN-based tactic against the float64 reference (DESIGN's rule), with NaN in the input
+    and in the residual: NaN must come out where torch.relu keeps it (cuDNN's fused ReLU included;
+    this test is the only check of that)."""
+    from fused_resnet import _selector
+    from fused_resnet.ops.fused_conv2d import memory_format_of, run_tactic
+
+    if tactic == "eager:cudnn+epilogue":
+        _need_cuda_backend()
+    n, cin, h, w, cout, k, s, p, d, g = case
+    relu, residual = epi in ("relu", "res_relu"), epi.startswith("res")
+    dt = DTYPES[dtype]
+    x = torch.randn(n, cin, h, w, device="cuda").contiguous(memory_format=CL)
+    x[0, :, 0, 0] = float("nan")
+    wt = torch.randn(cout, cin // g, k, k, device="cuda") / (cin // g * k * k) ** 0.5
+    b = torch.randn(cout, device="cuda")
+    oh, ow = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    res = None
+    if residual:
+        res = torch.randn(n, cout, oh, ow, device="cuda").contiguous(memory_format=CL)
+        res[n - 1, 0, oh // 2, ow // 2] = float("nan")
+    kw = dict(stride=s, padding=p, dilation=d, groups=g)
+    ref = fused_conv2d_ref(x, wt, b, residual=res, relu=relu, upcast=True, **kw)
+    xd, wd, rd = x.to(dt), wt.to(dt), res.to(dt) if res is not None else None
+    why = _selector.tactic_guard(tactic, xd, wd, g, stride=s, padding=p, dilation=d, relu=relu, residual=residual)
+    assert why is None, why
+    with torch.no_grad():
+        out = run_tactic(tactic, xd, wd, b, None, [s, s], [p, p], [d, d], g, rd, relu)
+        out = out.contiguous(memory_format=memory_format_of(xd))
+        eager = fused_conv2d_ref(xd, wd, b, residual=rd, relu=relu, **kw)
+    assert out.isnan().any()
+    cmp = compare(out, eager, ref)
+    assert cmp.ok, f"{tactic}: {cmp}"
+
+
+def test_tune_writes_a_table_that_auto_follows(tmp_path, monkeypatch):
+    """`tune` on two small shapes writes a format-2 table; with it as the table, auto runs its picks."""
+    from fused_resnet import _selector, tuning
+    from fused_resnet.__main__ import main
+    from fused_resnet.bench import distinct_shapes, op_inputs
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
+    monkeypatch.delenv("FUSED_RESNET_PREFER", raising=False)
+    path = tmp_path / "backend_test.json"
+    rc = main(["tune", "--model", "resnet18", "--batch", "2", "--image-size", "64", "--dtype", "fp16",
+               "--limit", "2", "--runs", "5", "--out", str(path)])
+    assert rc == 0 and path.exists()
+    table = tuning.read_table(str(path))
+    assert len(table) == 2 and tuning.read_meta(str(path))["env"]["cudnn_benchmark"] is True
+    monkeypatch.setenv("FUSED_RESNET_TABLE", str(path))
+    tuning.clear_cache()
+    try:
+        for s in distinct_shapes("resnet18", 2, 64)[:2]:
+            inp = op_inputs(s, torch.float16, "cuda")
+            e = table[inp.key]
+            assert e.tactic in e.times_ms and len(e.times_ms) >= 3, e  # cuDNN tactics, triton, CUTLASS...
+            c = _selector.select_conv(inp.x, inp.w, s.groups, "auto", None, **inp.conv_kwargs())
+            assert c.tactic == e.tactic and "tuned table" in c.reason, (c, e)
+            with torch.no_grad():
+                out = fused_conv2d(inp.x, inp.w, inp.bias, stride=s.stride, padding=s.padding, groups=s.groups,
+                                   residual=inp.res, relu=s.relu)
+                ref = fused_conv2d_ref(inp.x, inp.w, inp.bias, stride=s.stride, padding=s.padding,
+                                       groups=s.groups, residual=inp.res, relu=s.relu, upcast=True)
+                eager = fused_conv2d_ref(inp.x, inp.w, inp.bias, stride=s.stride, padding=s.padding,
+                                         groups=s.groups, residual=inp.res, relu=s.relu)
+            assert compare(out, eager, ref).ok
+    finally:
+        tuning.clear_cache()
+
+
+def test_op_bench_reports_auto_and_every_tactic():
+    from fused_resnet.bench import op_bound_summary, run_op_bench
+
+    rows = run_op_bench("resnet18", 1, "fp16", "cuda", ["conv_alone", "conv_bn_relu", "fused_resnet", "tactics"],
+                        runs=3, image_size=64, progress=False)
+    provs = {r.provider for r in rows}
+    assert {"fused_resnet", "eager:cudnn_fused", "eager:cudnn+pointwise", "triton"} <= provs, provs
+    auto = [r for r in rows if r.provider == "fused_resnet"]
+    assert all(r.tactic and r.copy_gbps > 100 and r.cudnn_benchmark and r.out_bytes > 0 for r in auto)
+    met, total, _ = op_bound_summary(rows)
+    assert total == len(auto) and 0 <= met <= total
+
+
 # --- whole models (slowest last: a time-limited run still reports the kernel tests) ----------------
 
 # batch 1 at full resolution; batch 64 at 96x96 (every layer still runs, at a fraction of the time).

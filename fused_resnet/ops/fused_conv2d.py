@@ -7,12 +7,16 @@ output's shape. Dtypes: x, weight and residual share one dtype (fp32, fp16, bf16
 be fp32. Every backend accumulates in fp32. The output has x's memory format (channels_last in,
 channels_last out), like torch.nn.functional.conv2d.
 
-Backends (chosen per call by fused_resnet._selector):
-  eager  - PyTorch ops. On CPU: oneDNN's fused conv+bias (+ in-place residual sum) primitive with
+Backends and their tactics (chosen per call by fused_resnet._selector; ``run_tactic`` runs one):
+  eager  - PyTorch ops. eager:cpu: oneDNN's fused conv+bias (+ in-place residual sum) primitive with
            pre-reordered weights for channels_last fp32/bf16 inputs, then an in-place NaN-preserving
-           ReLU; plain conv2d + in-place epilogue otherwise.
+           ReLU; plain conv2d + in-place epilogue otherwise. On CUDA tensors: eager:cudnn+pointwise
+           (cuDNN conv with bias, in-place add_/relu_), eager:cudnn+epilogue (cuDNN conv, then the
+           extension's one-pass bias+residual+ReLU kernel), eager:cudnn_fused (cuDNN's fused
+           conv+bias(+add)+ReLU ops; NaN propagation checked by tests/test_gpu.py only).
   triton - fused_resnet.triton.fused_conv2d (implicit GEMM, NHWC, fused epilogue).
-  cuda   - the CUTLASS extension (fused_resnet._ext).
+  cuda   - the CUTLASS extension (fused_resnet._ext): cuda:sm80_large / cuda:sm80_small (2.x tiles),
+           cuda:sm90_<config> (Hopper 3.x kernels, where the build has them).
 The op is registered as ``torch.ops.fused_resnet.fused_conv2d`` (torch.library.custom_op) with a
 fake implementation, so torch.compile(fullgraph=True) traces through it.
 """
@@ -115,38 +119,85 @@ def _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups, re
     return out
 
 
+def _cudnn_fused(x, weight, bias, stride, padding, dilation, groups, residual, relu):
+    """cuDNN's fused conv + bias (+ add) + ReLU ops (what TorchScript's optimize_for_inference uses).
+    relu=False has no cuDNN fused op: conv with bias, then the residual added in place."""
+    b = bias.to(x.dtype) if bias is not None else None
+    if not relu:
+        out = F.conv2d(x, weight, b, stride, padding, dilation, groups)
+        return out.add_(residual) if residual is not None else out
+    if residual is not None:
+        return torch.cudnn_convolution_add_relu(x, weight, residual, 1.0, b, stride, padding, dilation, groups)
+    return torch.cudnn_convolution_relu(x, weight, b, stride, padding, dilation, groups)
+
+
+def _cudnn_epilogue(x, weight, bias, stride, padding, dilation, groups, residual, relu):
+    """cuDNN's conv alone, then one pass of our vectorized bias + residual + ReLU kernel (_ext)."""
+    out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    b = bias.float().contiguous() if bias is not None else None
+    res = residual.contiguous(memory_format=torch.channels_last) if residual is not None else None
+    return torch.ops.fused_resnet._bias_residual_act_cuda(out, b, res, relu)
+
+
 class Launch(NamedTuple):
-    """One conv's launch, resolved once: ``run(x, residual) -> out`` with the backend, packed weights,
-    bias and output policy bound; ``choice`` says which backend and why (what explain() reports)."""
+    """One conv's launch, resolved once: ``run(x, residual) -> out`` with the tactic, packed weights,
+    bias and output policy bound; ``choice`` says which tactic and why (what explain() reports)."""
 
     run: Callable
     choice: _selector.Choice
 
 
+def tactic_launch(tactic, x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu,
+                  into_residual=False) -> Callable:
+    """``run(x, residual) -> out`` for one tactic (a name from _selector's TACTICS), with what depends
+    only on the call's signature prepared now; the caller checked _selector.tactic_guard.
+    stride/padding/dilation are pairs. ``run`` returns the tensor the kernel wrote (the caller fixes
+    the memory format); into_residual=True allows (not requires) writing over the residual."""
+    args = (weight, bias, scale, stride, padding, dilation, groups)
+    if tactic == _selector.TRITON:
+        from ..triton.fused_conv2d import fused_conv2d_triton
+
+        return lambda x, residual: fused_conv2d_triton(x, *args, residual, relu, into_residual=into_residual)
+    if tactic in _selector.CUDA_SM80_TILES:
+        from .. import _ext
+
+        return _ext.cutlass_launch(x, weight, bias, stride, padding, dilation, relu,
+                                   tile=_selector.CUDA_SM80_TILES[tactic])
+    if tactic.startswith(_selector.CUDA_SM90_PREFIX):
+        from .. import _ext
+
+        return lambda x, residual: _ext.fused_conv2d_sm90_tactic(tactic, x, weight, bias, stride, padding,
+                                                                 dilation, residual, relu)
+    if tactic == _selector.CUDNN_FUSED:
+        return lambda x, residual: _cudnn_fused(x, weight, bias, stride, padding, dilation, groups, residual, relu)
+    if tactic == _selector.CUDNN_EPILOGUE:
+        return lambda x, residual: _cudnn_epilogue(x, weight, bias, stride, padding, dilation, groups, residual,
+                                                   relu)
+    if tactic == _selector.EAGER_CPU and x.device.type == "cpu":
+        return _eager_cpu_launch(x, *args, has_residual, relu, into_residual)
+    if tactic in (_selector.EAGER_CPU, _selector.CUDNN_POINTWISE, ""):
+        return lambda x, residual: _eager_generic(x, *args, residual, relu)
+    raise ValueError(f"unknown fused_conv2d tactic {tactic!r}")
+
+
+def run_tactic(tactic, x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
+               into_residual=False):
+    """Run one tactic once (the tuner times each candidate this way); see tactic_launch."""
+    return tactic_launch(tactic, x, weight, bias, scale, stride, padding, dilation, groups, residual is not None,
+                         relu, into_residual)(x, residual)
+
+
 def resolve(x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu, backend,
             into_residual=False) -> Launch:
     """Everything about a fused conv call that depends only on its signature (shapes, dtype, device,
-    layout, requested backend), not on the tensors' values: the backend choice, packed weights, the
+    layout, requested backend), not on the tensors' values: the tactic choice, packed weights, the
     bias in the kernel's dtype. The fused blocks keep the result per input signature (a plan) and
-    call ``run`` on their hot path; into_residual=True allows (not requires) writing over the
-    residual. The returned tensor is the result either way, in whatever layout the backend made."""
-    choice = _selector.select_conv(x, weight, groups, backend, scale, stride[0])
+    call ``run`` on their hot path."""
+    choice = _selector.select_conv(x, weight, groups, backend, scale, stride, padding=padding, dilation=dilation,
+                                   relu=relu, residual=has_residual)
     _trace.record(x, weight, stride, padding, dilation, groups, choice)
-    args = (weight, bias, scale, stride, padding, dilation, groups)
-    if choice.backend == "triton":
-        from ..triton.fused_conv2d import fused_conv2d_triton
-
-        def run(x, residual):
-            return fused_conv2d_triton(x, *args, residual, relu, into_residual=into_residual)
-    elif choice.backend == "cuda":
-        from .. import _ext
-
-        run = _ext.cutlass_launch(x, weight, bias, stride, padding, dilation, relu)
-    elif x.device.type == "cpu":
-        run = _eager_cpu_launch(x, *args, has_residual, relu, into_residual)
-    else:
-        def run(x, residual):
-            return _eager_generic(x, *args, residual, relu)
+    run = tactic_launch(choice.tactic, x, weight, bias, scale, stride, padding, dilation, groups, has_residual,
+                        relu, into_residual)
     return Launch(run, choice)
 
 
@@ -242,7 +293,7 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         _trace.record(x, weight, stride, padding, dilation, groups,
                       _selector.Choice("eager", "eager: autograd (a tensor requires grad; use torch.no_grad() "
-                                                "or torch.inference_mode() for fused kernels)"))
+                                                "or torch.inference_mode() for fused kernels)", "eager:autograd"))
         if _record is not None:
             _record.append(None)
         return fused_conv2d_ref(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)

@@ -1,0 +1,315 @@
+"""Measured tactics on CPU: the tactic table (format 2, and format 1 still read), the noise rule, auto
+following a tabled tactic only where it can run, explain() showing tactics, the sm90 adapter with
+fakes, the `tune` command's refusal without a GPU, and the op bench's bound arithmetic. The
+tactics' kernels run in tests/test_gpu.py (test_eager_tactics_*, test_tune_*)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import fused_resnet
+from fused_resnet import _ext, _selector, tuning
+from fused_resnet.bench import op_bound_ms, op_bound_summary
+from fused_resnet.tuning import Entry, decide
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CL = torch.channels_last
+SM90 = "cuda:sm90_conv_f16_128x128"
+
+
+# --- the noise rule ---------------------------------------------------------------------------------
+
+def test_noise_rule_keeps_default_when_the_winner_wins_by_noise():
+    e = decide({"triton": 1.00, "cuda:sm80_large": 1.02}, {}, "cuda:sm80_large")  # 2% < 3% floor
+    assert e.tactic == "cuda:sm80_large" and e.kept_default and e.fastest == "triton"
+    assert e.margin == pytest.approx(1.00 / 1.02 - 1)  # negative: the kept default is the slower one
+    assert "default kept" in e.note()
+
+
+def test_noise_rule_picks_a_clear_winner_and_records_margin():
+    e = decide({"eager:cudnn_fused": 0.80, "cuda:sm80_large": 1.00, "triton": 1.5}, {}, "cuda:sm80_large")
+    assert e.tactic == "eager:cudnn_fused" and not e.kept_default
+    assert e.margin == pytest.approx(0.25) and e.noise == tuning.NOISE_FLOOR
+
+
+def test_noise_threshold_grows_with_measured_spread():
+    # 10% faster, but the measurements spread by 20% of the median: noise, keep the default
+    e = decide({"triton": 0.90, "cuda:sm80_small": 1.00}, {"triton": 0.18, "cuda:sm80_small": 0.01}, "cuda:sm80_small")
+    assert e.kept_default and e.noise == pytest.approx(0.2)
+
+
+def test_noise_rule_without_a_timed_default_takes_the_fastest():
+    e = decide({"triton": 2.0, "eager:cudnn+pointwise": 1.0}, {}, "cuda:sm80_large",
+               failed={"cuda:sm80_large": "channels not a multiple of 8"})
+    assert e.tactic == "eager:cudnn+pointwise" and not e.kept_default and e.failed
+    assert decide({"triton": 1.0}, {}, "triton").margin is None  # one candidate: no runner-up
+
+
+# --- table files --------------------------------------------------------------------------------------
+
+def test_table_round_trip(tmp_path):
+    entries = {
+        tuning.tactic_key(32, 64, 56, 56, 256, 1, 1, 1, torch.float16, 0, 1, True, True):
+            decide({"eager:cudnn_fused": 0.10, "cuda:sm80_large": 0.12}, {"eager:cudnn_fused": 0.001}, "cuda:sm80_large"),
+        tuning.tactic_key(32, 64, 56, 56, 256, 1, 1, 1, torch.float16, 0, 1, False, False):
+            decide({"eager:cudnn_fused": 0.10, "cuda:sm80_large": 0.101}, {}, "cuda:sm80_large"),
+    }
+    path = tuning.write_table(str(tmp_path / "backend_x.json"), entries, device="Test GPU", env={"torch": "t"},
+                              command="tune --test")
+    assert tuning.read_table(path) == entries
+    data = json.loads(open(path).read())
+    assert data["format"] == 2 and data["device"] == "Test GPU" and data["noise_floor"] == tuning.NOISE_FLOOR
+    k = "n32_c64_h56_w56_k256_r1_s1_g1_float16_p0_d1_res_relu"
+    assert data["tactics"][k]["tactic"] == "eager:cudnn_fused" and data["tactics"][k]["times_ms"]
+    # older readers: one backend per format-1 key
+    assert data["choices"] == {"n32_c64_h56_w56_k256_r1_s1_g1_float16": "cuda"} or \
+        data["choices"] == {"n32_c64_h56_w56_k256_r1_s1_g1_float16": "eager"}
+
+
+def test_format_1_tables_are_still_read(tmp_path):
+    committed = os.path.join(ROOT, "fused_resnet", "tuned", "backend_nvidia_h100_80gb_hbm3.json")
+    old = tuning.read_table(committed)
+    assert len(old) == 69 and {e.tactic for e in old.values()} <= {"cuda", "triton", "eager"}
+    assert old["n32_c3_h224_w224_k64_r7_s2_g1_float16"].tactic == "eager"
+    assert tuning.read_meta(committed)["device"] == "NVIDIA H100 80GB HBM3"
+
+
+# --- auto follows the table where the tactic can run ---------------------------------------------------
+
+@pytest.fixture
+def gpu_world(monkeypatch, tmp_path):
+    """Fake CUDA tensors with both GPU backends 'available', and a tactic table at FUSED_RESNET_TABLE."""
+    monkeypatch.setattr(_selector, "_cuda_ext_status", lambda: (True, "test"))
+    monkeypatch.setattr(_selector, "_triton_status", lambda: (True, "test"))
+    monkeypatch.delenv("FUSED_RESNET_PREFER", raising=False)
+    path = tmp_path / "backend_test.json"
+    monkeypatch.setenv("FUSED_RESNET_TABLE", str(path))
+    tuning.clear_cache()
+
+    def write(entries):
+        tuning.write_table(str(path), entries, device="Test GPU")
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        yield write
+    tuning.clear_cache()
+
+
+def _conv(cin=64, cout=256, k=1, n=32, hw=56):
+    x = torch.empty(n, cin, hw, hw, dtype=torch.float16, device="cuda").contiguous(memory_format=CL)
+    w = torch.empty(cout, cin, k, k, dtype=torch.float16, device="cuda")
+    return x, w
+
+
+def _key(x, w, padding=0, relu=True, residual=True):
+    n, c, h, wd = x.shape
+    return tuning.tactic_key(n, c, h, wd, w.shape[0], w.shape[2], 1, 1, x.dtype, padding, 1, relu, residual)
+
+
+def test_auto_follows_a_runnable_tabled_tactic(gpu_world):
+    x, w = _conv()
+    gpu_world({_key(x, w): decide({"eager:cudnn_fused": 0.8, "cuda:sm80_large": 1.0}, {}, "cuda:sm80_large")})
+    c = _selector.select_conv(x, w, 1, "auto", residual=True)
+    assert (c.backend, c.tactic) == ("eager", "eager:cudnn_fused") and "tuned table" in c.reason, c
+    # the key includes the epilogue: the same shape without residual is not tabled -> heuristic
+    c = _selector.select_conv(x, w, 1, "auto", residual=False)
+    assert c.backend == "cuda" and c.tactic in _selector.CUDA_SM80_TILES and "tuned table" not in c.reason
+    assert c[:2] == (c.backend, c.reason)  # Choice keeps its first two fields
+
+
+def test_auto_skips_a_tabled_tactic_that_cannot_run(gpu_world):
+    x3, w3 = _conv(cin=3, cout=64, k=7, hw=224)
+    x, w = _conv()
+    gpu_world({_key(x3, w3, 3): Entry("cuda:sm80_small"), _key(x, w): Entry(SM90)})
+    c = _selector.select_conv(x3, w3, 1, "auto", padding=3, residual=True)
+    assert c.tactic == "triton" and "cannot run" in c.reason and "multiple of 8" in c.reason  # 3 channels
+    c = _selector.select_conv(x, w, 1, "auto", residual=True)  # no sm90 kernels in this build
+    assert c.backend == "cuda" and c.tactic in _selector.CUDA_SM80_TILES and SM90 in c.reason
+
+
+def test_auto_reports_a_kept_default(gpu_world):
+    x, w = _conv()
+    gpu_world({_key(x, w): decide({"triton": 0.99, "cuda:sm80_large": 1.0}, {}, "cuda:sm80_large")})
+    c = _selector.select_conv(x, w, 1, "auto", residual=True)
+    assert c.tactic == "cuda:sm80_large" and "default kept" in c.reason
+
+
+def test_format_1_entries_still_steer_auto(gpu_world, monkeypatch, tmp_path):
+    x, w = _conv(cin=3, cout=64, k=7, hw=224)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"device": "Test GPU", "choices": {tuning.shape_key(32, 3, 224, 224, 64, 7, 1, 1,
+                                                                                 torch.float16): "eager"}}))
+    monkeypatch.setenv("FUSED_RESNET_TABLE", str(old))
+    tuning.clear_cache()
+    c = _selector.select_conv(x, w, 1, "auto", padding=3)
+    assert c.tactic == "eager:cudnn+pointwise" and "tuned table" in c.reason
+
+
+def test_explicit_cuda_takes_the_tabled_cuda_tactic(gpu_world):
+    x, w = _conv()
+    gpu_world({_key(x, w): Entry("cuda:sm80_small")})
+    assert _selector.select_conv(x, w, 1, "cuda", residual=True).tactic == "cuda:sm80_small"
+    assert _selector.select_conv(x, w, 1, "eager", residual=True).tactic == "eager:cudnn+pointwise"
+    assert _selector.select_conv(x, w, 1, "triton", residual=True).tactic == "triton"
+
+
+def test_sm80_tile_follows_the_kernels_rule():
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        big, wb = _conv(n=256)  # 256*56*56/128 * 2 tiles >= 264
+        small, ws = _conv(cin=512, cout=512, n=1, hw=7)
+        assert _selector.sm80_tile_tactic(big, wb, (1, 1), (0, 0), (1, 1)) == "cuda:sm80_large"
+        assert _selector.sm80_tile_tactic(small, ws, (1, 1), (0, 0), (1, 1)) == "cuda:sm80_small"
+
+
+# --- the sm90 adapter, with fakes of branch sm90's API ------------------------------------------------
+
+@pytest.fixture
+def fake_sm90(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_ext, "sm90_configs", lambda: ["sm90_conv_f16_128x128", "sm90_gemm_coop_f16_128x256"],
+                        raising=False)
+    monkeypatch.setattr(_ext, "sm90_problem", lambda x, w, s, p, d, g: None if w.shape[0] % 8 == 0 else "K % 8",
+                        raising=False)
+
+    def launch(x, weight, bias, stride, padding, dilation, residual, relu, config):
+        calls.append(config)
+        return torch.zeros(x.shape[0], weight.shape[0], x.shape[2], x.shape[3], dtype=x.dtype)
+    monkeypatch.setattr(_ext, "fused_conv2d_sm90", launch, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    return calls
+
+
+def test_sm90_configs_become_tactics(gpu_world, fake_sm90):
+    x, w = _conv()
+    tactics = _selector.conv_tactics(x)
+    assert SM90 in tactics and "cuda:sm90_gemm_coop_f16_128x256" in tactics and "eager:cudnn_fused" in tactics
+    kw = dict(residual=True)
+    assert _selector.tactic_guard(SM90, x, w, 1, **kw) is None
+    assert _selector.tactic_guard("cuda:sm90_gemm_coop_f16_128x256", x, w, 1, **kw) is None  # 1x1 s1
+    x3, w3 = _conv(k=3)
+    assert "1x1" in _selector.tactic_guard("cuda:sm90_gemm_coop_f16_128x256", x3, w3, 1, padding=1)
+    assert "f16 only" in _selector.tactic_guard(SM90, x.bfloat16(), w.bfloat16(), 1)
+    gpu_world({_key(x, w): Entry(SM90)})
+    c = _selector.select_conv(x, w, 1, "auto", residual=True)
+    assert (c.backend, c.tactic) == ("cuda", SM90)
+
+
+def test_no_sm90_tactics_before_the_merge():
+    assert _ext.sm90_tactics() == {}
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x, _ = _conv()
+        assert not any(t.startswith("cuda:sm90") for t in _selector.conv_tactics(x))
+    assert _selector.conv_tactics(torch.empty(1, 3, 4, 4)) == ("eager:cpu",)
+
+
+def test_run_tactic_passes_the_sm90_config(fake_sm90):
+    from fused_resnet.ops.fused_conv2d import run_tactic
+
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float16).contiguous(memory_format=CL)
+    w = torch.randn(16, 8, 1, 1, dtype=torch.float16)
+    out = run_tactic(SM90, x, w, torch.randn(16), None, [1, 1], [0, 0], [1, 1], 1, None, True)
+    assert fake_sm90 == ["sm90_conv_f16_128x128"] and out.shape == (2, 16, 5, 5)
+    with pytest.raises(ValueError, match="unknown fused_conv2d tactic"):
+        run_tactic("cuda:nope", x, w, None, None, [1, 1], [0, 0], [1, 1], 1, None, True)
+
+
+# --- explain and the CPU path -----------------------------------------------------------------------
+
+def test_explain_shows_the_tactic():
+    import torchvision
+
+    m = fused_resnet.convert(torchvision.models.resnet18().eval())
+    report = fused_resnet.explain(m, torch.randn(1, 3, 32, 32))
+    assert {r.tactic for r in report.rows} == {"eager:cpu"} and len(report.rows) == 20
+    text = str(report)
+    assert "tactic" in text.splitlines()[0] and "eager:cpu" in text
+
+
+def test_tune_shape_on_cpu_measures_and_decides():
+    """The tuner's per-shape loop (run on CPU tensors with the CPU tactic; the GPU test runs all)."""
+    from fused_resnet.bench import distinct_shapes
+    from fused_resnet.tuner import tune_shape
+
+    s = distinct_shapes("resnet18", 1, 32)[1]
+    key, entry = tune_shape(s, torch.float32, runs=3, progress=False, device="cpu")
+    assert key.startswith("n1_c64_h8_w8_k64_r3_s1_g1_float32_p1_d1_")
+    assert entry.tactic == "eager:cpu" and entry.default == "eager:cpu" and entry.times_ms["eager:cpu"] > 0
+
+
+# --- the tune command ---------------------------------------------------------------------------------
+
+def _cli(*args):
+    env = {**os.environ, "FUSED_RESNET_JIT": "0"}
+    return subprocess.run([sys.executable, "-m", "fused_resnet", *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=env)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_tune_refuses_without_a_gpu(tmp_path):
+    r = _cli("tune", "--model", "resnet18", "--batch", "1", "--out", str(tmp_path / "t.json"))
+    assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr, r.stdout + r.stderr
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_tune_help():
+    r = _cli("tune", "--help")
+    assert r.returncode == 0 and "usage:" in r.stdout
+    for word in ("--budget-s", "--out", "--batch", "--dtype", "noise", "--triton-configs"):
+        assert word in r.stdout
+
+
+# --- the op bench's target ------------------------------------------------------------------------------
+
+def test_op_bound_summary_on_synthetic_rows():
+    def row(provider, shape, ms, res_bytes=0, tactic=""):
+        return {"level": "op", "model": "resnet50", "batch": 32, "dtype": "fp16", "shape": shape,
+                "provider": provider, "median_ms": ms, "residual_bytes": res_bytes, "copy_gbps": 3000.0,
+                "tactic": tactic}
+
+    res = 32 * 256 * 56 * 56 * 2  # 51.4 MB residual: 0.01713 ms at 3000 GB/s
+    rows = [row("conv_alone", "a", 0.100), row("fused_resnet", "a", 0.110, res, "eager:cudnn_fused"),
+            row("conv_alone", "b", 0.200), row("fused_resnet", "b", 0.201, 0, "cuda:sm80_large"),
+            row("conv_alone", "c", 0.300), row("cuda:sm80_large", "c", 0.1)]  # c: auto not timed
+    assert op_bound_ms(0.100, res, 3000.0) == pytest.approx(0.100 + res / 3e12 * 1e3)
+    met, total, details = op_bound_summary(rows)
+    assert (met, total) == (1, 2)
+    assert [d["ok"] for d in details] == [True, False] and details[0]["tactic"] == "eager:cudnn_fused"
+
+
+def test_tune_command_loop_writes_and_updates_the_table(tmp_path, monkeypatch, capsys):
+    """`tune`'s own loop (progress, budget, table written after each shape, update of an existing table),
+    with the GPU stood in for by CPU tensors and the CPU tactic."""
+    from fused_resnet import tuner
+    from fused_resnet.__main__ import main
+    from fused_resnet.triton import configs
+
+    real = tuner.tune_shape
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    monkeypatch.setattr(configs, "device_tag", lambda name=None: "test_gpu")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 0)
+    monkeypatch.setattr(tuner, "tune_shape", lambda s, dt, tactics, runs, floor: real(
+        s, torch.float32, tactics, runs, floor, device="cpu"))
+    import fused_resnet.bench as bench
+
+    monkeypatch.setattr(bench, "environment", lambda device: {"device": "Test GPU", "torch": "t", "triton": "t"})
+    args = ["tune", "--model", "resnet18", "--batch", "1", "--image-size", "32", "--runs", "2", "--out", str(tmp_path)]
+    assert main(args + ["--limit", "2"]) == 0
+    path = tmp_path / "backend_test_gpu.json"
+    out = capsys.readouterr().out
+    assert "[1/" in out and "[2/" in out and "-> pick eager:cpu" in out and str(path) in out
+    assert len(tuning.read_table(str(path))) == 2 and torch.backends.cudnn.benchmark
+    assert main(args + ["--budget-s", "0"]) == 0  # nothing measured: the table keeps its 2 entries
+    assert "budget" in capsys.readouterr().out and len(tuning.read_table(str(path))) == 2
+
+
+def test_default_tactic_ignores_table_and_prefer(gpu_world, monkeypatch):
+    x, w = _conv()
+    gpu_world({_key(x, w): Entry("eager:cudnn_fused")})
+    monkeypatch.setenv("FUSED_RESNET_PREFER", "triton")
+    assert _selector.select_conv(x, w, 1, "auto", residual=True).tactic == "triton"  # PREFER wins in auto
+    assert _selector.default_tactic(x, w, 1, residual=True) in _selector.CUDA_SM80_TILES
