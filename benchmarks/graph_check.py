@@ -9,6 +9,16 @@ captured shows up there), then replays all graphs round-robin as the benchmark's
 Each step is printed before it runs and synchronized after, so a device fault names the provider
 and the step. gpu_suite.sh reruns it under compute-sanitizer when it fails, which names the kernel.
 Exit status: 0 all graphs match eager, 1 a mismatch, a CUDA error otherwise.
+
+The experiment behind the fault (benchmarks/NOTES.md), one process per setting:
+    --drop-models        the old harness: each captured model loses its last reference when the next
+                         provider is built (the graph keeps only its static input/output); predicted
+                         to fault at "replay every earlier graph again"
+    (default)            every captured model kept alive beside its graph: predicted to pass
+    --drop-models --no-empty-cache
+                         models dropped, but torch.cuda.empty_cache() (which torch.cuda.graph() calls
+                         on entry) made a no-op, so the freed memory stays mapped in the caching
+                         allocator: predicted to pass (reads stale but mapped memory; outputs may differ)
 """
 import argparse
 import sys
@@ -16,7 +26,7 @@ import sys
 import torch
 import torchvision
 
-from fused_resnet.bench import _graphed, build_provider, provider_available
+from fused_resnet.bench import build_provider, provider_available
 from fused_resnet.testing import randomize_bn
 
 DEFAULT = "torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet"
@@ -36,6 +46,26 @@ def check(name, replay, expected):
     return ok
 
 
+def capture(fn, x, keep_model: bool):
+    """Capture fn(x) in a CUDA graph (warm-up on a side stream first, as bench does); the replay
+    closure keeps the static input/output, and the model only when keep_model."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s), torch.no_grad():
+        for _ in range(3):
+            fn(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g), torch.no_grad():
+        out = fn(x)
+    keep = [fn] if keep_model else []
+
+    def replay(g=g, x=x, out=out, keep=keep):
+        g.replay()
+        return out
+    return replay
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=1)
@@ -43,7 +73,15 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="round-robin replays of all graphs at the end")
     ap.add_argument("--build-first", action="store_true",
                     help="build and run every provider eagerly before the first capture")
+    ap.add_argument("--drop-models", action="store_true",
+                    help="let each captured model die when the next provider is built (the old harness)")
+    ap.add_argument("--no-empty-cache", action="store_true",
+                    help="make torch.cuda.empty_cache a no-op (freed blocks stay mapped)")
     args = ap.parse_args()
+    if args.no_empty_cache:
+        torch.cuda.empty_cache = lambda: None
+    step(f"graph check: models {'dropped after capture' if args.drop_models else 'kept alive'}, "
+         f"empty_cache {'disabled' if args.no_empty_cache else 'as torch does it'}")
 
     torch.manual_seed(0)
     tv = randomize_bn(torchvision.models.resnet50()).eval().cuda().half()
@@ -74,7 +112,8 @@ def main():
             build(name)
         fn, x, expected = ready.pop(name)
         step(f"[{name}] capture")
-        replay = _graphed(fn, x)
+        replay = capture(fn, x, keep_model=not args.drop_models)
+        del fn
         torch.cuda.synchronize()
         step(f"[{name}] first replay")
         ok &= check(name, replay, expected)

@@ -34,7 +34,7 @@ from .timing import time_interleaved
 from .verify import DTYPES
 
 MODEL_PROVIDERS = ("torchvision", "torchvision_cl", "compile", "compile_max", "torchscript",
-                   "fused_eager", "fused_triton", "fused_cuda", "fused_resnet")
+                   "fused_eager", "fused_triton", "fused_cuda", "fused_resnet", "fused_compile", "optimized")
 OP_PROVIDERS = ("conv_alone", "conv_bn_relu", "cudnn_fused", "fused_eager", "fused_triton", "fused_cuda",
                 "fused_resnet", "tactics")  # "tactics": every candidate tactic, one provider each (named by it)
 
@@ -191,6 +191,21 @@ def build_provider(name: str, tv_model: torch.nn.Module, example: torch.Tensor) 
             fn = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(m)))
             fn(cl)
         x = cl
+    elif name == "optimized":
+        # fused_resnet.optimize: owns the model and replays its own CUDA graphs (on CPU: the converted
+        # model); its rows count as "graphs" on a GPU.
+        from .optimize import optimize
+
+        fn, x = optimize(copy.deepcopy(tv_model), example), example
+    elif name == "fused_compile":
+        # torch.compile of the converted model (no freezing): the graph reads the cached folded
+        # weights, so it must not be slower than the converted model run eagerly.
+        model = _fused(tv_model, "auto")
+        with torch.no_grad():
+            model(example)  # eager first: the fold caches the compiled graph reads
+        fn, x = torch.compile(model), example
+        with torch.no_grad():
+            fn(x)
     elif name.startswith("fused_"):
         # fused_cuda: auto preferring the CUTLASS kernels (convs they cannot run, e.g. the 3-channel
         # stem or grouped convs, go to triton), so a whole model can run it.
@@ -237,7 +252,9 @@ def provider_available(name: str, device: str) -> Optional[str]:
 
 def _graphed(fn, x):
     """Capture fn(x) in a CUDA graph; returns a replay callable that keeps the graph's static input
-    and output alive (the graph holds raw pointers to them)."""
+    and output, and fn itself (the model: parameters, folded and packed weights), alive: the graph
+    holds raw pointers into all of them. (Before this kept fn, a model dropped after its capture
+    left its graph reading freed memory: the fault in benchmarks/NOTES.md.)"""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s), torch.no_grad():
@@ -248,7 +265,7 @@ def _graphed(fn, x):
     with torch.cuda.graph(g), torch.no_grad():
         out = fn(x)
 
-    def replay(g=g, x=x, out=out):
+    def replay(g=g, x=x, out=out, fn=fn):
         g.replay()
         return out
 
@@ -315,12 +332,12 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         if progress:
             print(f" {build_s:.1f}s", flush=True)
         if graphs:
-            # Captured and timed while its graph is the only one alive, then released: replaying a
-            # graph after another model's graph was captured faulted (illegal memory access; torch
-            # 2.11 on H100/H200), also with plain torchvision/TorchScript graphs. benchmarks/NOTES.md
-            # has the diagnosis; benchmarks/graph_check.py reproduces it.
+            # Each provider captured, timed alone and released before the next is built. The fault
+            # this once avoided (replaying a graph after another model's capture) is explained in
+            # benchmarks/NOTES.md: the old _graphed let the model die while its graph lived on.
+            # optimized replays graphs of its own: timed as it is called.
             try:
-                call = _graphed(fn, xs[0].clone())
+                call = (lambda fn=fn, x=xs[0]: fn(x)) if name == "optimized" else _graphed(fn, xs[0].clone())
                 call()
                 torch.cuda.synchronize()  # surface an asynchronous fault here, naming the provider
             except Exception as e:  # report, keep the other providers (a device fault ends them all)
@@ -355,9 +372,9 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         tflops = roof["gflop"] / t.median_s / 1e3
         gbps = roof["mb_fused"] / t.median_s / 1e3
         rows.append(Row(name, model, "model", f"3x{image_size}x{image_size}", batch, dtype,
-                        "channels_last" if name not in ("torchvision", "fused_resnet", "fused_eager",
-                                                        "fused_triton", "fused_cuda") else "nchw-in",
-                        cuda_graphs, t.median_s * 1e3, t.spread_s * 1e3, t.runs, batch / t.median_s,
+                        "channels_last" if name not in ("torchvision", "fused_resnet", "fused_eager", "fused_triton",
+                                                        "fused_cuda", "fused_compile", "optimized") else "nchw-in",
+                        cuda_graphs or (name == "optimized" and device.startswith("cuda")), t.median_s * 1e3, t.spread_s * 1e3, t.runs, batch / t.median_s,
                         base / t.median_s, names[0], b, roof["gflop"], tflops, gbps,
                         tflops / peaks["peak_tflops"] if peaks else 0.0,
                         gbps / peaks["peak_gbps"] if peaks else 0.0, torch.backends.cudnn.benchmark, env=env))

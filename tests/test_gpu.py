@@ -292,3 +292,62 @@ def test_cuda_graphs_of_several_models_in_one_process():
         out = replay()
         torch.cuda.synchronize()
         torch.testing.assert_close(out, expected, rtol=0, atol=0, msg=name)
+
+
+# --- fused_resnet.optimize: owned CUDA graphs --------------------------------------------------------
+
+def _optimize_case(builder, seed):
+    torch.manual_seed(seed)
+    tv = randomize_bn(getattr(torchvision.models, builder)()).eval().cuda().half()
+    x = torch.randn(1, 3, 96, 96, device="cuda", dtype=torch.float16)
+    with torch.inference_mode():
+        expected = fused_resnet.convert(copy.deepcopy(tv))(x).clone()
+    return tv, x, expected
+
+
+def test_optimize_several_models_survive_dropped_references():
+    import gc
+
+    cases = [_optimize_case(b, i) for i, b in enumerate(["resnet18", "resnet50", "resnext50_32x4d", "resnet34"])]
+    opts = []
+    for tv, x, _ in cases[:3]:
+        opts.append(fused_resnet.optimize(tv, x))  # takes the model; no other reference is kept below
+    del tv
+    cases = [(None, x, e) for _, x, e in cases]  # drop every reference to the models but the optimizers' 
+    gc.collect()
+    torch.cuda.empty_cache()
+    tv4 = _optimize_case("resnet34", 3)[0]
+    opts.append(fused_resnet.optimize(tv4, cases[3][1]))
+    del tv4
+    gc.collect()
+    for _ in range(3):  # replay every graph, round robin, after all captures
+        for opt, (_, x, expected) in zip(opts, cases):
+            out = opt(x)
+            torch.cuda.synchronize()
+            assert torch.equal(out, expected)
+    assert all(o.captures == 1 for o in opts)
+    del opts[1]  # deleting one leaves the others correct
+    gc.collect()
+    torch.cuda.empty_cache()
+    for opt, (_, x, expected) in zip(opts, [cases[0], cases[2], cases[3]]):
+        assert torch.equal(opt(x), expected)
+
+
+def test_optimize_recaptures_after_weight_edits_and_maps_shapes_to_graphs():
+    tv, x, expected = _optimize_case("resnet18", 0)
+    opt = fused_resnet.optimize(tv, x)
+    assert torch.equal(opt(x), expected) and opt.captures == 1
+    with torch.no_grad():
+        opt.model.layer1[0].conv1.weight.mul_(0.5)  # edited after capture
+        ref = copy.deepcopy(opt.model)
+    with torch.inference_mode():
+        want = ref(x)
+    assert torch.equal(opt(x), want) and opt.captures == 2  # detected, captured again
+    x2 = torch.randn(2, 3, 96, 96, device="cuda", dtype=torch.float16)
+    with torch.inference_mode():
+        want2 = ref(x2)
+    assert torch.equal(opt(x2), want2) and opt.graph_shapes() == [(1, 3, 96, 96), (2, 3, 96, 96)]
+    out = opt(x)
+    assert opt(x).data_ptr() == out.data_ptr()  # the static output is reused (documented)
+    opt.copy_output = True
+    assert opt(x).data_ptr() != out.data_ptr()
