@@ -1,44 +1,55 @@
 #!/usr/bin/env bash
 # The GPU suite: ONE command for a GPU machine with no network (see benchmarks/README.md).
 #
-#   bash benchmarks/gpu_suite.sh OUT_DIR [--tune] [--skip-tests] [--tests PYTEST_K_EXPR] [--only PHASES]
+#   bash benchmarks/gpu_suite.sh OUT_DIR [--only PHASES] [--skip PHASES]
 #
-# --only takes a comma list of phases (default all): memcheck, graphs, tests, op, model_b256, model_b1,
-# graphs_b1, compile_b256 (--tune adds the tune phase). For a short rerun of what a first run lacked.
+# Phases, in order of what matters most (each is skipped when SUITE_BUDGET_S, default 450 s, has too
+# little left for it, so a cut-short run keeps what it finished; PHASES is a comma list):
+#   build      info, JIT build of the CUDA extension (sm_80 + sm_90a kernels; build time measured)
+#   kernels    GPU tests of the Hopper kernels and the tactics (incl. NaN through cuDNN's fused ReLU)
+#   tune       python -m fused_resnet tune: every tactic per ResNet-50 fp16 conv shape, batch 256 and 32
+#              -> this GPU's tactic table (used by every phase after it)
+#   op         per-shape op benchmark, batch 256 and 32: conv_alone vs the op auto runs vs every tactic,
+#              with the target bound (conv_alone + one residual read at the measured copy bandwidth)
+#   model256   whole model, batch 256: torchvision_cl, torch.compile (freezing), fused_resnet
+#   graphs     the CUDA-graph fault experiment (models dropped / kept / empty_cache disabled), then
+#              the optimize() GPU tests (several models, dropped references, weight edits)
+#   b1         batch 1: TorchScript vs fused_resnet without graphs; TorchScript graphs vs optimized
+#   timm       timm resnet50 fp16 batch 256: timm eager vs fused
+#   model32    whole model, batch 32 (same providers as model256)
+#   others     ResNet-101 and ResNeXt-50 batch 256 vs torch.compile
+#   b8         batch 8 and 32 with and without graphs (TorchScript, fused_resnet, optimized)
+#   tests      the rest of the GPU tests
+#   memcheck   compute-sanitizer memcheck on one fused block per backend
+#   compile_max torch.compile max-autotune, batch 256 (only if much time is left)
 #
-# Installs nothing from the network: the project runs from this working tree (PYTHONPATH), wheels
-# for anything missing may sit in .whl/ beside it. Phases, each guarded by the time left of
-# SUITE_BUDGET_S (default 450 s) so the suite ends inside ~8 minutes and a cut-short run still
-# leaves its results: info -> CUDA extension JIT build -> compute-sanitizer memcheck -> CUDA-graph check
-# (benchmarks/graph_check.py; rerun under memcheck if it fails) -> GPU tests ->
-# [--tune: autotune table for resnet50 fp16, used by what follows] -> per-shape op benchmark
-# (resnet50 fp16, batch 32/256) -> model benchmark (resnet50 fp16: batch 256; batch 1 with and without
-# CUDA graphs; torch.compile at batch 256 if time is left). Writes to OUT_DIR: suite.log, gpu_tests.log, memcheck.log,
-# graph_check.log (graph_memcheck.log),
-# results.json, results.csv, results.png, backend_<gpu>.json (faster backend per conv shape), and
-# with --tune triton_<gpu>.json. Safe to rerun.
+# Installs nothing from the network: the project runs from this working tree (PYTHONPATH); CUTLASS
+# headers come from CUTLASS_INCLUDE or a carried nvidia-cutlass wheel in .whl/. Writes to OUT_DIR:
+# suite.log (the summary), one log per phase, results.json/csv (merged), the tuned tables.
 set -u
-OUT_DIR=${1:?usage: gpu_suite.sh OUT_DIR [--tune] [--skip-tests] [--tests PYTEST_K_EXPR] [--only PHASES]}
+OUT_DIR=${1:?usage: gpu_suite.sh OUT_DIR [--only PHASES] [--skip PHASES]}
 shift
-TUNE=0; TESTS=1; TEST_K=""; ONLY=""
+ONLY=""; SKIP=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --tune) TUNE=1 ;;
-    --skip-tests) TESTS=0 ;;
-    --tests) TEST_K=$2; shift ;;
     --only) ONLY=",$2,"; shift ;;
+    --skip) SKIP=",$2,"; shift ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
   shift
 done
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT_DIR"
-RAW=$(mktemp -d)
+RAW="$OUT_DIR/raw"; mkdir -p "$RAW"
 START=$(date +%s)
 BUDGET=${SUITE_BUDGET_S:-450}
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-want() { [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]; }  # is phase $1 selected?
 say() { echo "[gpu_suite +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT_DIR/suite.log"; }
+want() {  # want PHASE MIN_LEFT_S: selected, not skipped, and enough time left
+  [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]] || return 1
+  [[ "$SKIP" != *",$1,"* ]] || return 1
+  if [ "$(left)" -lt "$2" ]; then say "phase $1 skipped: $(left) s left, needs $2"; return 1; fi
+}
 : > "$OUT_DIR/suite.log"
 
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -47,90 +58,91 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONDONTWRITEBYTECODE=1
-
-say "info"
-python3 -m fused_resnet info 2>&1 | tee -a "$OUT_DIR/suite.log"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv 2>&1 | tee -a "$OUT_DIR/suite.log"
+export MAX_JOBS=${MAX_JOBS:-16}
 # A copy of the tree without git history cannot name its commit: pass FUSED_RESNET_GIT_SHA=<sha>.
 export FUSED_RESNET_GIT_SHA=${FUSED_RESNET_GIT_SHA:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-echo "git: $FUSED_RESNET_GIT_SHA" | tee -a "$OUT_DIR/suite.log"
 
-say "CUDA extension: JIT build (nvcc, CUTLASS headers from the carried nvidia-cutlass wheel)"
-python3 -c "import fused_resnet._ext as e; print('built', e.build(verbose=True))" > "$RAW/ext_build.log" 2>&1
-say "extension build exit $?"
-grep -E "ptxas info *: Used|spill stores|error|built" "$RAW/ext_build.log" | sed 's/^ *//; s/, [0-9]* bytes cmem.*//' \
-  | sort | uniq -c | head -n 30 >> "$OUT_DIR/suite.log"
+bench() {  # bench NAME ARGS... : one `python -m fused_resnet bench` call into $RAW/NAME.json
+  local name=$1; shift
+  say "bench $name: $*"
+  timeout $(( $(left) > 20 ? $(left) - 10 : 10 )) python3 -m fused_resnet bench "$@" --out "$RAW/$name" \
+    > "$RAW/$name.log" 2>&1
+  local rc=$?
+  say "$name exit $rc"
+  grep -E "^(provider|-{5}|torch|fused|compile|optimized|timm|conv|eager|triton|cuda|  .*failed)|auto meets|over target" \
+    "$RAW/$name.log" >> "$OUT_DIR/suite.log"
+  [ "$rc" = 0 ] || tail -n 15 "$RAW/$name.log" >> "$OUT_DIR/suite.log"
+}
+gpu_tests() {  # gpu_tests NAME TIMEOUT_S PYTEST_K
+  say "GPU tests $1 (-k '$3')"
+  timeout "$2" python3 -m pytest -q -x --tb=short -m gpu tests -p no:cacheprovider -rf -k "$3" \
+    > "$RAW/tests_$1.log" 2>&1
+  say "GPU tests $1 exit $? : $(tail -n 1 "$RAW/tests_$1.log")"
+}
 
-if ! want memcheck; then
-  :
-elif command -v compute-sanitizer >/dev/null; then
-  say "compute-sanitizer memcheck on one fused Bottleneck"
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
-    > "$OUT_DIR/memcheck.log" 2>&1
-  say "memcheck exit $? : $(grep -E 'ERROR SUMMARY|memcheck block' "$OUT_DIR/memcheck.log" | tr '\n' ' ')"
-else
-  say "compute-sanitizer not found: memcheck skipped"
+if want build 0; then
+  say "info"
+  python3 -m fused_resnet info 2>&1 | tee -a "$OUT_DIR/suite.log"
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,temperature.gpu --format=csv \
+    2>&1 | tee -a "$OUT_DIR/suite.log"
+  echo "git: $FUSED_RESNET_GIT_SHA" | tee -a "$OUT_DIR/suite.log"
+  say "CUDA extension: JIT build, $MAX_JOBS jobs (sm_80 + sm_90a kernels)"
+  t0=$(date +%s)
+  python3 -c "import fused_resnet._ext as e; print('built', e.build(verbose=True))" > "$RAW/ext_build.log" 2>&1
+  say "extension build exit $? in $(( $(date +%s) - t0 )) s"
+  grep -E "ptxas info *: Used|spill stores|error" "$RAW/ext_build.log" | sed 's/^ *//; s/, [0-9]* bytes cmem.*//' \
+    | sort | uniq -c | head -n 40 >> "$OUT_DIR/suite.log"
 fi
 
-if want graphs; then
-  # All providers but TorchScript (h100-run1: its capture broke an earlier torchvision graph).
-  say "CUDA graphs: capture + replay of each benchmark provider, batch 1 (benchmarks/graph_check.py)"
-  timeout 240 python3 benchmarks/graph_check.py --providers torchvision,torchvision_cl,fused_triton,fused_cuda,fused_resnet \
-    > "$OUT_DIR/graph_check.log" 2>&1
-  rc=$?
-  say "graph check exit $rc : $(grep -E '^graph check|^\[|DIFFERS|Error' "$OUT_DIR/graph_check.log" | tail -n 3 | tr '\n' ' ')"
-  # Torch-only attempt at the same fault (no fused_resnet import; did not fault in h100-run2).
-  for opt in "" --own-stream; do
-    timeout 90 python3 benchmarks/repro_graph_fault.py $opt >> "$OUT_DIR/graph_check.log" 2>&1
-    say "repro_graph_fault.py $opt exit $? : $(grep -E 'ok$|repro|Error' "$OUT_DIR/graph_check.log" | tail -n 2 | tr '\n' ' ')"
-  done
-fi
-
-if [ "$TESTS" = 1 ] && want tests; then
-  say "GPU tests (pytest -m gpu), $(left) s left"
-  timeout $(( $(left) * 45 / 100 )) python3 -m pytest -v -s --tb=short -m gpu tests -p no:cacheprovider -rf \
-    ${TEST_K:+-k "$TEST_K"} \
-    > "$OUT_DIR/gpu_tests.log" 2>&1
-  say "GPU tests exit $? : $(tail -n 1 "$OUT_DIR/gpu_tests.log")"
-fi
-
-if [ "$TUNE" = 1 ]; then
-  # Tuned configs go into the working tree's table (so the benchmarks below use them) and to OUT_DIR.
-  TB=$(( $(left) * 40 / 100 ))
-  say "autotune resnet50 fp16 batch 256,32,1 (budget ${TB} s)"
-  timeout $(( TB + 60 )) python3 benchmarks/tune.py --model resnet50 --batch 256,32,1 --dtype fp16 \
+# 1. Hopper kernels and measured tactics (the product).
+want kernels 200 && gpu_tests kernels 120 "sm90 or eager_tactics or conv_classes"
+if want tune 180; then
+  TB=$(( $(left) * 30 / 100 ))
+  say "tune resnet50 fp16 batch 256,32 (budget ${TB} s)"
+  timeout $(( TB + 60 )) python3 -m fused_resnet tune --model resnet50 --batch 256,32 --dtype fp16 --runs 10 \
     --budget-s "$TB" > "$RAW/tune.log" 2>&1
-  say "tune exit $?: $(tail -n 1 "$RAW/tune.log")"
-  grep -c "autotuning" "$RAW/tune.log" | xargs echo "shapes tuned:" >> "$OUT_DIR/suite.log"
-  cp fused_resnet/tuned/triton_*.json "$OUT_DIR/" 2>/dev/null
-fi
-
-if [ "$(left)" -gt 120 ] && want op; then
-  say "op benchmark: resnet50 conv shapes, fp16, batch 1, 32 and 256"
-  timeout $(( $(left) - 90 )) python3 -m fused_resnet bench --level op --model resnet50 --batch 1,32,256 --dtype fp16 \
-    --providers conv_alone,conv_bn_relu,cudnn_fused,fused_triton,fused_cuda --runs 20 --out "$RAW/op" > "$RAW/op.log" 2>&1
-  say "op benchmark exit $?"; grep -E "^(provider|-{5}|conv|cudnn|fused)" "$RAW/op.log" >> "$OUT_DIR/suite.log"
-  python3 benchmarks/backend_table.py "$RAW/op.json" >> "$OUT_DIR/suite.log" 2>&1  # into fused_resnet/tuned/
+  say "tune exit $? : $(tail -n 1 "$RAW/tune.log")"
   cp fused_resnet/tuned/backend_*.json "$OUT_DIR/" 2>/dev/null
 fi
+want op 150 && bench op --level op --model resnet50 --batch 256,32 --dtype fp16 --runs 20 \
+  --providers conv_alone,conv_bn_relu,fused_resnet,tactics
+want model256 100 && bench model256 --model resnet50 --dtype fp16 --batch 256 --runs 20 \
+  --providers torchvision_cl,compile,fused_resnet
 
-# One bench call per setting, cheapest first, so a cut-short run keeps what it finished.
-bench() {  # bench NAME MIN_LEFT_S ARGS...
-  local name=$1 need=$2; shift 2
-  if [ "$(left)" -gt "$need" ] && want "$name"; then
-    say "model benchmark $name: $*"
-    timeout $(( $(left) - 10 )) python3 -m fused_resnet bench --model resnet50 --dtype fp16 "$@" \
-      --out "$RAW/$name" > "$RAW/$name.log" 2>&1
-    local rc=$?
-    say "$name exit $rc"; grep -E "^(provider|-{5}|torch|fused|compile|  .*failed)" "$RAW/$name.log" >> "$OUT_DIR/suite.log"
-    [ "$rc" = 0 ] || tail -n 15 "$RAW/$name.log" >> "$OUT_DIR/suite.log"
-  fi
-}
-bench model_b256 60 --batch 256 --runs 20 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet
-bench model_b1 40 --batch 1 --runs 50 --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet
-bench graphs_b1 40 --batch 1 --runs 50 --cuda-graphs --providers torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet
-bench compile_b256 100 --batch 256 --runs 20 --providers torchvision_cl,compile,fused_triton,fused_resnet
+# 2. Plan once, run many.
+if want graphs 90; then
+  for opt in "--drop-models" "" "--drop-models --no-empty-cache"; do
+    timeout 60 python3 benchmarks/graph_check.py --providers torchvision_cl,torchscript,fused_resnet $opt \
+      > "$RAW/graph_check$(echo $opt | tr -d ' -').log" 2>&1
+    say "graph_check $opt exit $? : $(grep -E '^graph check|Error|illegal' "$RAW/graph_check$(echo $opt | tr -d ' -').log" | tail -n 2 | tr '\n' ' ')"
+  done
+  gpu_tests optimize 90 "optimize or cuda_graph"
+fi
+if want b1 60; then
+  bench b1 --model resnet50 --dtype fp16 --batch 1 --runs 50 --providers torchscript,fused_resnet,optimized
+  bench b1_graphs --model resnet50 --dtype fp16 --batch 1 --runs 50 --cuda-graphs --providers torchscript,optimized
+fi
+
+# 3. timm.
+want timm 40 && bench timm --model timm/resnet50 --dtype fp16 --batch 256 --runs 20 --providers timm,fused_resnet
+
+# Second-order measurements, as time allows.
+want model32 40 && bench model32 --model resnet50 --dtype fp16 --batch 32 --runs 30 \
+  --providers torchvision_cl,compile,fused_resnet
+want others 90 && bench others --model resnet101,resnext50_32x4d --dtype fp16 --batch 256 --runs 10 \
+  --providers compile,fused_resnet
+if want b8 40; then
+  bench b8 --model resnet50 --dtype fp16 --batch 8,32 --runs 30 --providers torchscript,fused_resnet,optimized
+  bench b8_graphs --model resnet50 --dtype fp16 --batch 8,32 --runs 30 --cuda-graphs --providers torchscript,optimized
+fi
+want tests 60 && gpu_tests rest $(( $(left) - 30 )) "not sm90 and not eager_tactics and not conv_classes and not optimize"
+if want memcheck 40 && command -v compute-sanitizer >/dev/null; then
+  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
+    > "$RAW/memcheck.log" 2>&1
+  say "memcheck exit $? : $(grep -E 'ERROR SUMMARY|memcheck block' "$RAW/memcheck.log" | tr '\n' ' ')"
+fi
+want compile_max 200 && bench compile_max --model resnet50 --dtype fp16 --batch 256 --runs 20 \
+  --providers compile_max,fused_resnet
 
 python3 benchmarks/merge_results.py "$OUT_DIR/results" "$RAW"/*.json >> "$OUT_DIR/suite.log" 2>&1
 say "done"
-tail -n 40 "$OUT_DIR/suite.log" | grep -E "^(provider|-|fused|conv|torch|compile)" | tail -n 30

@@ -21,6 +21,9 @@ class Row:
 @dataclass
 class Report:
     rows: list[Row] = field(default_factory=list)
+    # Launch plans the fused modules hold (from earlier calls): module name -> the input signatures
+    # (shape, dtype) each has prebuilt launches for; the launches run the tactics listed in ``rows``.
+    plans: dict[str, list[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -35,7 +38,11 @@ class Report:
         lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in table]
         lines.insert(1, "-" * len(lines[0]))
         summary = ", ".join(f"{n} {b}" for b, n in sorted(self.counts().items()))
-        return "\n".join(lines + [f"{len(self.rows)} convs: {summary}"])
+        footer = [f"{len(self.rows)} convs: {summary}"]
+        if self.plans:
+            sigs = sorted({s for v in self.plans.values() for s in v})
+            footer.append(f"launch plans kept by {len(self.plans)} fused modules for: {', '.join(sigs)}")
+        return "\n".join(lines + footer)
 
 
 def explain(model: nn.Module, example_input: torch.Tensor) -> Report:
@@ -71,4 +78,9 @@ def explain(model: nn.Module, example_input: torch.Tensor) -> Report:
     finally:
         for h in handles:
             h.remove()
-    return Report([Row(*r) for r in records])
+    plans = {}
+    for name, m in model.named_modules():
+        kept = m.__dict__.get("_plans")
+        if kept:
+            plans[name or type(m).__name__] = [f"{tuple(k[0])} {str(k[2]).replace('torch.', '')}" for k in kept]
+    return Report([Row(*r) for r in records], plans)
