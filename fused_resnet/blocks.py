@@ -92,7 +92,7 @@ class _Hot(NamedTuple):
     epoch: int
     pairs: tuple  # ((conv, bn), ...) as _fold_pairs() returns them
     sources: tuple  # every tensor the folds depend on (folding._sources)
-    relu_ok: bool  # the block's activation is nn.ReLU
+    fusable: bool  # the activation is nn.ReLU and every pair folds (else the slow path says why not)
 
 
 class _Plan(NamedTuple):
@@ -174,7 +174,13 @@ class _FusedMixin:
         if torch.compiler.is_compiling():
             if cache is None or not cache.matches(pairs):
                 return tuple(fold_conv_bn(c, b) for c, b in pairs)
-            if not torch.compiler.is_exporting():
+            if torch.compiler.is_exporting():
+                if cache.stale():
+                    raise RuntimeError(
+                        "fused_resnet: a parameter or BN statistic was edited in place after the folded weights "
+                        "were last computed; run the model once in eager mode before torch.export, so the "
+                        "exported program holds the current folds")
+            else:
                 torch.ops.fused_resnet._refresh_folds([t for f in cache.value for t in (f.weight, f.bias)],
                                                       cache.handle)
             return cache.value
@@ -191,9 +197,9 @@ class _FusedMixin:
         hot = self.__dict__.get("_hot")
         if hot is None or hot.epoch != structure_epoch():
             pairs = tuple(self._fold_pairs())
-            hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, _sources(pairs),
-                                               type(self.relu) is nn.ReLU)
-        if not hot.relu_ok:
+            ok = type(self.relu) is nn.ReLU and all(_foldable(c, b) is None for c, b in pairs)
+            hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, _sources(pairs) if ok else (), ok)
+        if not hot.fusable:
             return None, None
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in hot.sources):
             return None, None

@@ -134,8 +134,14 @@ class FoldCache:
         self.value: Optional[tuple[FoldedConv, ...]] = None
         self._pairs: Optional[tuple] = None
         self._stamp: Optional[tuple] = None
+        self._sources: tuple = ()
         self.handle = next(_HANDLES)  # names this cache in the compiled-graph refresh op
         _CACHES[self.handle] = self
+
+    def stale(self) -> bool:
+        """Has a source tensor of the last fold been written or moved since? (Reads the stored
+        tensors themselves, not module attributes: usable while torch.export swaps those for fakes.)"""
+        return self._stamp is None or _stamp(self._sources, self._pairs) != self._stamp
 
     def matches(self, pairs) -> bool:
         """Built for these very modules (folded tensors usable as compiled-graph inputs)?"""
@@ -168,6 +174,7 @@ class FoldCache:
         for folded in new:
             mark_stable(folded.weight)  # packed layouts of it may be cached
         self.value, self._pairs, self._stamp = new, pairs, stamp
+        self._sources = sources if sources is not None else _sources(pairs)
         self.generation += 1
         return new
 

@@ -190,3 +190,17 @@ def test_optimize_on_cpu_equals_converted_model():
     assert torch.equal(opt(x), expected)
     assert opt.captures == 0 and opt.graph_shapes() == []  # no graphs on CPU
     assert set(opt.state_dict()) == {"model." + k for k in tv.state_dict()}
+
+
+def test_export_refuses_stale_folds_with_a_clear_error():
+    tv, fused = _block()
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        fused(x)
+        fused.conv1.weight.mul_(2.0)  # edited in place, no eager forward since
+        with pytest.raises(Exception, match="run the model once in eager mode"):
+            torch.export.export(fused, (x,))
+        fused(x)  # refolds
+        ep = torch.export.export(fused, (x,))
+        tv.conv1.weight.mul_(2.0)
+        torch.testing.assert_close(ep.module()(x), tv(x), rtol=1e-5, atol=1e-5)
