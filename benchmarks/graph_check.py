@@ -26,7 +26,7 @@ import sys
 import torch
 import torchvision
 
-from fused_resnet.bench import build_provider, provider_available
+from fused_resnet.bench import _graphed, build_provider, provider_available
 from fused_resnet.testing import randomize_bn
 
 DEFAULT = "torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet"
@@ -44,26 +44,6 @@ def check(name, replay, expected):
     ok = diff == 0.0 or diff <= 1e-2 * expected.float().abs().max().item()  # cuDNN may pick another algo
     step(f"{'matches' if ok else 'DIFFERS from'} eager (max |diff| {diff:.3g})")
     return ok
-
-
-def capture(fn, x, keep_model: bool):
-    """Capture fn(x) in a CUDA graph (warm-up on a side stream first, as bench does); the replay
-    closure keeps the static input/output, and the model only when keep_model."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s), torch.no_grad():
-        for _ in range(3):
-            fn(x)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g), torch.no_grad():
-        out = fn(x)
-    keep = [fn] if keep_model else []
-
-    def replay(g=g, x=x, out=out, keep=keep):
-        g.replay()
-        return out
-    return replay
 
 
 def main():
@@ -112,7 +92,7 @@ def main():
             build(name)
         fn, x, expected = ready.pop(name)
         step(f"[{name}] capture")
-        replay = capture(fn, x, keep_model=not args.drop_models)
+        replay = _graphed(fn, x, keep_model=not args.drop_models)
         del fn
         torch.cuda.synchronize()
         step(f"[{name}] first replay")

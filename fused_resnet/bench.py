@@ -250,7 +250,7 @@ def provider_available(name: str, device: str) -> Optional[str]:
     return None
 
 
-def _graphed(fn, x):
+def _graphed(fn, x, keep_model: bool = True):
     """Capture fn(x) in a CUDA graph; returns a replay callable that keeps the graph's static input
     and output, and fn itself (the model: parameters, folded and packed weights), alive: the graph
     holds raw pointers into all of them. (Before this kept fn, a model dropped after its capture
@@ -265,7 +265,9 @@ def _graphed(fn, x):
     with torch.cuda.graph(g), torch.no_grad():
         out = fn(x)
 
-    def replay(g=g, x=x, out=out, fn=fn):
+    keep = [fn] if keep_model else []  # keep_model=False only to reproduce that fault (graph_check.py)
+
+    def replay(g=g, x=x, out=out, keep=keep):
         g.replay()
         return out
 
