@@ -6,9 +6,9 @@ Method. A converted model's forward on the ``meta`` device (default) runs every 
 path: block logic, fold-cache checks, launch plans, backend selection, and the eager path's torch
 calls, whose meta kernels only compute shapes. From it we subtract those same torch calls made
 bare, with the real shapes: per conv F.conv2d with a bias, then the residual add and ReLU in place
-where the block has them. Both are timed in one process, interleaved, medians of ``--repeats``
-forwards; the difference divided by the number of convs is our host overhead per conv (it also
-holds the network's maxpool/avgpool/fc, the same before and after a change). ``--device cpu``
+where the block has them, plus the network's maxpool, avgpool and fc. Both are timed in one process,
+interleaved, the minimum of ``--repeats`` forwards each (other load on the machine only adds time);
+the difference divided by the number of convs is our host overhead per conv. ``--device cpu``
 does the same with real arithmetic on a tiny input (noisier: oneDNN's time varies more than the
 overhead). On a GPU the same Python runs before each kernel launch: it is the part of batch-1
 latency without CUDA graphs that is ours. Compare versions by running both in alternation on the
@@ -17,7 +17,6 @@ same machine; absolute microseconds depend on the host.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -41,6 +40,9 @@ def measure(model_name: str = "resnet50", batch: int = 1, repeats: int = 200, si
     last = "conv3" if any(isinstance(m, torchvision.models.resnet.Bottleneck) for m in tv.modules()) else "conv2"
     hooks = [m.register_forward_hook(lambda m, i, o, name=name: calls.append((m, i[0], _epilogue(name, last))))
              for name, m in tv.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    others = []  # (module, input) of the stem's maxpool, the avgpool and the fc: ours runs them too
+    hooks += [m.register_forward_hook(lambda m, i, o: others.append((m, i[0])))
+              for m in (tv.maxpool, tv.avgpool, tv.fc)]
     x = torch.randn(batch, 3, size, size).to(device).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         tv.to(device).to(memory_format=torch.channels_last)(x)
@@ -58,6 +60,8 @@ def measure(model_name: str = "resnet50", batch: int = 1, repeats: int = 200, si
                 out.add_(out).relu_()
             elif epi == "relu":
                 out.relu_()
+        for m, xi in others:
+            m(xi.flatten(1) if isinstance(m, torch.nn.Linear) else xi)
 
     fused_t, bare_t = [], []
     with torch.inference_mode():
@@ -71,7 +75,8 @@ def measure(model_name: str = "resnet50", batch: int = 1, repeats: int = 200, si
             t2 = time.perf_counter()
             fused_t.append(t1 - t0)
             bare_t.append(t2 - t1)
-    f, b = statistics.median(fused_t) * 1e6, statistics.median(bare_t) * 1e6
+    # Minimum over interleaved repeats: the least-disturbed run of each (other load only adds time).
+    f, b = min(fused_t) * 1e6, min(bare_t) * 1e6
     n = len(calls)
     return {"model": model_name, "batch": batch, "size": size, "device": device, "convs": n, "fused_forward_us": f, "bare_convs_us": b,
             "overhead_per_conv_us": (f - b) / n}

@@ -80,8 +80,7 @@ def _eager_cpu_launch(x, weight, bias, scale, stride, padding, dilation, groups,
     cl = torch.channels_last
     if op is None or scale is not None or x.dtype not in _mkldnn_dtypes() \
             or not x.is_contiguous(memory_format=cl):
-        return lambda x, residual: _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups,
-                                                  residual, relu)
+        return _eager_generic_launch(x, weight, bias, scale, stride, padding, dilation, groups, relu)
     b = bias.to(x.dtype) if bias is not None else None
     # Pre-reordered (blocked) weights skip oneDNN's per-call weight reorder, as inductor does.
     w = packed(weight, ("mkldnn", tuple(stride), tuple(padding), tuple(dilation), groups),
@@ -104,19 +103,25 @@ def _eager_cpu_launch(x, weight, bias, scale, stride, padding, dilation, groups,
     return run
 
 
-def _eager_generic(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu):
-    fold_bias = bias is not None and scale is None
-    out = F.conv2d(x, weight, bias.to(x.dtype) if fold_bias else None, stride, padding, dilation, groups)
+def _eager_generic_launch(x, weight, bias, scale, stride, padding, dilation, groups, relu) -> Callable:
+    """run(x, residual): conv2d (with the bias when there is no separate scale), then the epilogue
+    in place; the bias and scale are cast to x's dtype once, here."""
     shape = (1, -1, 1, 1)
-    if scale is not None:
-        out.mul_(scale.to(out.dtype).reshape(shape))
-    if bias is not None and not fold_bias:
-        out.add_(bias.to(out.dtype).reshape(shape))
-    if residual is not None:
-        out.add_(residual)
-    if relu:
-        out.relu_()
-    return out
+    conv_bias = bias.to(x.dtype) if bias is not None and scale is None else None
+    scale_v = scale.to(x.dtype).reshape(shape) if scale is not None else None
+    bias_v = bias.to(x.dtype).reshape(shape) if bias is not None and scale is not None else None
+    conv = F.conv2d
+
+    def run(x, residual):
+        out = conv(x, weight, conv_bias, stride, padding, dilation, groups)
+        if scale_v is not None:
+            out.mul_(scale_v)
+        if bias_v is not None:
+            out.add_(bias_v)
+        if residual is not None:
+            out.add_(residual)
+        return out.relu_() if relu else out
+    return run
 
 
 def _cudnn_fused(x, weight, bias, stride, padding, dilation, groups, residual, relu):
@@ -176,7 +181,7 @@ def tactic_launch(tactic, x, weight, bias, scale, stride, padding, dilation, gro
     if tactic == _selector.EAGER_CPU and x.device.type == "cpu":
         return _eager_cpu_launch(x, *args, has_residual, relu, into_residual)
     if tactic in (_selector.EAGER_CPU, _selector.CUDNN_POINTWISE, ""):
-        return lambda x, residual: _eager_generic(x, *args, residual, relu)
+        return _eager_generic_launch(x, *args, relu)
     raise ValueError(f"unknown fused_conv2d tactic {tactic!r}")
 
 
