@@ -25,13 +25,16 @@ demo: setup
 # Two runs: the suite (eager path, AOT compiles for sm_80/sm_90), then the Triton kernels' numerics
 # under the interpreter (TRITON_INTERPRET must be set before kernels are defined: its own process).
 # Compile (or reuse the cached build of) the CUDA extension and print nvcc's resource report
-# (registers, spills per kernel). Skipped with a note where there is no nvcc.
+# (registers, spills per kernel), then one line per Hopper sm90 kernel (registers, stack/local
+# bytes, shared memory, HGMMA count; from cuobjdump). Skipped with a note where there is no nvcc.
 ext: setup
 	@if [ -x "$$CUDA_HOME/bin/nvcc" ]; then \
-	  echo "building the CUDA extension (csrc/, sm_80 + sm_90; minutes the first time, cached after) ..."; \
+	  echo "building the CUDA extension (csrc/, sm_80 + sm_90a; minutes the first time, cached after) ..."; \
 	  $(BIN)/python -c "import fused_resnet._ext as e; print('built', e.build(verbose=True))" > $(VENV)/ext_build.log 2>&1; \
 	  rc=$$?; grep -E "ptxas info *: Used|spill stores" $(VENV)/ext_build.log | sed 's/^ *//; s/, [0-9]* bytes cmem.*//' | sort | uniq -c; \
-	  tail -n 3 $(VENV)/ext_build.log; exit $$rc; \
+	  tail -n 3 $(VENV)/ext_build.log; \
+	  if [ $$rc -eq 0 ]; then $(BIN)/python -c "import fused_resnet._ext as e; print(e.sm90_report())" || rc=$$?; fi; \
+	  exit $$rc; \
 	else echo "nvcc not found at $$CUDA_HOME: the CUDA extension is not built (its tests skip)"; fi
 
 test: setup ext

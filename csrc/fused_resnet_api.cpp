@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "fused_conv2d.h"
 
@@ -75,6 +76,82 @@ at::Tensor conv2d_cutlass(const at::Tensor& x, const at::Tensor& w, const at::Te
   return out;
 }
 
+// Hopper kernels (csrc/conv2d_sm90.cu + generated csrc/sm90/): same tensors and math as
+// conv2d_cutlass, one of the generated configs chosen by index (fused_resnet/_sm90_configs.py).
+at::Tensor conv2d_sm90_op(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                       const c10::optional<at::Tensor>& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, bool relu, int64_t config) {
+  check_nhwc(x, "input");
+  check_nhwc(w, "weight");
+  const int num = sm90_num_configs();
+  TORCH_CHECK(num > 0, "fused_resnet sm90 conv: this library was built without the sm90 kernels (FUSED_RESNET_SM90=0)");
+  TORCH_CHECK(config >= 0 && config < num, "fused_resnet sm90 conv: config ", config, " out of range [0, ", num, ")");
+  const Sm90Config* cfg = sm90_config((int)config);
+  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
+              "fused_resnet sm90 conv: fp16/bf16 only, got ", x.scalar_type());
+  const int dtype = x.scalar_type() == at::kHalf ? kSm90F16 : kSm90BF16;
+  TORCH_CHECK(cfg->dtype == dtype, "fused_resnet sm90 conv: config ", cfg->name, " is for ",
+              cfg->dtype == kSm90F16 ? "float16" : "bfloat16", ", the input is ", x.scalar_type());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "fused_resnet sm90 conv: weight dtype ", w.scalar_type(),
+              " != input dtype ", x.scalar_type());
+  TORCH_CHECK(bias.is_cuda() && bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == w.size(0),
+              "fused_resnet sm90 conv: bias must be a contiguous fp32 CUDA tensor of ", w.size(0), " elements");
+  TORCH_CHECK(x.device() == w.device() && x.device() == bias.device(),
+              "fused_resnet sm90 conv: input, weight and bias must be on one device");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3);
+  const int64_t k = w.size(0), r = w.size(2), s = w.size(3);
+  TORCH_CHECK(w.size(1) == c, "fused_resnet sm90 conv: grouped convs are not supported (weight has ", w.size(1),
+              " input channels, input has ", c, ")");
+  TORCH_CHECK(c % 8 == 0 && k % 8 == 0, "fused_resnet sm90 conv: channels must be multiples of 8 (TMA), got ", c,
+              " -> ", k);
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "stride/padding/dilation: 2 ints");
+  if (cfg->kind == kSm90Gemm)
+    TORCH_CHECK(r == 1 && s == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 && padding[1] == 0,
+                "fused_resnet sm90 conv: config ", cfg->name, " is a GEMM for 1x1 stride-1 unpadded convs; got ",
+                r, "x", s, " stride ", stride, " padding ", padding, " (use a conv config)");
+  const int64_t p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) / stride[0] + 1;
+  const int64_t q = (wd + 2 * padding[1] - dilation[1] * (s - 1) - 1) / stride[1] + 1;
+  TORCH_CHECK(p > 0 && q > 0, "fused_resnet sm90 conv: empty output (", p, "x", q, ")");
+  TORCH_CHECK(n * std::max(h * wd * c, p * q * k) < (int64_t(1) << 31), "fused_resnet sm90 conv: tensor too large");
+  c10::cuda::CUDAGuard guard(x.device());
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device());
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, x.get_device());
+  TORCH_CHECK(major == 9 && minor == 0, "fused_resnet sm90 conv: these kernels (sm_90a: TMA + WGMMA) run only on "
+              "sm_90 GPUs (H100/H200); this device is sm_", major, minor);
+  TORCH_CHECK(sm90_compiled(), "fused_resnet sm90 conv: this library was built without sm_90a code "
+              "(needs -gencode=arch=compute_90a,code=sm_90a)");
+  at::Tensor out = at::empty({n, k, p, q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const void* res_ptr = nullptr;
+  if (residual.has_value()) {
+    check_nhwc(*residual, "residual");
+    TORCH_CHECK(residual->sizes() == out.sizes() && residual->scalar_type() == x.scalar_type(),
+                "fused_resnet sm90 conv: residual must match the output's shape and dtype");
+    res_ptr = residual->data_ptr();
+  }
+  if (out.numel() == 0) return out;
+  ConvParams prm{x.data_ptr(), w.data_ptr(), bias.data_ptr<float>(), res_ptr, out.data_ptr(),
+                 (int)n, (int)h, (int)wd, (int)c, (int)k, (int)r, (int)s, (int)p, (int)q,
+                 (int)padding[0], (int)padding[1], (int)stride[0], (int)stride[1], (int)dilation[0], (int)dilation[1],
+                 relu};
+  // Workspace (if a kernel asks for one) from torch's caching allocator, freed after the launch is
+  // enqueued: the allocator reuses it only for work ordered after it on this stream.
+  struct Workspace {
+    at::TensorOptions options;
+    std::vector<at::Tensor> held;
+  } ws{x.options().dtype(at::kByte), {}};
+  Sm90Allocator alloc{[](size_t bytes, void* ctx) -> void* {
+                        auto* w = static_cast<Workspace*>(ctx);
+                        w->held.push_back(at::empty({(int64_t)bytes}, w->options));
+                        return w->held.back().data_ptr();
+                      },
+                      &ws};
+  int st = fused_resnet::conv2d_sm90(prm, (int)config, dtype, &alloc, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(st == 0, "fused_resnet sm90 conv (", cfg->name, "): ", cutlass_status_string(st));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 at::Tensor bias_residual_act_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias,
                                   const c10::optional<at::Tensor>& residual, bool relu) {
   check_nhwc(x, "input");
@@ -110,6 +187,7 @@ at::Tensor add_relu_cuda(const at::Tensor& x, const at::Tensor& y) {
 
 TORCH_LIBRARY_IMPL(fused_resnet, CUDA, m) {
   m.impl("_conv2d_cutlass", &conv2d_cutlass);
+  m.impl("_conv2d_sm90", &conv2d_sm90_op);
   m.impl("_bias_residual_act_cuda", &bias_residual_act_cuda);
   m.impl("_add_relu_cuda", &add_relu_cuda);
 }

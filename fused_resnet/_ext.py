@@ -5,6 +5,7 @@ under torch.compile even where the extension is not built; csrc/fused_resnet_api
 CUDA implementations when its library is loaded:
 
     fused_resnet::_conv2d_cutlass(x, w_krsc, bias_fp32, residual?, stride, padding, dilation, relu, tile)
+    fused_resnet::_conv2d_sm90(x, w_krsc, bias_fp32, residual?, stride, padding, dilation, relu, config)
     fused_resnet::_bias_residual_act_cuda(x, bias?, residual?, relu)
     fused_resnet::_add_relu_cuda(x, y)
 
@@ -24,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from . import _sm90_configs, _sources
 from ._geometry import out_size
 
 _LIB = torch.library.Library("fused_resnet", "FRAGMENT")
@@ -32,14 +34,25 @@ _LIB.define("_conv2d_cutlass(Tensor x, Tensor w, Tensor bias, Tensor? residual, 
 _LIB.define("_bias_residual_act_cuda(Tensor x, Tensor? bias, Tensor? residual, bool relu) -> Tensor")
 _LIB.define("_add_relu_cuda(Tensor x, Tensor y) -> Tensor")
 
-CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-SOURCES = ["fused_resnet_api.cpp", "fused_conv2d_f16.cu", "fused_conv2d_bf16.cu", "add_relu.cu"]
-CUDA_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-DNDEBUG", "-Xptxas=-v",
-              "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+_LIB.define("_conv2d_sm90(Tensor x, Tensor w, Tensor bias, Tensor? residual, int[] stride, int[] padding, "
+            "int[] dilation, bool relu, int config) -> Tensor")
+
+CSRC = _sources.CSRC
+SOURCES = _sources.sources()
+CUDA_FLAGS = _sources.cuda_flags()
 
 
 @torch.library.register_fake("fused_resnet::_conv2d_cutlass")
 def _(x, w, bias, residual, stride, padding, dilation, relu, tile):
+    n, _, h, wd = x.shape
+    k, _, r, s = w.shape
+    p = out_size(h, r, stride[0], padding[0], dilation[0])
+    q = out_size(wd, s, stride[1], padding[1], dilation[1])
+    return torch.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("fused_resnet::_conv2d_sm90")
+def _(x, w, bias, residual, stride, padding, dilation, relu, config):
     n, _, h, wd = x.shape
     k, _, r, s = w.shape
     p = out_size(h, r, stride[0], padding[0], dilation[0])
@@ -117,7 +130,7 @@ def build(verbose: bool = False) -> str:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     cpp_extension.load(
         name="fused_resnet_cuda", sources=[os.path.join(CSRC, s) for s in SOURCES],
-        extra_include_paths=[CSRC, cutlass_include()], extra_cuda_cflags=CUDA_FLAGS,
+        extra_include_paths=_sources.include_dirs(cutlass_include()), extra_cuda_cflags=CUDA_FLAGS,
         extra_cflags=["-O3"], is_python_module=False, verbose=verbose)
     build_dir = cpp_extension._get_build_directory("fused_resnet_cuda", verbose=False)
     return os.path.join(build_dir, "fused_resnet_cuda.so")
@@ -182,68 +195,233 @@ def fused_conv2d_cuda(x, weight, bias, scale, stride, padding, dilation, groups,
     return cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile)(x, residual)
 
 
-# --- adapter: the Hopper (sm90) CUTLASS 3.x configs of branch sm90 ----------------------------------
-# The one place that knows that branch's API, looked up by name so this file works before the merge
-# (no sm90 tactics) and after it (one tactic "cuda:sm90_<config>" per config):
-#   sm90_configs() -> list of config names, e.g. "sm90_conv_f16_128x128", "sm90_gemm_coop_f16_128x256"
-#   sm90_problem(x, weight, stride, padding, dilation, groups) -> None if the sm90 kernels take the
-#       problem, else why not
-#   fused_conv2d_sm90(x, weight, bias, stride, padding, dilation, residual, relu, config) -> Tensor
-# Assumed here, to re-check at the merge: configs named "*_f16_*" / "*_bf16_*" run that dtype only,
-# "*gemm*" configs run 1x1 stride-1 unpadded convs only; the launcher takes what fused_conv2d_cuda
-# passes the sm80 kernels (channels_last x/residual, KRSC weight, fp32 bias).
-
-def _sm90_api(name: str):
-    return globals().get(name)
-
-
-_sm90_seen: dict = {}  # sm90_configs function -> its {tactic: config} (asked once: the guard runs per call)
-
+# --- sm90 tactics: one "cuda:sm90_<config>" per generated config (the selector and tuner see these) ---
 
 def sm90_tactics() -> dict[str, str]:
-    """{tactic: config} for every sm90 config this build offers ({} before the sm90 merge)."""
-    configs = _sm90_api("sm90_configs")
-    if configs is None:
-        return {}
-    if configs in _sm90_seen:
-        return _sm90_seen[configs]
-    try:
-        names = list(configs())
-    except Exception:  # a build without the sm90 kernels: no candidates, never an error in auto
-        return {}
-    found = {"cuda:" + (c if c.startswith("sm90_") else "sm90_" + c): c for c in names}
-    if found:  # an empty answer may come before the library is loaded: ask again next time
-        _sm90_seen[configs] = found
-    return found
+    """{tactic: config name} for every sm90 config built into the extension."""
+    return {"cuda:sm90_" + c.name: c.name for c in sm90_configs()}
 
 
 def sm90_guard(tactic: str, x, weight, stride, padding, dilation, groups) -> Optional[str]:
     """None if the sm90 tactic can run this conv (the general CUTLASS guard already passed), else why not."""
-    config = sm90_tactics().get(tactic)
-    if config is None:
+    name = sm90_tactics().get(tactic)
+    if name is None:
         return f"{tactic}: no such sm90 config in this build"
-    if torch.cuda.get_device_capability(x.device) != (9, 0):
-        return "sm90 kernels need an sm_90 (Hopper) GPU"
-    want = {"f16": torch.float16, "bf16": torch.bfloat16}
-    for tag, dt in want.items():
-        if f"_{tag}_" in config + "_" and x.dtype != dt:
-            return f"config {config} runs {tag} only"
-    if "gemm" in config and not (weight.shape[2] == weight.shape[3] == 1 and tuple(stride) == (1, 1)
-                                 and tuple(padding) == (0, 0)):
-        return f"config {config} (GEMM) runs 1x1 stride-1 unpadded convs only"
-    problem = _sm90_api("sm90_problem")
-    if problem is None:
-        return "sm90_problem missing from the extension"
-    return problem(x, weight, list(stride), list(padding), list(dilation), groups)
+    why = sm90_problem(x, weight, stride, padding, dilation, groups)
+    if why is not None:
+        return why
+    if not sm90_config_accepts(sm90_config_index(name), x, weight, stride, padding):
+        cfg = sm90_configs()[sm90_config_index(name)]
+        return f"config {name} runs {cfg.dtype} {'1x1 stride-1 unpadded convs' if cfg.kind == 'gemm' else 'convs'} only"
+    return None
 
 
-def fused_conv2d_sm90_tactic(tactic: str, x, weight, bias, stride, padding, dilation, residual, relu) -> torch.Tensor:
-    """Run one sm90 tactic (guarded by sm90_guard)."""
+def sm90_tactic_launch(tactic: str, stride, padding, dilation, relu):
+    """run(x, weight, bias, residual) for one sm90 tactic (guarded by sm90_guard)."""
+    name = sm90_tactics()[tactic]
+    return lambda x, weight, bias, residual: fused_conv2d_sm90(x, weight, bias, stride, padding, dilation,
+                                                               residual, relu, config=name)
+
+
+# --- Hopper (sm_90a) CUTLASS 3.x kernels: csrc/sm90_kernels.cuh, one generated TU per config ------
+
+_SM90_DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
+def sm90_configs() -> tuple:
+    """The sm90 kernel configs built into the extension, in config-index order (generated table
+    fused_resnet/_sm90_configs.py: name, kind conv|gemm, dtype f16|bf16, tile, cluster, schedule)."""
+    return _sm90_configs.CONFIGS
+
+
+def sm90_config_index(name: str) -> int:
+    """Index of the config called ``name`` (raises KeyError when there is none)."""
+    for i, c in enumerate(_sm90_configs.CONFIGS):
+        if c.name == name:
+            return i
+    raise KeyError(f"no sm90 config {name!r}; known: {[c.name for c in _sm90_configs.CONFIGS]}")
+
+
+def _pair(v) -> tuple:
+    return (int(v), int(v)) if isinstance(v, int) else tuple(int(e) for e in v)
+
+
+def _is_pointwise(r, s, stride, padding) -> bool:
+    """A 1x1, stride-1, unpadded conv: a plain GEMM over NHWC pixels (dilation is moot for 1x1)."""
+    return r == 1 and s == 1 and _pair(stride) == (1, 1) and _pair(padding) == (0, 0)
+
+
+def sm90_problem(x, weight, stride=1, padding=0, dilation=1, groups=1, *, check_device: bool = True) -> Optional[str]:
+    """Why no sm90 kernel can run this conv, or None when one can (config choice aside: a gemm config
+    also needs a pointwise conv, see ``sm90_config_accepts``). x: [N, C, H, W], weight: [K, C, R, S].
+    ``check_device=False`` skips the device checks (GPU capability, sm_90a code in the library)."""
+    if x.dim() != 4 or weight.dim() != 4:
+        return "sm90: 4D input and weight only"
+    if x.dtype not in _SM90_DTYPES or weight.dtype != x.dtype:
+        return f"sm90: fp16/bf16 only (input {x.dtype}, weight {weight.dtype})"
+    if groups != 1 or weight.shape[1] != x.shape[1]:
+        return "sm90: grouped convs are not supported"
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    if k % 8:
+        return f"sm90: output channels must be a multiple of 8 for TMA (got {k})"
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    p, q = out_size(h, r, sh, ph, dh), out_size(w, s, sw, pw, dw)
+    if min(n, p, q) <= 0:
+        return "sm90: empty input or output"
+    if n * max(h * w * c, p * q * k) >= 2 ** 31:
+        return "sm90: tensor too large (int32 indexing)"
+    if check_device:
+        if x.device.type != "cuda":
+            return "sm90: not a CUDA tensor"
+        if _device_capability(x.device) != (9, 0):
+            return f"sm90: needs an sm_90 GPU (H100/H200), this is sm_{''.join(map(str, _device_capability(x.device)))}"
+    return None
+
+
+def sm90_config_accepts(config: int, x, weight, stride=1, padding=0) -> bool:
+    """Whether sm90 config ``config`` can run this conv (dtype and, for gemm configs, pointwise)."""
+    cfg = _sm90_configs.CONFIGS[config]
+    if _SM90_DTYPES.get(x.dtype) != cfg.dtype:
+        return False
+    return cfg.kind == "conv" or _is_pointwise(weight.shape[2], weight.shape[3], stride, padding)
+
+
+_capabilities: dict = {}
+
+
+def _device_capability(device) -> tuple:
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _capabilities:
+        _capabilities[index] = torch.cuda.get_device_capability(index)
+    return _capabilities[index]
+
+
+def default_sm90_config(n, c, h, w, k, r, s, stride=1, padding=0, dilation=1, dtype=torch.float16,
+                        sm_count: int = 132) -> int:
+    """Heuristic sm90 config index (used where the tactic profiler has tabled nothing): pointwise
+    convs -> the cooperative GEMM, 128x256 when K >= 256 and its tiles fill every SM at least once,
+    else 128x128;
+    other convs -> the implicit-GEMM conv, 128x128 likewise, else 64x128 (batch-1 layer3/4)."""
+    dt = _SM90_DTYPES[dtype]
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    m = n * out_size(h, r, sh, ph, dh) * out_size(w, s, sw, pw, dw)
+
+    def tiles(tm, tn):
+        return -(-m // tm) * -(-k // tn)
+
+    if _is_pointwise(r, s, stride, padding):
+        name = (f"gemm_{dt}_coop_128x256x64_c1x1" if k >= 256 and tiles(128, 256) >= sm_count
+                else f"gemm_{dt}_coop_128x128x64_c2x1")
+    else:
+        name = (f"conv_{dt}_ws_128x128x64_c1x1" if tiles(128, 128) >= sm_count
+                else f"conv_{dt}_ws_64x128x64_c1x1")
+    return sm90_config_index(name)
+
+
+def fused_conv2d_sm90(x, weight, bias, stride=1, padding=0, dilation=1, residual=None, relu=True,
+                      config=None) -> torch.Tensor:
+    """out = act(conv2d(x, weight) + bias[k] (+ residual)) on a Hopper sm90 kernel.
+
+    x: [N, C, H, W] fp16/bf16 (any memory format; run as channels_last; C not a multiple of 8, e.g.
+    the 3-channel stem, is zero-padded to one: a copy of x), weight: [K, C, R, S] same dtype (packed
+    KRSC once per stable weight), bias: [K] (any float dtype, used as fp32) or None,
+    residual: [N, K, P, Q] or None. config: index or name from ``sm90_configs()``, None for
+    ``default_sm90_config``. Returns channels_last. Raises RuntimeError (from the op) when the config
+    cannot take the problem or the device is not sm_90; use ``sm90_problem`` first to avoid that."""
     from ._packing import packed
 
+    n, c, h, w = x.shape
+    k, _, r, s = weight.shape
+    if config is None:
+        config = default_sm90_config(n, c, h, w, k, r, s, stride, padding, dilation, x.dtype)
+    elif isinstance(config, str):
+        config = sm90_config_index(config)
     cl = torch.channels_last
-    w = packed(weight, "cutlass_krsc", pack_weight)
-    b = bias.float().contiguous() if bias is not None else torch.zeros(weight.shape[0], device=x.device)
-    res = residual.contiguous(memory_format=cl) if residual is not None else None
-    return _sm90_api("fused_conv2d_sm90")(x.contiguous(memory_format=cl), w, b, list(stride), list(padding),
-                                          list(dilation), res, relu, sm90_tactics()[tactic])
+    if c % 8:  # e.g. the 3-channel stem: zero channels up to a multiple of 8 (TMA rows of 16 bytes)
+        pad = -c % 8
+        x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad))
+        wk = packed(weight, "cutlass_krsc_c8", lambda t: pack_weight(torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad))))
+    else:
+        wk = packed(weight, "cutlass_krsc", pack_weight)
+    wk = _aligned16(wk)
+    b = (bias.float().contiguous() if bias is not None
+         else torch.zeros(k, device=x.device, dtype=torch.float32))
+    res = _aligned16(residual.contiguous(memory_format=cl)) if residual is not None else None
+    return torch.ops.fused_resnet._conv2d_sm90(_aligned16(x.contiguous(memory_format=cl)), wk, _aligned16(b), res,
+                                               list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)),
+                                               bool(relu), int(config))
+
+
+def _aligned16(t: torch.Tensor) -> torch.Tensor:
+    """TMA needs 16-byte aligned base addresses; a view at an odd offset is copied (rare). Fake and
+    meta tensors (tracing) have no address."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if t.device.type == "meta" or is_fake(t) or t.data_ptr() % 16 == 0:
+        return t
+    return t.clone(memory_format=torch.preserve_format)
+
+
+# --- build report: registers, spills, shared memory and HGMMA per sm90 kernel ------------------------
+
+def cuobjdump() -> Optional[str]:
+    """cuobjdump from the CUDA toolkit, else the copy bundled with triton."""
+    home = _cuda_home()
+    cands = [os.path.join(home, "bin", "cuobjdump")] if home else []
+    spec = importlib.util.find_spec("triton")
+    if spec and spec.submodule_search_locations:
+        cands.append(os.path.join(list(spec.submodule_search_locations)[0], "backends", "nvidia", "bin", "cuobjdump"))
+    return next((c for c in cands if os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+def sm90_kernel_resources(build_dir: Optional[str] = None) -> list:
+    """Per sm90 config (from its object file in the JIT build folder): the sm_90a kernel's registers,
+    spill/local bytes, HGMMA instruction count, and dynamic shared memory (from the built library's
+    registry, read with ctypes: no GPU needed). Needs a completed ``build()``."""
+    import ctypes
+    import re
+    import subprocess
+
+    from torch.utils import cpp_extension
+
+    tool = cuobjdump()
+    if tool is None:
+        raise RuntimeError("cuobjdump not found (CUDA toolkit or triton)")
+    build_dir = build_dir or cpp_extension._get_build_directory("fused_resnet_cuda", verbose=False)
+    path = os.path.join(build_dir, "fused_resnet_cuda.so")
+    torch.ops.load_library(path)  # resolves its torch/CUDA dependencies; then the same handle for ctypes
+    lib = ctypes.CDLL(path)
+    info = lib.fused_resnet_sm90_info
+    info.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)] + [ctypes.POINTER(ctypes.c_int)] * 3
+    smem = {}
+    i = 0
+    while True:
+        name, kind, dt, sm = ctypes.c_char_p(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+        if info(i, ctypes.byref(name), ctypes.byref(kind), ctypes.byref(dt), ctypes.byref(sm)) != 0:
+            break
+        smem[name.value.decode()] = sm.value
+        i += 1
+    rows = []
+    for cfg in _sm90_configs.CONFIGS:
+        obj = os.path.join(build_dir, f"{cfg.name}.cuda.o")
+        res = subprocess.run([tool, "-res-usage", "-arch", "sm_90a", obj], capture_output=True, text=True,
+                             check=True).stdout
+        kernels = [m for m in re.finditer(r"Function (\S*device_kernel\S*):\s*\n\s*(REG:.*)", res)]
+        if len(kernels) != 1:
+            raise RuntimeError(f"{obj}: expected one sm_90a CUTLASS kernel, found {len(kernels)}")
+        fields = dict(kv.split(":") for kv in kernels[0].group(2).split())
+        sass = subprocess.run([tool, "-sass", "-arch", "sm_90a", obj], capture_output=True, text=True,
+                              check=True).stdout
+        rows.append({"name": cfg.name, "registers": int(fields["REG"]), "stack": int(fields["STACK"]),
+                     "local": int(fields["LOCAL"]), "shared_static": int(fields["SHARED"]),
+                     "shared_dynamic": smem.get(cfg.name, -1), "hgmma": sass.count("HGMMA")})
+    return rows
+
+
+def sm90_report(build_dir: Optional[str] = None) -> str:
+    """One line per sm90 kernel (what `make ext` prints)."""
+    return "\n".join(f"sm90 {r['name']:<36} {r['registers']:4d} registers, {r['stack'] + r['local']} bytes "
+                     f"stack/local (spills), {r['shared_dynamic'] / 1024:.0f} KiB shared, {r['hgmma']} HGMMA"
+                     for r in sm90_kernel_resources(build_dir))

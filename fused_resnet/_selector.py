@@ -50,7 +50,7 @@ CUDNN_FUSED = "eager:cudnn_fused"  # torch.cudnn_convolution_relu / _add_relu (r
 TRITON = "triton"
 CUDA_SM80_LARGE, CUDA_SM80_SMALL = "cuda:sm80_large", "cuda:sm80_small"  # CUTLASS 2.x, 128x128 / small tile
 CUDA_SM80_TILES = {CUDA_SM80_LARGE: 1, CUDA_SM80_SMALL: 2}  # csrc/fused_conv2d.h ConvTile
-CUDA_SM90_PREFIX = "cuda:sm90_"  # + config name from _ext.sm90_configs() (branch sm90; see _ext's adapter)
+CUDA_SM90_PREFIX = "cuda:sm90_"  # + a config name of the generated table (_ext.sm90_configs())
 TACTICS_CUDA_TENSOR = (CUDNN_POINTWISE, CUDNN_EPILOGUE, CUDNN_FUSED, TRITON, CUDA_SM80_LARGE, CUDA_SM80_SMALL)
 
 
@@ -66,7 +66,7 @@ def conv_tactics(x: torch.Tensor) -> tuple[str, ...]:
         return (EAGER_CPU,)
     from . import _ext
 
-    return TACTICS_CUDA_TENSOR + tuple(_ext.sm90_tactics())  # sm90: _ext's adapter
+    return TACTICS_CUDA_TENSOR + tuple(_ext.sm90_tactics())
 
 
 def _check_name(name: str) -> str:

@@ -234,6 +234,133 @@ def test_op_bench_reports_auto_and_every_tactic():
     met, total, _ = op_bound_summary(rows)
     assert total == len(auto) and 0 <= met <= total
 
+# --- Hopper sm90 kernels (fused_resnet::_conv2d_sm90): every generated config on every conv class it
+# accepts, against the float64 reference with DESIGN's rule; NaN, -0 and refusals. sm_90 GPUs only. ---
+
+SM90_CASES = [  # (n, c, h, w, k, r, stride, padding, dilation)
+    (64, 64, 56, 56, 256, 1, 1, 0, 1),  # resnet50 layer1 expand, batch 64 (gemm-eligible)
+    (1, 2048, 7, 7, 512, 1, 1, 0, 1),  # layer4 reduce, batch 1: M = 49 pixels
+    (3, 40, 13, 15, 24, 1, 1, 0, 1),  # odd sizes, 1x1
+    (64, 64, 56, 56, 64, 3, 1, 1, 1),  # layer1 3x3, batch 64
+    (1, 128, 57, 55, 128, 3, 2, 1, 1),  # strided 3x3, odd spatial
+    (8, 256, 56, 56, 512, 1, 2, 0, 1),  # strided 1x1 downsample (conv kind only)
+    (2, 512, 28, 28, 512, 3, 1, 2, 2),  # dilated 3x3 (segmentation backbones)
+    (1, 64, 9, 11, 72, 3, 1, 1, 1),  # odd everything, K = 72 (not a multiple of a tile)
+    (2, 3, 224, 224, 64, 7, 2, 3, 1),  # the stem: C = 3 zero-padded to 8 by the launcher
+]
+
+
+def _need_sm90():
+    _need_cuda_backend()
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("sm90 kernels need an sm_90 GPU (H100/H200)")
+
+
+def _sm90_check(cfg_index, case, residual, relu, nan=False):
+    from fused_resnet import _ext
+
+    cfg = _ext.sm90_configs()[cfg_index]
+    dt = torch.float16 if cfg.dtype == "f16" else torch.bfloat16
+    n, c, h, w, k, r, s, p, d = case
+    g = torch.Generator(device="cuda").manual_seed(hash(case) % 2**31)
+    x = torch.randn(n, c, h, w, device="cuda", generator=g).contiguous(memory_format=CL)
+    if nan:
+        x[0, 0, h // 2, w // 2] = float("nan")
+    wt = torch.randn(k, c, r, r, device="cuda", generator=g) / (c * r * r) ** 0.5
+    b = torch.randn(k, device="cuda", generator=g)
+    oh, ow = (h + 2 * p - d * (r - 1) - 1) // s + 1, (w + 2 * p - d * (r - 1) - 1) // s + 1
+    res = torch.randn(n, k, oh, ow, device="cuda", generator=g).contiguous(memory_format=CL) if residual else None
+    kw = dict(stride=s, padding=p, dilation=d, relu=relu)
+    ref = fused_conv2d_ref(x, wt, b, residual=res, upcast=True, **kw)
+    rd = res.to(dt) if res is not None else None
+    with torch.no_grad():
+        out = _ext.fused_conv2d_sm90(x.to(dt), wt.to(dt), b, s, p, d, residual=rd, relu=relu, config=cfg_index)
+        eager = fused_conv2d_ref(x.to(dt), wt.to(dt), b, residual=rd, **kw)
+    assert out.is_contiguous(memory_format=CL)
+    cmp = compare(out, eager, ref)
+    assert cmp.ok, f"{cfg.name} {case} residual={residual} relu={relu}: {cmp}"
+    if relu and not nan:  # negatives become +0.0, never -0.0 (torch.relu's result)
+        assert not torch.signbit(out[out == 0]).any(), cfg.name
+    return out
+
+
+def _sm90_accepting(case):
+    from fused_resnet import _ext
+
+    n, c, h, w, k, r, s, p, d = case
+    x = torch.empty(0, c, 1, 1, device="meta")
+    wt = torch.empty(k, c, r, r, device="meta")
+    return [i for i, cfg in enumerate(_ext.sm90_configs())
+            if _ext.sm90_config_accepts(i, x.to(torch.float16 if cfg.dtype == "f16" else torch.bfloat16),
+                                        wt.to(torch.float16 if cfg.dtype == "f16" else torch.bfloat16), s, p)]
+
+
+@pytest.mark.parametrize("case", SM90_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_sm90_every_config_every_class(case):
+    _need_sm90()
+    configs = _sm90_accepting(case)
+    assert configs
+    for i in configs:
+        for residual in (False, True):
+            for relu in (False, True):
+                _sm90_check(i, case, residual, relu)
+
+
+def test_sm90_nan_propagates():
+    """A NaN input reaches every output pixel whose window covers it, through relu too."""
+    _need_sm90()
+    for case in ((2, 64, 12, 12, 64, 1, 1, 0, 1), (2, 64, 12, 12, 64, 3, 1, 1, 1)):
+        for i in _sm90_accepting(case):
+            for relu in (False, True):
+                out = _sm90_check(i, case, residual=True, relu=relu, nan=True)
+                assert out.isnan().any()
+
+
+def test_sm90_random_geometry():
+    """Seeded random problems within the supported set, each on the default and a random config."""
+    _need_sm90()
+    from fused_resnet import _ext
+
+    rng = torch.Generator().manual_seed(1234)
+
+    def pick(seq):
+        return seq[int(torch.randint(len(seq), (1,), generator=rng))]
+
+    for _ in range(24):
+        r = pick([1, 1, 3, 5])
+        s, p, d = pick([1, 2]), pick([0, 1, 2]), pick([1, 1, 2])
+        case = (pick([1, 2, 5, 16]), 8 * pick([1, 3, 8, 33]), pick([7, 14, 23]), pick([7, 14, 31]),
+                8 * pick([1, 5, 16, 40]), r, s, p if r > 1 else pick([0, 0, 1]), d)
+        n, c, h, w, k = case[:5]
+        if min(h, w) + 2 * case[7] < d * (r - 1) + 1:
+            continue
+        dt = pick([torch.float16, torch.bfloat16])
+        default = _ext.default_sm90_config(n, c, h, w, k, r, r, s, case[7], d, dt)
+        others = [i for i in _sm90_accepting(case) if _ext.sm90_configs()[i].dtype == _ext.sm90_configs()[default].dtype]
+        for i in {default, pick(others)}:
+            _sm90_check(i, case, residual=bool(pick([0, 1])), relu=bool(pick([0, 1])))
+
+
+def test_sm90_refusals_are_clear():
+    _need_sm90()
+    from fused_resnet import _ext
+
+    x = torch.randn(2, 64, 8, 8, device="cuda", dtype=torch.float16).contiguous(memory_format=CL)
+    w3 = torch.randn(64, 64, 3, 3, device="cuda", dtype=torch.float16).contiguous(memory_format=CL)
+    b = torch.zeros(64, device="cuda")
+    gemm = _ext.sm90_config_index("gemm_f16_coop_128x128x64_c2x1")
+    with pytest.raises(RuntimeError, match="1x1"):
+        torch.ops.fused_resnet._conv2d_sm90(x, w3, b, None, [1, 1], [1, 1], [1, 1], True, gemm)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        torch.ops.fused_resnet._conv2d_sm90(x, w3, b, None, [1, 1], [1, 1], [1, 1], True,
+                                            _ext.sm90_config_index("conv_bf16_ws_128x128x64_c1x1"))
+    buf = torch.randn(x.numel() + 1, device="cuda", dtype=torch.float16)[1:]  # 2-byte offset
+    xm = buf.view(2, 8, 8, 64).permute(0, 3, 1, 2)
+    with pytest.raises(RuntimeError, match="16-byte"):
+        torch.ops.fused_resnet._conv2d_sm90(xm, w3, b, None, [1, 1], [1, 1], [1, 1], True, 0)
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.fused_resnet._conv2d_sm90(x, w3, b, None, [1, 1], [1, 1], [1, 1], True, 999)
+
 
 # --- whole models (slowest last: a time-limited run still reports the kernel tests) ----------------
 

@@ -18,7 +18,8 @@ from fused_resnet.tuning import Entry, decide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CL = torch.channels_last
-SM90 = "cuda:sm90_conv_f16_128x128"
+SM90 = "cuda:sm90_conv_f16_ws_128x128x64_c1x1"
+SM90_GEMM = "cuda:sm90_gemm_f16_coop_128x256x64_c1x1"
 
 
 # --- the noise rule ---------------------------------------------------------------------------------
@@ -120,14 +121,15 @@ def test_auto_follows_a_runnable_tabled_tactic(gpu_world):
     assert c[:2] == (c.backend, c.reason)  # Choice keeps its first two fields
 
 
-def test_auto_skips_a_tabled_tactic_that_cannot_run(gpu_world):
+def test_auto_skips_a_tabled_tactic_that_cannot_run(gpu_world, monkeypatch):
+    monkeypatch.setattr(_ext, "_device_capability", lambda device: (8, 0))  # an A100: no sm90 kernels
     x3, w3 = _conv(cin=3, cout=64, k=7, hw=224)
     x, w = _conv()
     gpu_world({_key(x3, w3, 3): Entry("cuda:sm80_small"), _key(x, w): Entry(SM90)})
     c = _selector.select_conv(x3, w3, 1, "auto", padding=3, residual=True)
     assert c.tactic == "triton" and "cannot run" in c.reason and "multiple of 8" in c.reason  # 3 channels
-    c = _selector.select_conv(x, w, 1, "auto", residual=True)  # no sm90 kernels in this build
-    assert c.backend == "cuda" and c.tactic in _selector.CUDA_SM80_TILES and SM90 in c.reason
+    c = _selector.select_conv(x, w, 1, "auto", residual=True)  # tabled sm90 kernel on an sm_80 card
+    assert c.backend == "cuda" and c.tactic in _selector.CUDA_SM80_TILES and SM90 in c.reason and "sm_90" in c.reason
 
 
 def test_auto_reports_a_kept_default(gpu_world):
@@ -168,40 +170,37 @@ def test_sm80_tile_follows_the_kernels_rule():
 
 @pytest.fixture
 def fake_sm90(monkeypatch):
+    """An H100 as far as the sm90 guard can tell, and a launcher that records the config it is given."""
     calls = []
-    monkeypatch.setattr(_ext, "sm90_configs", lambda: ["sm90_conv_f16_128x128", "sm90_gemm_coop_f16_128x256"],
-                        raising=False)
-    monkeypatch.setattr(_ext, "sm90_problem", lambda x, w, s, p, d, g: None if w.shape[0] % 8 == 0 else "K % 8",
-                        raising=False)
+    monkeypatch.setattr(_ext, "_device_capability", lambda device: (9, 0))
 
     def launch(x, weight, bias, stride, padding, dilation, residual, relu, config):
         calls.append(config)
         return torch.zeros(x.shape[0], weight.shape[0], x.shape[2], x.shape[3], dtype=x.dtype)
-    monkeypatch.setattr(_ext, "fused_conv2d_sm90", launch, raising=False)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(_ext, "fused_conv2d_sm90", launch)
     return calls
 
 
 def test_sm90_configs_become_tactics(gpu_world, fake_sm90):
     x, w = _conv()
     tactics = _selector.conv_tactics(x)
-    assert SM90 in tactics and "cuda:sm90_gemm_coop_f16_128x256" in tactics and "eager:cudnn_fused" in tactics
+    assert SM90 in tactics and SM90_GEMM in tactics and "eager:cudnn_fused" in tactics
+    assert len([t for t in tactics if t.startswith("cuda:sm90_")]) == len(_ext.sm90_configs())
     kw = dict(residual=True)
     assert _selector.tactic_guard(SM90, x, w, 1, **kw) is None
-    assert _selector.tactic_guard("cuda:sm90_gemm_coop_f16_128x256", x, w, 1, **kw) is None  # 1x1 s1
+    assert _selector.tactic_guard(SM90_GEMM, x, w, 1, **kw) is None  # 1x1 s1
     x3, w3 = _conv(k=3)
-    assert "1x1" in _selector.tactic_guard("cuda:sm90_gemm_coop_f16_128x256", x3, w3, 1, padding=1)
-    assert "f16 only" in _selector.tactic_guard(SM90, x.bfloat16(), w.bfloat16(), 1)
+    assert "1x1" in _selector.tactic_guard(SM90_GEMM, x3, w3, 1, padding=1)
+    assert "f16" in _selector.tactic_guard(SM90, x.bfloat16(), w.bfloat16(), 1)
     gpu_world({_key(x, w): Entry(SM90)})
     c = _selector.select_conv(x, w, 1, "auto", residual=True)
     assert (c.backend, c.tactic) == ("cuda", SM90)
 
 
-def test_no_sm90_tactics_before_the_merge():
-    assert _ext.sm90_tactics() == {}
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        x, _ = _conv()
-        assert not any(t.startswith("cuda:sm90") for t in _selector.conv_tactics(x))
+def test_sm90_tactics_only_for_cuda_tensors_and_hopper(gpu_world, monkeypatch):
+    monkeypatch.setattr(_ext, "_device_capability", lambda device: (8, 0))
+    x, w = _conv()
+    assert "sm_90" in _selector.tactic_guard(SM90, x, w, 1)  # an A100: refused with the reason
     assert _selector.conv_tactics(torch.empty(1, 3, 4, 4)) == ("eager:cpu",)
 
 
@@ -211,7 +210,7 @@ def test_run_tactic_passes_the_sm90_config(fake_sm90):
     x = torch.randn(2, 8, 5, 5, dtype=torch.float16).contiguous(memory_format=CL)
     w = torch.randn(16, 8, 1, 1, dtype=torch.float16)
     out = run_tactic(SM90, x, w, torch.randn(16), None, [1, 1], [0, 0], [1, 1], 1, None, True)
-    assert fake_sm90 == ["sm90_conv_f16_128x128"] and out.shape == (2, 16, 5, 5)
+    assert fake_sm90 == [SM90[len("cuda:sm90_"):]] and out.shape == (2, 16, 5, 5)
     with pytest.raises(ValueError, match="unknown fused_conv2d tactic"):
         run_tactic("cuda:nope", x, w, None, None, [1, 1], [0, 0], [1, 1], 1, None, True)
 
