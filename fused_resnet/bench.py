@@ -467,12 +467,32 @@ def tactic_call(tactic: str, inp: OpInputs):
     fn = _rotating(inp, lambda x: run_tactic(tactic, x, inp.w, inp.bias, None, st, pd, dl, s.groups, inp.res, s.relu))
     try:
         with torch.inference_mode():
-            fn()
+            out = run_tactic(tactic, inp.x, inp.w, inp.bias, None, st, pd, dl, s.groups, inp.res, s.relu)
         if inp.x.is_cuda:
             torch.cuda.synchronize()
     except Exception as e:  # a kernel that rejects the problem: reported, the others still timed
         return None, f"failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+    wrong = _wrong_result(out, inp, st, pd, dl)
+    if wrong:  # never time (or table) a kernel that computes the wrong thing, however fast
+        return None, wrong
     return fn, None
+
+
+def _wrong_result(out: torch.Tensor, inp: OpInputs, st, pd, dl) -> Optional[str]:
+    """None if ``out`` passes the project's error rule against the float64 reference (at most 2x the
+    error of PyTorch's own conv+epilogue in the same dtype, plus a floor), else what is wrong."""
+    from .ops.fused_conv2d import fused_conv2d_ref
+    from .testing import compare
+
+    s = inp.shape
+    args = (inp.x, inp.w, inp.bias, None, st, pd, dl, s.groups, inp.res, s.relu)
+    with torch.inference_mode():
+        ref = fused_conv2d_ref(*args, upcast=True)
+        eager = fused_conv2d_ref(*args)
+    if out.shape != ref.shape:
+        return f"WRONG RESULT: shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
+    cmp = compare(out, eager, ref)
+    return None if cmp.ok else f"WRONG RESULT (not timed): {cmp}"
 
 
 def op_bound_ms(conv_alone_ms: float, residual_bytes: int, copy_gbps: float) -> float:
