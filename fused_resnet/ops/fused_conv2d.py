@@ -18,6 +18,7 @@ fake implementation, so torch.compile(fullgraph=True) traces through it.
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -82,10 +83,18 @@ def _mkldnn_pointwise():
     return op if op is not None and torch.backends.mkldnn.is_available() else None
 
 
+@functools.cache
+def _mkldnn_dtypes() -> tuple:
+    # oneDNN's bf16 weight reorder raises on CPUs without avx512bw/vl/dq or avx_ne_convert (AVX2-only
+    # machines): bf16 then takes the generic path.
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (torch.float32, torch.bfloat16) if bf16 else (torch.float32,)
+
+
 def _eager_cpu(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, into_residual=False):
     op = _mkldnn_pointwise()
     cl = torch.channels_last
-    if (op is not None and scale is None and x.dtype in (torch.float32, torch.bfloat16) and x.is_contiguous(memory_format=cl)
+    if (op is not None and scale is None and x.dtype in _mkldnn_dtypes() and x.is_contiguous(memory_format=cl)
             and (not into_residual or residual.is_contiguous(memory_format=cl))):
         b = bias.to(x.dtype) if bias is not None else None
         # Pre-reordered (blocked) weights skip oneDNN's per-call weight reorder, as inductor does.
