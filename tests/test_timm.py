@@ -201,3 +201,31 @@ def test_state_dicts_load_into_torchvision():
             sd = timm.create_model(name, pretrained=False).state_dict()
             tv = getattr(torchvision.models, name)()
         tv.load_state_dict(sd, strict=True, assign=True)
+
+
+# --- command line: --model timm/NAME ---------------------------------------------------------------
+
+def test_cli_verify_timm_with_checkpoint(tmp_path, capsys):
+    from fused_resnet.__main__ import main
+
+    path = tmp_path / "r18.pth"
+    torch.save(_model("resnet18").state_dict(), path)
+    rc = main(["verify", "--model", "timm/resnet18", "--batch", "1", "--image-size", "32", "--device", "cpu",
+               "--dtype", "float32", "--checkpoint", str(path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "20 of 20 fused" in out and out.strip().endswith("PASS")
+
+
+def test_cli_bench_timm_baseline(tmp_path):
+    import json
+
+    from fused_resnet.__main__ import main
+
+    prefix = str(tmp_path / "r")
+    rc = main(["bench", "--device", "cpu", "--model", "timm/resnet18", "--batch", "1", "--image-size", "32",
+               "--providers", "timm,torchvision,fused_resnet", "--runs", "1", "--dtype", "float32", "--out", prefix])
+    assert rc == 0
+    rows = json.load(open(prefix + ".json"))
+    assert [r["provider"] for r in rows] == ["timm", "fused_resnet"]  # "torchvision" is not this model's
+    assert rows[1]["baseline"] == "timm" and rows[0]["model"] == "timm/resnet18"
