@@ -57,8 +57,12 @@ def cmd_info(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import verify_model
+    from .verify import model_problem, verify_model
 
+    why = model_problem(args.model)
+    if why:
+        print(f"verify: {why}", file=sys.stderr)
+        return 2
     device = args.device or _default_device()
     print(f"verify {args.model}: batch {args.batch}, {args.dtype}, {device}, {args.image_size}x{args.image_size}"
           f"{', checkpoint ' + args.checkpoint if args.checkpoint else ', random weights + randomized BN stats'}",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ._packing import mark_stable
 from .blocks import convert
 from .timing import time_interleaved
-from .verify import DTYPES, TIMM_PREFIX, build_reference_model, create_model, dtype_name
+from .verify import DTYPES, TIMM_PREFIX, build_reference_model, create_model, dtype_name, model_problem
 
 # "timm"/"timm_cl" are the eager baselines' names for timm models (--model timm/NAME): the model's own
 # forward, as "torchvision"/"torchvision_cl" are for torchvision models.
@@ -535,6 +535,11 @@ def main(args) -> int:
         print(f"bench: {e}")
         return 2
     levels = args.level.split(",")
+    for model in args.model.split(","):
+        why = model_problem(model)
+        if why:
+            print(f"bench: {why}")
+            return 2
     runs = args.runs or (20 if gpu else 5)
     env = environment(device)
     print(f"bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "

@@ -46,6 +46,21 @@ def create_model(name: str) -> torch.nn.Module:
     return builder()
 
 
+def model_problem(name: str) -> str | None:
+    """None if create_model(name) can build ``name`` here, else why not (for the command line)."""
+    if name.startswith(TIMM_PREFIX):
+        try:
+            import timm
+        except ImportError:
+            return f"{name}: timm is not installed (pip install fused_resnet[timm])"
+        if not timm.is_model(name[len(TIMM_PREFIX):].split(".")[0]):
+            return f"{name}: timm has no model {name[len(TIMM_PREFIX):]!r}"
+        return None
+    if not callable(getattr(torchvision.models, name, None)):
+        return f"unknown model {name!r}: a torchvision builder name or timm/<timm model name>"
+    return None
+
+
 def build_reference_model(name: str, checkpoint: str | None = None, seed: int = 0) -> torch.nn.Module:
     """``create_model(name)`` in eval mode: the checkpoint's weights (a state_dict, or a dict with a
     "state_dict" entry), or random weights with realistic randomized BN statistics."""

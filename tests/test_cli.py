@@ -91,3 +91,9 @@ def test_verify_accepts_torch_dtype_names(capsys):
                "--dtype", "float32"])
     out = capsys.readouterr().out
     assert rc == 0 and "fp32" in out and out.strip().endswith("PASS")
+
+
+def test_unknown_model_exit_2(capsys):
+    assert main(["verify", "--model", "resnet_nope", "--device", "cpu"]) == 2
+    assert "unknown model 'resnet_nope'" in capsys.readouterr().err
+    assert main(["bench", "--model", "nope", "--device", "cpu"]) == 2
