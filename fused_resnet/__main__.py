@@ -13,6 +13,16 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _dtype_arg(text: str) -> str:
+    """argparse type: fp32/fp16/bf16 or torch's names (float32, float16, half, bfloat16)."""
+    from .verify import dtype_name
+
+    try:
+        return dtype_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_info(args) -> int:
     import torchvision
 
@@ -48,17 +58,23 @@ def cmd_info(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import verify_model
+    from .verify import model_problem, verify_model
 
+    why = model_problem(args.model)
+    if why:
+        print(f"verify: {why}", file=sys.stderr)
+        return 2
     device = args.device or _default_device()
     print(f"verify {args.model}: batch {args.batch}, {args.dtype}, {device}, {args.image_size}x{args.image_size}"
           f"{', checkpoint ' + args.checkpoint if args.checkpoint else ', random weights + randomized BN stats'}",
           flush=True)
     r = verify_model(args.model, batch=args.batch, dtype=args.dtype, device=device, image_size=args.image_size,
                      checkpoint=args.checkpoint, backend=args.backend, channels_last=args.channels_last)
-    print(f"  max abs err: fused {r.max_abs_err:.3e}, torchvision {r.eager_max_abs_err:.3e} (vs float64)")
+    eager = "timm" if args.model.startswith("timm/") else "torchvision"
+    print(f"  max abs err: fused {r.max_abs_err:.3e}, {eager} {r.eager_max_abs_err:.3e} (vs float64)")
     print(f"  max rel err: {r.comparison}")
-    print("  convs by backend: " + ", ".join(f"{n} {b}" for b, n in sorted(r.backends.items())))
+    print("  convs by backend: " + ", ".join(f"{n} {b}" for b, n in sorted(r.backends.items()))
+          + f"; {r.fused} of {sum(r.backends.values())} fused")
     print("PASS" if r.ok else "FAIL")
     return 0 if r.ok else 1
 
@@ -108,16 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--backend", default=None, choices=["auto", "eager", "triton", "cuda"],
                         help="force a backend (default: FUSED_RESNET_BACKEND or auto)")
 
-    v = sub.add_parser("verify", help="compare a converted torchvision model against torchvision",
-                       description="Build a torchvision model (random weights with realistic randomized BN "
+    v = sub.add_parser("verify", help="compare a converted torchvision or timm model against its own forward",
+                       description="Build a torchvision or timm model (random weights with realistic randomized BN "
                                    "statistics, or --checkpoint), convert a copy, and compare both against a "
-                                   "float64 reference. PASS if the fused error is at most 2x torchvision's own "
-                                   "error plus a small floor. Exit code 1 on FAIL.")
-    v.add_argument("--model", default="resnet50", help="torchvision builder name (default resnet50)")
+                                   "float64 reference. PASS if the fused error is at most 2x the model's own "
+                                   "eager error plus a small floor. Exit code 1 on FAIL.")
+    v.add_argument("--model", default="resnet50",
+                   help="torchvision builder name (default resnet50), or timm/NAME: everything after timm/ goes to "
+                        "timm.create_model(NAME, pretrained=False), e.g. timm/resnet50 or timm/resnet50.a1_in1k")
     v.add_argument("--batch", type=int, default=2)
-    v.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    v.add_argument("--dtype", default="fp32", type=_dtype_arg,
+                   help="fp32, fp16, bf16 (or float32, float16, half, bfloat16; default fp32)")
     v.add_argument("--image-size", type=int, default=224)
-    v.add_argument("--checkpoint", default=None, help="path to a torchvision state_dict (.pth)")
+    v.add_argument("--checkpoint", default=None, help="path to a state_dict (.pth) for --model")
     v.add_argument("--channels-last", action="store_true", help="feed a channels_last input")
     common(v)
 
@@ -125,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The main job: verify resnet50 (PASS/FAIL), then a short side-by-side timing "
                                    "of torchvision (NCHW and channels_last) and fused_resnet on this device.")
     d.add_argument("--batch", type=int, default=None, help="timing batch (default 8 on CPU, 32 on GPU)")
-    d.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"],
-                   help="default fp32 on CPU, fp16 on GPU")
+    d.add_argument("--dtype", default=None, type=_dtype_arg,
+                   help="fp32, fp16, bf16 (or torch's names); default fp32 on CPU, fp16 on GPU")
     d.add_argument("--runs", type=int, default=5, help="timed runs per provider")
     common(d)
 

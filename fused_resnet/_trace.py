@@ -64,9 +64,9 @@ def describe(x, weight, stride, dilation, groups) -> str:
     return f"{kh}x{kw} {x.shape[1]}->{cout}{extra} on {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
 
 
-def add(name: str, desc: str, backend: str, reason: str, tactic: str = "") -> None:
+def add(name: str, desc: str, backend: str, reason: str, tactic: str = "", fused: bool = True) -> None:
     if _records is not None:
-        _records.append((name, desc, backend, reason, tactic or backend))
+        _records.append((name, desc, backend, reason, tactic or backend, fused))
 
 
 def record(x, weight, stride, padding, dilation, groups, choice) -> None:

@@ -25,16 +25,18 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from ._packing import mark_stable
 from .blocks import convert
-from .testing import randomize_bn
 from .timing import time_interleaved
-from .verify import DTYPES
+from .verify import DTYPES, TIMM_PREFIX, build_reference_model, create_model, dtype_name, model_problem
 
-MODEL_PROVIDERS = ("torchvision", "torchvision_cl", "compile", "compile_max", "torchscript",
+# "timm"/"timm_cl" are the eager baselines' names for timm models (--model timm/NAME): the model's own
+# forward, as "torchvision"/"torchvision_cl" are for torchvision models.
+MODEL_PROVIDERS = ("torchvision", "torchvision_cl", "timm", "timm_cl", "compile", "compile_max", "torchscript",
                    "fused_eager", "fused_triton", "fused_cuda", "fused_resnet", "fused_compile", "optimized")
+_EAGER = {"torchvision": "torchvision", "torchvision_cl": "torchvision_cl", "timm": "torchvision",
+          "timm_cl": "torchvision_cl"}
 OP_PROVIDERS = ("conv_alone", "conv_bn_relu", "cudnn_fused", "fused_eager", "fused_triton", "fused_cuda",
                 "fused_resnet", "tactics")  # "tactics": every candidate tactic, one provider each (named by it)
 
@@ -103,23 +105,22 @@ class ConvShape:
 
 
 def conv_shapes(model_name: str, batch: int, image_size: int = 224) -> list[ConvShape]:
-    """Every conv of torchvision's ``model_name`` with its input shape, found by one meta-device forward."""
-    import torchvision.models.resnet as tvr
-
+    """Every conv of ``model_name`` (torchvision name or timm/NAME) with its input shape, found by one
+    meta-device forward."""
     with torch.device("meta"):
-        model = getattr(torchvision.models, model_name)().eval()
+        model = create_model(model_name).eval()
     last_convs = set()
-    for m in model.modules():
-        if isinstance(m, tvr.Bottleneck):
+    for m in model.modules():  # torchvision's and timm's blocks
+        if type(m).__name__ == "Bottleneck":
             last_convs.add(m.conv3)
-        elif isinstance(m, tvr.BasicBlock):
+        elif type(m).__name__ == "BasicBlock":
             last_convs.add(m.conv2)
     names = {m: n for n, m in model.named_modules()}
     shapes: list[ConvShape] = []
 
     def hook(m, inp, out):
         x = inp[0]
-        ds = names[m].endswith("downsample.0")
+        ds = ".downsample." in names[m]
         shapes.append(ConvShape(names[m], x.shape[0], x.shape[1], x.shape[2], x.shape[3], m.out_channels,
                                 m.kernel_size[0], m.stride[0], m.padding[0], m.dilation[0], m.groups,
                                 out.shape[2], out.shape[3], m in last_convs, not ds))
@@ -172,6 +173,7 @@ def build_provider(name: str, tv_model: torch.nn.Module, example: torch.Tensor) 
     """(callable model, input in the layout it expects, build/compile seconds) for one provider."""
     t0 = time.perf_counter()
     cl = example.contiguous(memory_format=torch.channels_last)
+    name = _EAGER.get(name, name)
     if name == "torchvision":
         fn, x = tv_model, example
     elif name == "torchvision_cl":
@@ -307,11 +309,10 @@ class Row:
 def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, *, runs: int = 10,
                     image_size: int = 224, cuda_graphs: bool = False, peaks: Optional[dict] = None,
                     progress: bool = True, env: Optional[dict] = None) -> list[Row]:
-    dt = DTYPES[dtype]
+    dt = DTYPES[dtype_name(dtype)]
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # cuDNN-based providers at their strongest (recorded per row)
-    torch.manual_seed(0)
-    tv = randomize_bn(getattr(torchvision.models, model)()).eval().to(device=device, dtype=dt)
+    tv = build_reference_model(model, seed=0).to(device=device, dtype=dt)
     inputs = [torch.randn(batch, 3, image_size, image_size, device=device, dtype=dt) for _ in range(3)]
     env = env or environment(device)
     graphs = cuda_graphs and device.startswith("cuda")
@@ -374,9 +375,11 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         tflops = roof["gflop"] / t.median_s / 1e3
         gbps = roof["mb_fused"] / t.median_s / 1e3
         rows.append(Row(name, model, "model", f"3x{image_size}x{image_size}", batch, dtype,
-                        "channels_last" if name not in ("torchvision", "fused_resnet", "fused_eager", "fused_triton",
-                                                        "fused_cuda", "fused_compile", "optimized") else "nchw-in",
-                        cuda_graphs or (name == "optimized" and device.startswith("cuda")), t.median_s * 1e3, t.spread_s * 1e3, t.runs, batch / t.median_s,
+                        "channels_last" if name not in ("torchvision", "timm", "fused_resnet", "fused_eager",
+                                                        "fused_triton", "fused_cuda", "fused_compile",
+                                                        "optimized") else "nchw-in",
+                        cuda_graphs or (name == "optimized" and device.startswith("cuda")), t.median_s * 1e3,
+                        t.spread_s * 1e3, t.runs, batch / t.median_s,
                         base / t.median_s, names[0], b, roof["gflop"], tflops, gbps,
                         tflops / peaks["peak_tflops"] if peaks else 0.0,
                         gbps / peaks["peak_gbps"] if peaks else 0.0, torch.backends.cudnn.benchmark, env=env))
@@ -530,7 +533,7 @@ def run_op_bench(model: str, batch: int, dtype: str, device: str, providers, *, 
     from . import _selector
     from .ops import fused_conv2d
 
-    dt = DTYPES[dtype]
+    dt = DTYPES[dtype_name(dtype)]
     env = env or environment(device)
     gpu = device.startswith("cuda")
     if gpu:
@@ -711,9 +714,13 @@ def plot(rows: list[Row], path: str) -> Optional[str]:
 
 def add_arguments(p) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--model", default="resnet50", help="comma list of torchvision ResNet names (default resnet50)")
+    p.add_argument("--model", default="resnet50",
+                   help="comma list of torchvision ResNet names (default resnet50) or timm/NAME: everything after "
+                        "timm/ goes to timm.create_model(NAME, pretrained=False), e.g. timm/resnet50; timm models' "
+                        "eager baselines are named timm, timm_cl")
     p.add_argument("--batch", default=None, help="comma list (default 1,8,32,128,256 on GPU, 1,8 on CPU)")
-    p.add_argument("--dtype", default=None, help="comma list of fp16,bf16,fp32 (default fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", default=None, help="comma list of fp16,bf16,fp32 or torch's names (float16, half, "
+                                                 "bfloat16, float32); default fp16 on GPU, fp32 on CPU")
     p.add_argument("--level", default="model", help="comma list of model,op (default model)")
     p.add_argument("--providers", default=None,
                    help=f"comma list (default all available). model level: {','.join(MODEL_PROVIDERS)}; "
@@ -733,8 +740,17 @@ def main(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")
     batches = [int(b) for b in (args.batch or ("1,8,32,128,256" if gpu else "1,8")).split(",")]
-    dtypes = (args.dtype or ("fp16" if gpu else "fp32")).split(",")
+    try:
+        dtypes = [dtype_name(d) for d in (args.dtype or ("fp16" if gpu else "fp32")).split(",")]
+    except ValueError as e:
+        print(f"bench: {e}")
+        return 2
     levels = args.level.split(",")
+    for model in args.model.split(","):
+        why = model_problem(model)
+        if why:
+            print(f"bench: {why}")
+            return 2
     runs = args.runs or (20 if gpu else 5)
     env = environment(device)
     print(f"bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
@@ -750,8 +766,11 @@ def main(args) -> int:
         for dtype in dtypes:
             for batch in batches:
                 if "model" in levels:
+                    # a timm model's own eager forward is "timm", a torchvision model's "torchvision"
+                    other = ("torchvision", "torchvision_cl") if model.startswith(TIMM_PREFIX) else ("timm", "timm_cl")
                     provs = ([p for p in args.providers.split(",") if p in MODEL_PROVIDERS] if args.providers else
                              [p for p in MODEL_PROVIDERS if p != "compile_max" or gpu])
+                    provs = [p for p in provs if p not in other]
                     print(f"[model] {model} batch {batch} {dtype} graphs={args.cuda_graphs}", flush=True)
                     rows += run_model_bench(model, batch, dtype, device, provs, runs=runs,
                                             image_size=args.image_size, cuda_graphs=args.cuda_graphs,

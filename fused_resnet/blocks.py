@@ -122,19 +122,25 @@ class _FusedMixin:
     def _fold_pairs(self) -> list:
         raise NotImplementedError
 
+    def _activations(self) -> tuple:
+        """The activation modules the fused path replaces by the epilogue's ReLU."""
+        return (self.relu,)
+
     def _fusion_problem(self, x) -> Optional[str]:
         """None if this call can take the fused path, else the reason for torchvision's forward."""
         if self.training:
             return "eager: training mode"
-        if type(self.relu) is not nn.ReLU:
-            return f"eager: activation {type(self.relu).__name__} is not ReLU"
-        for conv, bn in self._fold_pairs():
+        for act in self._activations():
+            if type(act) is not nn.ReLU:
+                return f"eager: activation {type(act).__name__} is not ReLU"
+        pairs = self._fold_pairs()
+        for conv, bn in pairs:
             why = _foldable(conv, bn)
             if why:
                 return f"eager: {why}"
             if bn.training:
                 return "eager: a BatchNorm inside is in training mode"
-        why = _input_problem(x, self.conv1)
+        why = _input_problem(x, pairs[0][0])
         return f"eager: {why} (torchvision's forward)" if why else None
 
     def train(self, mode: bool = True):
@@ -197,7 +203,7 @@ class _FusedMixin:
         hot = self.__dict__.get("_hot")
         if hot is None or hot.epoch != structure_epoch():
             pairs = tuple(self._fold_pairs())
-            ok = type(self.relu) is nn.ReLU and all(_foldable(c, b) is None for c, b in pairs)
+            ok = all(type(a) is nn.ReLU for a in self._activations()) and all(_foldable(c, b) is None for c, b in pairs)
             hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, _sources(pairs) if ok else (), ok)
         if not hot.fusable:
             return None, None
@@ -338,7 +344,7 @@ def _run_layer(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(layer) is not nn.Sequential or _has_hooks(layer):
         return layer(x)
     for block in layer:
-        if isinstance(block, (BasicBlock, Bottleneck)) and not _has_hooks(block):
+        if isinstance(block, _FusedMixin) and hasattr(block, "_forward") and not _has_hooks(block):
             x = block._forward(x, donate=True)
         else:
             x = block(x)
@@ -352,7 +358,8 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
     """Make ``model``'s ResNet blocks (and a torchvision ResNet's stem) fused, in place.
 
     Every module whose type is exactly torchvision's BasicBlock, Bottleneck or ResNet, anywhere in
-    the tree (classification models, detection/segmentation backbones), becomes the fused subclass.
+    the tree (classification models, detection/segmentation backbones), becomes the fused subclass;
+    so do timm's (timm.models.resnet: BasicBlock, Bottleneck, ResNet; see fused_resnet.timm_resnet).
     The modules keep their parameters, buffers, hooks and state_dict keys: nothing is copied.
     Subclasses of torchvision's blocks with their own forward are left alone.
 
@@ -367,6 +374,10 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
         _selector.requested_backend(backend)  # validates the name
     for module in model.modules():
         fused = _SWAPS.get(type(module))
+        if fused is None and type(module).__module__.startswith("timm."):
+            from . import timm_resnet  # imports timm: only for models that already use it
+
+            fused = timm_resnet.SWAPS.get(type(module))
         if fused is not None:
             module.__class__ = fused
         if isinstance(module, _FusedMixin):

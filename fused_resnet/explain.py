@@ -16,6 +16,7 @@ class Row:
     backend: str  # "eager" | "triton" | "cuda"
     reason: str
     tactic: str = ""  # the kernels that ran, e.g. "eager:cudnn_fused", "cuda:sm80_large" (see _selector)
+    fused: bool = True  # ran as fused_resnet.ops.fused_conv2d (False: a plain nn.Conv2d module ran it)
 
 
 @dataclass
@@ -31,6 +32,10 @@ class Report:
             out[r.backend] = out.get(r.backend, 0) + 1
         return out
 
+    def fused_count(self) -> int:
+        """How many convs ran through fused_conv2d (BN folded, epilogue fused), on any backend."""
+        return sum(r.fused for r in self.rows)
+
     def __str__(self) -> str:
         head = ("conv", "shape", "backend", "tactic", "why")
         table = [head] + [(r.name, r.conv, r.backend, r.tactic, r.reason) for r in self.rows]
@@ -38,7 +43,7 @@ class Report:
         lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4] for row in table]
         lines.insert(1, "-" * len(lines[0]))
         summary = ", ".join(f"{n} {b}" for b, n in sorted(self.counts().items()))
-        footer = [f"{len(self.rows)} convs: {summary}"]
+        footer = [f"{len(self.rows)} convs: {summary}; {self.fused_count()} fused"]
         if self.plans:
             sigs = sorted({s for v in self.plans.values() for s in v})
             footer.append(f"launch plans kept by {len(self.plans)} fused modules for: {', '.join(sigs)}")
@@ -65,7 +70,7 @@ def explain(model: nn.Module, example_input: torch.Tensor) -> Report:
     def conv_hook(m, inp, _out):
         why = _trace.fallback_reason() or "eager: not converted (plain nn.Conv2d)"
         x = inp[0]
-        _trace.add(names[m], _trace.describe(x, m.weight, m.stride, m.dilation, m.groups), "eager", why)
+        _trace.add(names[m], _trace.describe(x, m.weight, m.stride, m.dilation, m.groups), "eager", why, fused=False)
 
     for m in model.modules():
         handles.append(m.register_forward_pre_hook(push))

@@ -43,6 +43,7 @@ def test_verify_fail_exit_1(monkeypatch, capsys):
 
 def test_bad_arguments_exit_2():
     assert run("verify", "--dtype", "fp8").returncode == 2
+    assert run("verify", "--model", "resnet18", "--dtype", "float64").returncode == 2
     assert run("nonsense").returncode == 2
 
 
@@ -73,3 +74,26 @@ def test_verify_with_checkpoint(tmp_path):
             "--checkpoint", str(path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "checkpoint" in r.stdout and r.stdout.strip().endswith("PASS")
+
+
+def test_dtype_spellings():
+    from fused_resnet.verify import dtype_name
+
+    for names, short in ((("fp32", "float32", "float", "torch.float32"), "fp32"),
+                         (("fp16", "float16", "half", "FP16"), "fp16"), (("bf16", "bfloat16"), "bf16")):
+        assert {dtype_name(n) for n in names} == {short}
+    with pytest.raises(ValueError, match="unknown dtype"):
+        dtype_name("fp8")
+
+
+def test_verify_accepts_torch_dtype_names(capsys):
+    rc = main(["verify", "--model", "resnet18", "--batch", "1", "--image-size", "32", "--device", "cpu",
+               "--dtype", "float32"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "fp32" in out and out.strip().endswith("PASS")
+
+
+def test_unknown_model_exit_2(capsys):
+    assert main(["verify", "--model", "resnet_nope", "--device", "cpu"]) == 2
+    assert "unknown model 'resnet_nope'" in capsys.readouterr().err
+    assert main(["bench", "--model", "nope", "--device", "cpu"]) == 2

@@ -1,0 +1,253 @@
+"""Fused versions of timm's ResNet classes (timm.models.resnet: BasicBlock, Bottleneck, ResNet).
+
+``fused_resnet.convert`` imports this module only when it meets a module whose class comes from
+timm, so ``import fused_resnet`` never imports timm. The swap is in place, as for torchvision: same
+parameters, buffers, hooks and state_dict keys; train mode runs timm's own forward.
+
+timm 1.0's blocks name their activations act1/act2/act3 and carry optional extras, which the eval
+forward handles as follows (every conv+BN pair is folded; ``[...]`` is one fused_conv2d call):
+
+    Bottleneck: [conv1+bn1+act1] -> [conv2+bn2+act2] -> aa -> [conv3+bn3 + shortcut + act3]
+      with attention (se: SE, ECA, ...): [conv3+bn3] -> se -> ops.add_relu(., shortcut)
+    BasicBlock: [conv1+bn1+act1] -> aa -> [conv2+bn2 + shortcut + act2]   (se likewise)
+    shortcut:   x, or [downsample conv+bn]; a pool before it ("d" models' AvgPool2d) runs as timm's
+    ResNet:     [stem conv+bn+act] (the 7x7 stem, or the deep stems' three 3x3 convs), the stem pool
+                as timm runs it (resnetrs's conv pool Sequential(conv, bn, act) fused), the layers
+                with each block's input donated to it, then timm's head.
+
+drop_block/drop_path are identities in eval; ``aa`` (BlurPool2d) and attention modules run as timm
+runs them. What does not fit runs timm's forward and explain() says why: GroupNorm or BatchNormAct2d
+(timm's norm+act module) instead of plain BatchNorm2d, activations other than nn.ReLU, drop modules
+that are not timm's DropPath/DropBlock2d, grad_checkpointing, autograd recording. Other timm block
+classes (e.g. skresnet's SelectiveKernel blocks) are not converted.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import timm.models.resnet as tr
+import torch
+from timm.layers import DropBlock2d, DropPath
+from torch import nn
+
+from . import _trace
+from ._geometry import memory_format_of
+from .blocks import CL, _conv, _foldable, _FusedMixin, _run_layer
+from .ops.add_relu import add_relu
+
+_DROPS = (DropPath, DropBlock2d, nn.Identity)
+
+# Set while a timm ResNet runs timm's forward_features with grad_checkpointing: its blocks then run
+# timm's forward too (checkpoint_seq calls them one by one), so the result is exactly timm's.
+_forced: Optional[str] = None
+
+
+@contextlib.contextmanager
+def _force_eager(reason: Optional[str]):
+    global _forced
+    saved, _forced = _forced, reason or _forced
+    try:
+        yield
+    finally:
+        _forced = saved
+
+
+def _drop_problem(m: Optional[nn.Module]) -> Optional[str]:
+    if m is None:
+        return None
+    if type(m) not in _DROPS:
+        return f"drop module {type(m).__name__} is not timm's DropPath/DropBlock2d"
+    if m.training:
+        return f"{type(m).__name__} is in training mode"
+    return None
+
+
+def _downsample_layout(ds) -> Optional[tuple]:
+    """(pool or None, conv, bn, conv name) of timm's downsample_conv Sequential(conv, bn) or
+    downsample_avg Sequential(pool | Identity, conv1x1, bn) when the pair folds; else None (the
+    downsample then runs as timm's module)."""
+    if type(ds) is not nn.Sequential:
+        return None
+    if len(ds) == 2 and _foldable(ds[0], ds[1]) is None:
+        return None, ds[0], ds[1], "downsample.0"
+    if len(ds) == 3 and _foldable(ds[1], ds[2]) is None:
+        return (None if type(ds[0]) is nn.Identity else ds[0]), ds[1], ds[2], "downsample.1"
+    return None
+
+
+def _records_grad(x, params) -> bool:
+    return torch.is_grad_enabled() and (getattr(x, "requires_grad", False) or any(p.requires_grad for p in params))
+
+
+class _TimmMixin(_FusedMixin):
+    """What timm's classes share: per-call checks before blocks.py's (folds, input) checks."""
+
+    def _structure_problem(self) -> Optional[str]:
+        return None
+
+    def _fusion_problem(self, x) -> Optional[str]:
+        if self.training:
+            return "eager: training mode"
+        if _forced is not None:
+            return _forced
+        if _records_grad(x, self._grad_params()):
+            return ("eager: autograd is recording (timm's forward; use torch.no_grad() or "
+                    "torch.inference_mode() for fused kernels)")
+        why = self._structure_problem()
+        if why:
+            return f"eager: {why}"
+        why = super()._fusion_problem(x)
+        return why.replace("torchvision's forward", "timm's forward") if why else None
+
+    def _grad_params(self):
+        return self.parameters()
+
+    def _plan(self, x, donate: bool) -> tuple:
+        # timm's own per-call conditions first (grad checkpointing, autograd through any parameter,
+        # drop modules): when one holds, no plan; the slow path says why.
+        if _forced is not None or _records_grad(x, self._grad_params()) or self._structure_problem():
+            return None, None
+        return super()._plan(x, donate)
+
+
+class _TimmBlock(_TimmMixin):
+    def _main_pairs(self) -> list:
+        raise NotImplementedError
+
+    def _fold_pairs(self):
+        layout = _downsample_layout(self.downsample)
+        return self._main_pairs() + ([layout[1:3]] if layout else [])
+
+    def _structure_problem(self) -> Optional[str]:
+        return _drop_problem(self.drop_block) or _drop_problem(self.drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, donate=False)
+
+    def _forward(self, x: torch.Tensor, donate: bool) -> torch.Tensor:
+        """donate=True: the caller hands x over, so the last conv may write its output into it."""
+        return self._run_planned(x, donate, self._body)
+
+    def _body(self, x, donate, folded, steps):
+        fmt = memory_format_of(x)
+        donate = donate and x.is_contiguous(memory_format=CL)
+        x = x.contiguous(memory_format=CL)
+        f = folded or (None,) * steps.n
+        n = steps.n - (1 if self._ds_folds() else 0)  # convs of the main path
+        be = self._fused_backend
+        out = x
+        for i in range(n - 1):  # every conv of the main path but the last, with its act
+            out = _conv(out, f[i], f"conv{i + 1}", be, steps)
+            if i == self._aa_after:
+                out = self._anti_alias(out)
+        identity, owned = self._shortcut(x, f, n, donate, steps)
+        out = self._last_conv(out, f[n - 1], f"conv{n}", identity, owned, steps)
+        return out.contiguous(memory_format=fmt)
+
+    def _ds_folds(self) -> bool:
+        return _downsample_layout(self.downsample) is not None
+
+    def _anti_alias(self, x):
+        return x if isinstance(self.aa, nn.Identity) or self.aa is None else self.aa(x)
+
+    def _shortcut(self, x, f, ds_index: int, donate: bool, steps):
+        """(shortcut tensor, whether this block owns it and may overwrite it)."""
+        if self.downsample is None:
+            return x, donate
+        if steps.n > ds_index:  # the downsample's conv+bn is folded (last of the pairs)
+            pool, _, _, name = _downsample_layout(self.downsample)
+            y = pool(x) if pool is not None else x
+            return _conv(y, f[ds_index], name, self._fused_backend, steps, relu=False), True
+        return self.downsample(x).contiguous(memory_format=CL), False
+
+    def _last_conv(self, out, fc, name: str, identity, owned: bool, steps):
+        be = self._fused_backend
+        if self.se is None or isinstance(self.se, nn.Identity):
+            return _conv(out, fc, name, be, steps, residual=identity, into_residual=owned)
+        out = _conv(out, fc, name, be, steps, relu=False)
+        with _trace.fallback(f"eager: timm attention module se ({type(self.se).__name__}) runs as timm's"):
+            out = self.se(out)
+        return add_relu(out, identity, backend=be)
+
+
+class BasicBlock(_TimmBlock, tr.BasicBlock):
+    """timm.models.resnet.BasicBlock whose eval forward runs two fused convs (plus aa/se as timm's)."""
+
+    _aa_after = 0  # aa follows conv1+bn1+act1
+
+    def _activations(self):
+        return (self.act1, self.act2)
+
+    def _main_pairs(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+
+
+class Bottleneck(_TimmBlock, tr.Bottleneck):
+    """timm.models.resnet.Bottleneck whose eval forward runs three fused convs (plus aa/se as timm's)."""
+
+    _aa_after = 1  # aa follows conv2+bn2+act2
+
+    def _activations(self):
+        return (self.act1, self.act2, self.act3)
+
+    def _main_pairs(self):
+        return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
+
+
+class ResNet(_TimmMixin, tr.ResNet):
+    """timm ResNet whose eval forward_features fuses the stem and donates activations between blocks;
+    forward_features returns its input's memory format, the head is timm's."""
+
+    def _stem(self) -> list:
+        """[(conv, bn, act, name)] of the stem convs and a conv stem pool; [] if not recognized."""
+        c = self.conv1
+        if type(c) is nn.Conv2d:
+            units = [(c, self.bn1, self.act1, "conv1")]
+        elif type(c) is nn.Sequential and len(c) == 7 and all(type(c[i]) is nn.Conv2d for i in (0, 3, 6)):
+            units = [(c[0], c[1], c[2], "conv1.0"), (c[3], c[4], c[5], "conv1.3"), (c[6], self.bn1, self.act1, "conv1.6")]
+        else:
+            return []
+        mp = self.maxpool
+        if type(mp) is nn.Sequential and len(mp) == 3 and type(mp[0]) is nn.Conv2d:
+            units.append((mp[0], mp[1], mp[2], "maxpool.0"))  # resnetrs: Sequential(conv, bn, act)
+        return units
+
+    def _fold_pairs(self):
+        return [(c, b) for c, b, _, _ in self._stem()]
+
+    def _activations(self):
+        return tuple(a for _, _, a, _ in self._stem())
+
+    def _grad_params(self):
+        return (t for c, b in self._fold_pairs() for t in (c.weight, c.bias, b.weight, b.bias) if t is not None)
+
+    def _structure_problem(self) -> Optional[str]:
+        if self.grad_checkpointing:
+            return "timm grad_checkpointing is on"
+        if not self._stem():
+            return f"stem conv1 ({type(self.conv1).__name__}) is not timm's 7x7 or deep stem"
+        return None
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run_planned(x, False, self._body)
+
+    def _fallback(self, x, why: str):
+        with _trace.fallback(why), _force_eager(why if self.grad_checkpointing else None):
+            return super().forward_features(x)
+
+    def _body(self, x, donate, folded, steps):
+        fmt = memory_format_of(x)
+        x = x.contiguous(memory_format=CL)
+        stem = self._stem()
+        f = folded or (None,) * steps.n
+        for fc, (_, _, _, name) in zip(f, stem):
+            x = _conv(x, fc, name, self._fused_backend, steps)
+        if stem[-1][3] != "maxpool.0":
+            x = self.maxpool(x)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = _run_layer(layer, x)
+        return x.contiguous(memory_format=fmt)
+
+
+SWAPS = {tr.BasicBlock: BasicBlock, tr.Bottleneck: Bottleneck, tr.ResNet: ResNet}
