@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ._packing import mark_stable, version
+from ._packing import invalidate, mark_stable, version
 
 BatchNorm = Union[nn.BatchNorm2d, FrozenBatchNorm2d]
 
@@ -163,7 +163,8 @@ class FoldCache:
                 for o, n in zip(old, new))
             if same:
                 for o, n in zip(old, new):
-                    o.weight.copy_(n.weight)  # bumps its _version: packed layouts of it are remade
+                    invalidate(o.weight)  # its packed layouts are remade from the new values
+                    o.weight.copy_(n.weight)
                     o.bias.copy_(n.bias)
                 new = tuple(n._replace(weight=o.weight, bias=o.bias) for o, n in zip(old, new))
             elif in_place_only:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .. import _selector, _trace
 from .._geometry import IntOrPair, memory_format_of, out_size
 from .._geometry import pair as _pair
-from .._packing import packed
+from .._packing import packed, packed_object
 
 # Inductor must hand the op tensors with the strides seen at trace time: the output layout
 # follows the input layout (channels_last in, channels_last out).
@@ -207,9 +207,17 @@ def resolve(x, weight, bias, scale, stride, padding, dilation, groups, has_resid
 
 
 def _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend, into_residual=False):
-    """Resolve and run one call (the op's path when no plan is kept), in x's memory format."""
-    launch = resolve(x, weight, bias, scale, stride, padding, dilation, groups, residual is not None, relu,
-                     backend, into_residual)
+    """Resolve and run one call, in x's memory format. This is the registered ops' path (torch.compile
+    graphs call it per conv per forward): for a folded weight (stable, see _packing) the resolved
+    launch is cached beside its packed layouts, which a refold clears; explain() always resolves."""
+    args = (x, weight, bias, scale, stride, padding, dilation, groups, residual is not None, relu, backend,
+            into_residual)
+    if _trace.active():
+        launch = resolve(*args)
+    else:
+        key = ("launch", x.shape, x.stride(), x.dtype, x.device, tuple(stride), tuple(padding), tuple(dilation),
+               groups, id(bias), scale is None, residual is not None, relu, backend, into_residual)
+        launch = packed_object(weight, key, lambda _: resolve(*args))
     # (Backends that cannot write into the residual return a new tensor; copying it over the residual
     # would cost a pass over the output for nothing: callers use the returned tensor.)
     return launch.run(x, residual).contiguous(memory_format=memory_format_of(x))
@@ -230,6 +238,24 @@ def _(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
     oh = out_size(h, kh, stride[0], padding[0], dilation[0])
     ow = out_size(w, kw, stride[1], padding[1], dilation[1])
     return torch.empty((n, cout, oh, ow), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
+
+
+@torch.library.custom_op("fused_resnet::fused_conv2d_into_residual", mutates_args=("residual",), tags=_FIXED_STRIDES)
+def _fused_conv2d_into_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                          scale: Optional[torch.Tensor], stride: List[int], padding: List[int],
+                          dilation: List[int], groups: int, residual: torch.Tensor, relu: bool, backend: str) -> None:
+    """The op writing its result over ``residual`` (which the caller owns). Under torch.compile the
+    fused blocks call this for the residual conv on CPU: inductor re-inplaces it where the residual
+    is dead afterwards (inside a network it is), which saves a fresh output buffer per block
+    (measured on CPU, eager: a (8,256,56,56) conv+add+ReLU 6.5 ms into a fresh buffer, 3.2 ms in place)."""
+    out = _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend, into_residual=True)
+    if out.data_ptr() != residual.data_ptr():  # a backend that cannot write in place made a new tensor
+        residual.copy_(out)
+
+
+@_fused_conv2d_into_op.register_fake
+def _(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend):
+    return None
 
 
 def _validate(x, weight, bias, scale, groups, residual, out_shape):
@@ -302,8 +328,12 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         if _record is not None:
             _record.append(None)
         return fused_conv2d_ref(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
-    # torch.compile traces the registered op (and plans buffers itself: no writing into the residual).
+    # torch.compile traces the registered ops: the functional one, or on CPU for a residual the caller
+    # owns, the one writing over it (re-inplaced by inductor where the residual is dead afterwards).
     if torch.compiler.is_compiling():
+        if _into_residual and residual is not None and x.device.type == "cpu":
+            _fused_conv2d_into_op(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested)
+            return residual
         return _fused_conv2d_op(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested)
     # Eager calls the implementation directly, skipping the custom op's Python-side dispatch, which
     # adds to every conv's host time (batch-1 inference on a GPU is host-bound). Inference tensors may
