@@ -187,14 +187,6 @@ def cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile: int =
     return run
 
 
-def fused_conv2d_cuda(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
-                      tile: int = 0) -> torch.Tensor:
-    """One CUTLASS fused conv call (scale must be None: folded into the weight)."""
-    if scale is not None:
-        raise RuntimeError("the CUTLASS conv takes no separate scale (fold it into the weight)")
-    return cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile)(x, residual)
-
-
 # --- sm90 tactics: one "cuda:sm90_<config>" per generated config (the selector and tuner see these) ---
 
 def sm90_tactics() -> dict[str, str]:
@@ -218,9 +210,9 @@ def sm90_guard(tactic: str, x, weight, stride, padding, dilation, groups) -> Opt
 
 def sm90_tactic_launch(tactic: str, stride, padding, dilation, relu):
     """run(x, weight, bias, residual) for one sm90 tactic (guarded by sm90_guard)."""
-    name = sm90_tactics()[tactic]
+    config = sm90_config_index(sm90_tactics()[tactic])  # resolved once, not per call
     return lambda x, weight, bias, residual: fused_conv2d_sm90(x, weight, bias, stride, padding, dilation,
-                                                               residual, relu, config=name)
+                                                               residual, relu, config=config)
 
 
 # --- Hopper (sm_90a) CUTLASS 3.x kernels: csrc/sm90_kernels.cuh, one generated TU per config ------

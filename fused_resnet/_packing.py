@@ -34,6 +34,7 @@ def invalidate(weight: torch.Tensor) -> None:
     entry = _CACHE.get(weight)
     if entry is not None:
         entry.clear()
+        weight.__dict__.pop("_fused_resnet_objects", None)
 
 
 def packed(weight: torch.Tensor, layout: Hashable, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -57,12 +58,14 @@ def packed(weight: torch.Tensor, layout: Hashable, make: Callable[[torch.Tensor]
 
 
 def packed_object(weight: torch.Tensor, key: Hashable, make: Callable[[torch.Tensor], object]) -> object:
-    """Like ``packed`` for anything derived from a stable weight (e.g. a resolved launch binding its
-    packed layouts); built fresh each call for other weights."""
-    entry = _CACHE.get(weight)
-    if entry is None:
+    """Like ``packed`` for anything derived from a stable weight that may itself reference the weight
+    (a resolved launch binds it): kept in the weight's own attribute dict, so the reference cycle
+    is collectable, and cleared by ``invalidate`` with the packed layouts; built fresh each call for
+    other weights."""
+    if weight not in _CACHE:
         return make(weight)
-    hit = entry.get(key)
+    objects = weight.__dict__.setdefault("_fused_resnet_objects", {})
+    hit = objects.get(key)
     if hit is None:
-        hit = entry[key] = make(weight)
+        hit = objects[key] = make(weight)
     return hit

@@ -190,6 +190,12 @@ def _refresh_folds(folded: List[torch.Tensor], handle: int) -> None:
     cache = _CACHES.get(handle)
     if cache is not None and cache._pairs is not None:
         cache.refresh(cache._pairs, in_place_only=True)
+        # Write through the arguments too: a compile backend that does not re-inplace mutations
+        # (aot_eager) hands this op copies and copies them back over the cache after the graph.
+        current = [t for f in cache.value for t in (f.weight, f.bias)]
+        for arg, value in zip(folded, current):
+            if arg.data_ptr() != value.data_ptr():
+                arg.copy_(value)
 
 
 @_refresh_folds.register_fake

@@ -15,8 +15,10 @@ benchmarks/NOTES.md, "The CUDA-graph fault".)
 Weights changed after capture (load_state_dict, in-place edits, parameter replacement) are
 detected on the next call from the parameters' and buffers' version counters and storage; the
 graphs are then dropped and captured again (warm-up included), so a forward never runs on stale
-weights. Inputs the graphs cannot take (CPU tensors, another dtype or device, autograd recording)
-run the converted model directly, under torch.no_grad(): this module is for inference only.
+weights. Each input signature (shape, strides, dtype, device) gets its own graph; CPU inputs and
+training mode run the converted model directly, under torch.no_grad(): this module is for
+inference only. Calls from several threads are serialized, and each waits on the GPU for the
+previous replay before overwriting the static input.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class OptimizedModel(nn.Module):
         self._stamp = None  # of the weights the graphs were captured with
         self._tensors = None  # (structure epoch, every parameter and buffer of the model)
         self._lock = threading.Lock()  # replays share static buffers: one at a time
+        self._done = None  # CUDA event recorded after the last replay
         self.captures = 0  # graphs captured so far (re-captures included); for tests and logs
 
     def _weights_stamp(self) -> tuple:
@@ -62,7 +65,9 @@ class OptimizedModel(nn.Module):
         if self._tensors is None or self._tensors[0] != epoch:
             self._tensors = (epoch, tuple(self.model.parameters()) + tuple(self.model.buffers()))
         tensors = self._tensors[1]
-        return epoch, tuple(map(id, tensors)), folding._stamp(tensors, ())
+        # Not the epoch itself: it moves whenever any module anywhere registers a parameter (building
+        # an unrelated model), which must not re-capture these graphs; identities catch replacements.
+        return tuple(map(id, tensors)), folding._stamp(tensors, ())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output for ``x`` (inference only: no autograd graph is recorded)."""
@@ -80,9 +85,15 @@ class OptimizedModel(nn.Module):
                 self._stamp = self._weights_stamp()  # after warm-up: refolds are done
             else:
                 self._graphs.move_to_end(key)
+            stream = torch.cuda.current_stream(x.device)
+            if self._done is not None:
+                stream.wait_event(self._done)  # the last replay (maybe another thread's stream) is done with the buffers
             entry.static_input.copy_(x)
             entry.graph.replay()
-            return entry.static_output.clone() if self.copy_output else entry.static_output
+            out = entry.static_output.clone() if self.copy_output else entry.static_output
+            self._done = torch.cuda.Event()
+            self._done.record(stream)
+            return out
 
     def _capture(self, x: torch.Tensor, key: tuple) -> _Graph:
         if self._pool is None:
@@ -111,8 +122,8 @@ class OptimizedModel(nn.Module):
 
     def drop_graphs(self) -> None:
         """Release every captured graph (the next call of each shape captures again)."""
-        if self._graphs and self._stream is not None:
-            self._stream.synchronize()
+        if self._graphs:
+            torch.cuda.synchronize()  # replays may still run on callers' streams
         self._graphs.clear()
         self._stamp = None
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from . import _trace
 from ._geometry import memory_format_of
-from .blocks import CL, _conv, _foldable, _FusedMixin, _run_layer
+from .blocks import CL, _conv, _foldable, _FusedMixin, _has_hooks, _run_layer
 from .ops.add_relu import add_relu
 
 _DROPS = (DropPath, DropBlock2d, nn.Identity)
@@ -243,10 +243,12 @@ class ResNet(_TimmMixin, tr.ResNet):
         f = folded or (None,) * steps.n
         for fc, (_, _, _, name) in zip(f, stem):
             x = _conv(x, fc, name, self._fused_backend, steps)
+        fresh = True
         if stem[-1][3] != "maxpool.0":
             x = self.maxpool(x)
+            fresh = not _has_hooks(self.maxpool)
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = _run_layer(layer, x)
+            x, fresh = _run_layer(layer, x, fresh)
         return x.contiguous(memory_format=fmt)
 
 

@@ -204,3 +204,78 @@ def test_export_refuses_stale_folds_with_a_clear_error():
         ep = torch.export.export(fused, (x,))
         tv.conv1.weight.mul_(2.0)
         torch.testing.assert_close(ep.module()(x), tv(x), rtol=1e-5, atol=1e-5)
+
+
+# --- regressions found in review: each of these gave a silently wrong result ------------------------
+
+def test_planned_model_still_gives_input_gradients():
+    tv = random_model(torchvision.models.resnet18)
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    for m in (tv, fused):
+        m.requires_grad_(False)  # frozen model, gradients wanted w.r.t. the input (saliency)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fused(x)  # builds the plans
+    grads = []
+    for m in (tv, fused):
+        xi = x.clone().requires_grad_()
+        m(xi).sum().backward()
+        grads.append(xi.grad)
+    assert grads[1] is not None
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_refresh_with_a_backend_that_does_not_reinplace():
+    tv, fused = _block()
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        fused(x)
+        compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+        compiled(x)
+        for m in (tv, fused):
+            m.bn2.weight.mul_(2.0)
+        torch.testing.assert_close(compiled(x), tv(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fused(x), tv(x), rtol=1e-5, atol=1e-5)  # and eager afterwards
+
+
+def test_a_hooked_block_output_is_never_overwritten():
+    tv = random_model(torchvision.models.resnet18)
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    kept = {}
+    for name, m in (("tv", tv), ("fused", fused)):
+        m.layer1[0].register_forward_hook(lambda mod, i, o, name=name: kept.__setitem__(name, o))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        tv(x)
+        fused(x)
+        fused(x)
+    torch.testing.assert_close(kept["fused"], kept["tv"], rtol=1e-5, atol=1e-5)
+
+
+def test_load_state_dict_into_a_model_built_in_inference_mode():
+    with torch.inference_mode():
+        tv = random_model(torchvision.models.resnet18)
+        fused = fused_resnet.convert(copy.deepcopy(tv))
+        x = torch.randn(1, 3, 32, 32)
+        fused(x)
+        other = random_model(torchvision.models.resnet18)
+        randomize_bn(other, torch.Generator().manual_seed(5))
+        tv.load_state_dict(other.state_dict())
+        fused.load_state_dict(other.state_dict())
+        torch.testing.assert_close(fused(x), tv(x), rtol=1e-4, atol=1e-4)
+
+
+def test_cached_launches_do_not_keep_a_dropped_weight_alive():
+    import gc
+    import weakref
+
+    from fused_resnet._packing import mark_stable
+
+    w = mark_stable(torch.randn(8, 4, 3, 3))
+    x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        op_module._run(x, w, torch.randn(8), None, [1, 1], [1, 1], [1, 1], 1, None, True, "auto")
+    ref = weakref.ref(w)
+    del w
+    gc.collect()
+    assert ref() is None

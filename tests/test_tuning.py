@@ -210,7 +210,7 @@ def test_run_tactic_passes_the_sm90_config(fake_sm90):
     x = torch.randn(2, 8, 5, 5, dtype=torch.float16).contiguous(memory_format=CL)
     w = torch.randn(16, 8, 1, 1, dtype=torch.float16)
     out = run_tactic(SM90, x, w, torch.randn(16), None, [1, 1], [0, 0], [1, 1], 1, None, True)
-    assert fake_sm90 == [SM90[len("cuda:sm90_"):]] and out.shape == (2, 16, 5, 5)
+    assert fake_sm90 == [_ext.sm90_config_index(SM90[len("cuda:sm90_"):])] and out.shape == (2, 16, 5, 5)
     with pytest.raises(ValueError, match="unknown fused_conv2d tactic"):
         run_tactic("cuda:nope", x, w, None, None, [1, 1], [0, 0], [1, 1], 1, None, True)
 

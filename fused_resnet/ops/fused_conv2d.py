@@ -216,8 +216,10 @@ def _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, re
         launch = resolve(*args)
     else:
         key = ("launch", x.shape, x.stride(), x.dtype, x.device, tuple(stride), tuple(padding), tuple(dilation),
-               groups, id(bias), scale is None, residual is not None, relu, backend, into_residual)
-        launch = packed_object(weight, key, lambda _: resolve(*args))
+               groups, scale is None, residual is not None, relu, backend, into_residual)
+        bound_bias, launch = packed_object(weight, key, lambda _: (bias, resolve(*args)))
+        if bound_bias is not bias:  # the same weight with another bias object: resolve for this one
+            launch = resolve(*args)
     # (Backends that cannot write into the residual return a new tensor; copying it over the residual
     # would cost a pass over the output for nothing: callers use the returned tensor.)
     return launch.run(x, residual).contiguous(memory_format=memory_format_of(x))
