@@ -136,8 +136,8 @@ if want b8 40; then
   bench b8_graphs --model resnet50 --dtype fp16 --batch 8,32 --runs 30 --cuda-graphs --providers torchscript,optimized
 fi
 want tests 60 && gpu_tests rest $(( $(left) - 30 )) "not sm90 and not eager_tactics and not conv_classes and not optimize"
-if want memcheck 40 && command -v compute-sanitizer >/dev/null; then
-  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
+if want memcheck 130 && command -v compute-sanitizer >/dev/null; then
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
     > "$RAW/memcheck.log" 2>&1
   say "memcheck exit $? : $(grep -E 'ERROR SUMMARY|memcheck block' "$RAW/memcheck.log" | tr '\n' ' ')"
 fi
