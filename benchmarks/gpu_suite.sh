@@ -20,7 +20,7 @@
 #   others     ResNet-101 and ResNeXt-50 batch 256 vs torch.compile
 #   b8         batch 8 and 32 with and without graphs (TorchScript, fused_resnet, optimized)
 #   tests      the rest of the GPU tests
-#   memcheck   compute-sanitizer memcheck on one fused block per backend
+#   memcheck   compute-sanitizer memcheck: one fused block per backend, every sm90 config once
 #   compile_max torch.compile max-autotune, batch 256 (only if much time is left)
 #
 # Installs nothing from the network: the project runs from this working tree (PYTHONPATH); CUTLASS
@@ -139,7 +139,7 @@ want tests 60 && gpu_tests rest $(( $(left) - 30 )) "not sm90 and not eager_tact
 if want memcheck 130 && command -v compute-sanitizer >/dev/null; then
   timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
     > "$RAW/memcheck.log" 2>&1
-  say "memcheck exit $? : $(grep -E 'ERROR SUMMARY|memcheck block' "$RAW/memcheck.log" | tr '\n' ' ')"
+  say "memcheck exit $? : $(grep -E 'ERROR SUMMARY|memcheck block|memcheck sm90' "$RAW/memcheck.log" | tr '\n' ' ')"
 fi
 want compile_max 200 && bench compile_max --model resnet50 --dtype fp16 --batch 256 --runs 20 \
   --providers compile_max,fused_resnet
