@@ -21,6 +21,7 @@
 #   b8         batch 8 and 32 with and without graphs (TorchScript, fused_resnet, optimized)
 #   tests      the rest of the GPU tests
 #   memcheck   compute-sanitizer memcheck: one fused block per backend, every sm90 config once
+#   ncu        Nsight Compute basic metrics of 40 of auto's conv kernels at batch 256 (ncu_details.csv)
 #   compile_max torch.compile max-autotune, batch 256 (only if much time is left)
 #
 # Installs nothing from the network: the project runs from this working tree (PYTHONPATH); CUTLASS
@@ -140,6 +141,16 @@ if want memcheck 130 && command -v compute-sanitizer >/dev/null; then
   timeout 120 compute-sanitizer --tool memcheck --error-exitcode 3 python3 benchmarks/memcheck_block.py \
     > "$RAW/memcheck.log" 2>&1
   say "memcheck exit $? : $(grep -E 'ERROR SUMMARY|memcheck block|memcheck sm90' "$RAW/memcheck.log" | tr '\n' ' ')"
+fi
+if want ncu 120 && command -v ncu >/dev/null; then
+  # Kernel-level profile of the convs auto runs at batch 256 (one timed run per shape): duration,
+  # SM and memory throughput per kernel, for the slowest shapes' main loop vs epilogue question.
+  say "ncu: auto's conv kernels, resnet50 fp16 batch 256"
+  timeout 110 ncu --set basic --launch-skip 10 --launch-count 40 -o "$RAW/ncu" -f \
+    python3 -m fused_resnet bench --level op --model resnet50 --batch 256 --dtype fp16 --providers fused_resnet \
+    --runs 1 > "$RAW/ncu.log" 2>&1
+  say "ncu exit $?"
+  ncu --import "$RAW/ncu.ncu-rep" --page details --csv > "$OUT_DIR/ncu_details.csv" 2>/dev/null
 fi
 want compile_max 200 && bench compile_max --model resnet50 --dtype fp16 --batch 256 --runs 20 \
   --providers compile_max,fused_resnet
