@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ._packing import mark_stable
 from .blocks import convert
-from .timing import time_interleaved
+from .timing import paired_ratio, time_interleaved
 from .verify import DTYPES, TIMM_PREFIX, build_reference_model, create_model, dtype_name, model_problem
 
 # "timm"/"timm_cl" are the eager baselines' names for timm models (--model timm/NAME): the model's own
@@ -304,6 +304,10 @@ class Row:
     residual_bytes: int = 0  # op level: bytes of the residual read (0: no residual)
     copy_gbps: float = 0.0  # op level: the card's measured device-to-device copy bandwidth
     env: dict = field(default_factory=dict)
+    # Median and IQR of the per-round ratio baseline/this (timing.paired_ratio); 0 when the providers
+    # were not timed in the same rounds (--cuda-graphs). On a noisy machine this is the ratio to quote.
+    ratio_paired: float = 0.0
+    ratio_paired_iqr: float = 0.0
 
 
 def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, *, runs: int = 10,
@@ -382,8 +386,16 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
                         t.spread_s * 1e3, t.runs, batch / t.median_s,
                         base / t.median_s, names[0], b, roof["gflop"], tflops, gbps,
                         tflops / peaks["peak_tflops"] if peaks else 0.0,
-                        gbps / peaks["peak_gbps"] if peaks else 0.0, torch.backends.cudnn.benchmark, env=env))
+                        gbps / peaks["peak_gbps"] if peaks else 0.0, torch.backends.cudnn.benchmark, env=env,
+                        **_paired(timings[0], t, graphs)))
     return rows
+
+
+def _paired(base, t, separate: bool) -> dict:
+    if separate:  # timed one provider after another: no shared rounds
+        return {}
+    r, iqr = paired_ratio(base, t)
+    return {"ratio_paired": r, "ratio_paired_iqr": iqr}
 
 
 def distinct_shapes(model: str, batch: int, image_size: int = 224) -> list[ConvShape]:
@@ -621,7 +633,8 @@ def run_op_bench(model: str, batch: int, dtype: str, device: str, providers, *, 
                             batch, dtype, "channels_last", False, t.median_s * 1e3, t.spread_s * 1e3, t.runs,
                             s.n / t.median_s, base / t.median_s, names[0], 0.0, s.flops / 1e9, tflops,
                             s.bytes(elem, True) / t.median_s / 1e9, 0.0, 0.0, torch.backends.cudnn.benchmark,
-                            tactic_of.get(p, ""), inp.out_bytes, res_bytes, copy_gbps or 0.0, env))
+                            tactic_of.get(p, ""), inp.out_bytes, res_bytes, copy_gbps or 0.0, env,
+                            **_paired(ts[0], t, False)))
     return rows
 
 
@@ -644,13 +657,18 @@ def print_table(rows: list[Row]) -> None:
         print("(no results)")
         return
     head = f"{'provider':16s} {'level':5s} {'shape':34s} {'batch':>5s} {'dtype':5s} {'graphs':6s} " \
-           f"{'median ms':>10s} {'±IQR':>7s} {'items/s':>9s} {'vs ' + rows[0].baseline:>18s} {'TFLOP/s':>8s}"
+           f"{'median ms':>10s} {'±IQR':>7s} {'items/s':>9s} {'vs ' + rows[0].baseline:>18s} " \
+           f"{'paired ±IQR':>13s} {'TFLOP/s':>8s}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r.provider:16s} {r.level:5s} {r.shape[:34]:34s} {r.batch:5d} {r.dtype:5s} {str(r.graphs):6s} "
               f"{r.median_ms:10.3f} {r.spread_ms:7.3f} {r.items_per_s:9.1f} {r.ratio_vs_baseline:17.2f}x "
-              f"{r.tflops:8.2f}")
+              f"{_paired_text(r):>13s} {r.tflops:8.2f}")
+
+
+def _paired_text(r: Row) -> str:
+    return f"{r.ratio_paired:.2f}x ±{r.ratio_paired_iqr:.2f}" if r.ratio_paired else "-"
 
 
 def write_results(rows: list[Row], out_prefix: str) -> list[str]:

@@ -19,6 +19,20 @@ class Timing:
     median_s: float
     spread_s: float  # interquartile range
     runs: int
+    samples: tuple = ()  # seconds per sample, in the order taken (round i of an interleaved run)
+
+
+def paired_ratio(base: Timing, t: Timing) -> tuple:
+    """(median, interquartile range) of base/t over the rounds of one interleaved run.
+
+    Each round times every provider back to back, so round i's samples share the machine's state
+    (clock, neighbours' load); the per-round ratio cancels a slow spell that the ratio of medians
+    would keep. (0.0, 0.0) when the two were not timed in the same rounds."""
+    if not base.samples or len(base.samples) != len(t.samples):
+        return 0.0, 0.0
+    ratios = [b / x for b, x in zip(base.samples, t.samples)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+    return statistics.median(ratios), q[2] - q[0]
 
 
 def _once(fn: Callable[[], object], device: torch.device, inner: int = 1) -> float:
@@ -54,5 +68,5 @@ def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, 
     out = []
     for s in samples:
         q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
-        out.append(Timing(statistics.median(s), q[2] - q[0], len(s)))
+        out.append(Timing(statistics.median(s), q[2] - q[0], len(s), tuple(s)))
     return out

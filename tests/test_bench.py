@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from fused_resnet.bench import conv_shapes, roofline
+from fused_resnet.timing import Timing, paired_ratio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,6 +16,15 @@ def test_roofline_resnet50_counts():
     r = roofline("resnet50", 1, 2)
     assert abs(r["gflop"] - 8.17) < 0.05  # 4.09 G multiply-adds per 224x224 image (convs only)
     assert 50 < r["mb_act_fused"] < 60 and 150 < r["mb_act_unfused"] < 165  # DESIGN: ~57 / ~162 MB
+
+
+def test_paired_ratio_cancels_a_slow_spell():
+    # The machine slows 3x for the second half of the run: both providers' medians move, the per-round
+    # ratio does not (the baseline always takes 1.5x this provider's time).
+    t = [1.0, 1.0, 1.0, 3.0, 3.0, 3.0]
+    base = Timing(0, 0, 6, tuple(1.5 * v for v in t))
+    assert paired_ratio(base, Timing(0, 0, 6, tuple(t))) == (1.5, 0.0)
+    assert paired_ratio(base, Timing(0, 0, 5, tuple(t[:5]))) == (0.0, 0.0)  # not the same rounds
 
 
 def test_bench_cli_writes_json_csv_png(tmp_path):
@@ -28,8 +38,10 @@ def test_bench_cli_writes_json_csv_png(tmp_path):
     rows = json.loads((tmp_path / "r.json").read_text())
     providers = {(x["level"], x["provider"]) for x in rows}
     assert ("model", "fused_eager") in providers and ("op", "conv_alone") in providers
-    for key in ("device", "torch", "git_sha", "date", "median_ms", "spread_ms", "ratio_vs_baseline"):
+    for key in ("device", "torch", "git_sha", "date", "median_ms", "spread_ms", "ratio_vs_baseline", "ratio_paired"):
         assert key in rows[0]
+    fused = next(x for x in rows if x["level"] == "model" and x["provider"] == "fused_eager")
+    assert fused["ratio_paired"] > 0 and fused["ratio_paired_iqr"] >= 0
     assert (tmp_path / "r.csv").exists() and (tmp_path / "r.png").stat().st_size > 1000
 
 
