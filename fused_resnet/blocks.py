@@ -100,7 +100,7 @@ class _Plan(NamedTuple):
     launches: tuple  # fused_resnet.ops.fused_conv2d.Launch per conv, in call order
 
 
-_MAX_PLANS = 16  # input signatures kept per module (batch sizes x dtypes x backends in use)
+_MAX_PLANS = 16  # input signatures kept per module, least recently used evicted first
 
 
 def _refresh_after_load(module, _incompatible_keys) -> None:
@@ -227,6 +227,8 @@ class _FusedMixin:
         cache.refresh(hot.pairs, sources=hot.sources)  # bumps the generation if a source changed
         plan = plans.get(key)
         if plan is not None and plan.generation == cache.generation:
+            if len(plans) > 1:
+                plans[key] = plans.pop(key)  # most recently used last: eviction takes the first
             return plan, key
         return None, key
 
@@ -244,8 +246,9 @@ class _FusedMixin:
         cache = self.__dict__.get("_fold_cache")
         if record is not None and cache is not None and None not in record:
             plans = self.__dict__.setdefault("_plans", {})
+            plans.pop(key, None)
             if len(plans) >= _MAX_PLANS:
-                plans.clear()
+                del plans[next(iter(plans))]  # the least recently used signature
             plans[key] = _Plan(cache.generation, tuple(record))
         return out
 

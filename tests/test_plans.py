@@ -53,6 +53,25 @@ def test_plan_is_built_once_then_replayed(count_resolves):
         torch.testing.assert_close(first, tv(x), rtol=1e-5, atol=1e-5)
 
 
+def test_plans_evict_the_least_recently_used_signature(count_resolves, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("fused_resnet.blocks"), "_MAX_PLANS", 3)
+    tv, fused = _block()
+    xs = {n: torch.randn(n, 32, 8, 8) for n in (1, 2, 3, 4)}
+    with torch.no_grad():
+        for n in (1, 2, 3):
+            fused(xs[n])
+        fused(xs[1])  # batch 1 is now the most recently used, batch 2 the least
+        assert len(count_resolves) == 12
+        fused(xs[4])  # a fourth signature evicts batch 2's plan only
+        assert len(count_resolves) == 16
+        for n in (1, 3, 4):
+            torch.testing.assert_close(fused(xs[n]), tv(xs[n]), rtol=1e-5, atol=1e-5)
+        assert len(count_resolves) == 16  # replayed
+        fused(xs[2])
+        assert len(count_resolves) == 20  # re-planned
+        assert len(fused.__dict__["_plans"]) == 3
+
+
 def test_plan_invalidation_gives_correct_outputs(count_resolves):
     tv, fused = _block()
     x = torch.randn(2, 32, 8, 8)
