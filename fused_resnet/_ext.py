@@ -24,6 +24,7 @@ import threading
 from typing import Optional
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import _sm90_configs, _sources
 from ._geometry import out_size
@@ -208,11 +209,10 @@ def sm90_guard(tactic: str, x, weight, stride, padding, dilation, groups) -> Opt
     return None
 
 
-def sm90_tactic_launch(tactic: str, stride, padding, dilation, relu):
-    """run(x, weight, bias, residual) for one sm90 tactic (guarded by sm90_guard)."""
-    config = sm90_config_index(sm90_tactics()[tactic])  # resolved once, not per call
-    return lambda x, weight, bias, residual: fused_conv2d_sm90(x, weight, bias, stride, padding, dilation,
-                                                               residual, relu, config=config)
+def sm90_tactic_launch(tactic: str, x, weight, bias, stride, padding, dilation, relu):
+    """run(x, residual) -> out for one sm90 tactic (guarded by sm90_guard); see sm90_launch."""
+    return sm90_launch(x, weight, bias, stride, padding, dilation, relu,
+                       config=sm90_config_index(sm90_tactics()[tactic]))
 
 
 # --- Hopper (sm_90a) CUTLASS 3.x kernels: csrc/sm90_kernels.cuh, one generated TU per config ------
@@ -322,6 +322,18 @@ def fused_conv2d_sm90(x, weight, bias, stride=1, padding=0, dilation=1, residual
     residual: [N, K, P, Q] or None. config: index or name from ``sm90_configs()``, None for
     ``default_sm90_config``. Returns channels_last. Raises RuntimeError (from the op) when the config
     cannot take the problem or the device is not sm_90; use ``sm90_problem`` first to avoid that."""
+    return sm90_launch(x, weight, bias, stride, padding, dilation, relu, config)(x, residual)
+
+
+def _sm90_op():
+    return torch.ops.fused_resnet._conv2d_sm90.default
+
+
+def sm90_launch(x, weight, bias, stride=1, padding=0, dilation=1, relu=True, config=None):
+    """run(x, residual) -> out for one sm90 kernel config, everything that depends only on the call's
+    signature prepared once, as cutlass_launch does: the config index, the packed 16-byte aligned
+    KRSC weight (channels zero-padded to a multiple of 8), the fp32 bias, the geometry lists. A plan
+    replays ``run``; per call it only lays out x and the residual (see fused_conv2d_sm90)."""
     from ._packing import packed
 
     n, c, h, w = x.shape
@@ -330,28 +342,33 @@ def fused_conv2d_sm90(x, weight, bias, stride=1, padding=0, dilation=1, residual
         config = default_sm90_config(n, c, h, w, k, r, s, stride, padding, dilation, x.dtype)
     elif isinstance(config, str):
         config = sm90_config_index(config)
-    cl = torch.channels_last
-    if c % 8:  # e.g. the 3-channel stem: zero channels up to a multiple of 8 (TMA rows of 16 bytes)
-        pad = -c % 8
-        x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad))
+    pad = -c % 8
+    if pad:  # e.g. the 3-channel stem: zero channels up to a multiple of 8 (TMA rows of 16 bytes)
         wk = packed(weight, "cutlass_krsc_c8", lambda t: pack_weight(torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad))))
     else:
         wk = packed(weight, "cutlass_krsc", pack_weight)
     wk = _aligned16(wk)
-    b = (bias.float().contiguous() if bias is not None
-         else torch.zeros(k, device=x.device, dtype=torch.float32))
-    res = _aligned16(residual.contiguous(memory_format=cl)) if residual is not None else None
-    return torch.ops.fused_resnet._conv2d_sm90(_aligned16(x.contiguous(memory_format=cl)), wk, _aligned16(b), res,
-                                               list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)),
-                                               bool(relu), int(config))
+    b = _aligned16(bias.float().contiguous() if bias is not None
+                   else torch.zeros(k, device=x.device, dtype=torch.float32))
+    geometry = [list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))]
+    relu, config = bool(relu), int(config)
+    op, cl = _sm90_op(), torch.channels_last
+
+    def run(x, residual):
+        if pad:
+            x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad))
+        res = _aligned16(residual.contiguous(memory_format=cl)) if residual is not None else None
+        return op(_aligned16(x.contiguous(memory_format=cl)), wk, b, res, *geometry, relu, config)
+    return run
 
 
 def _aligned16(t: torch.Tensor) -> torch.Tensor:
     """TMA needs 16-byte aligned base addresses; a view at an odd offset is copied (rare). Fake and
     meta tensors (tracing) have no address."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    if t.device.type == "meta" or is_fake(t) or t.data_ptr() % 16 == 0:
+    if type(t) is torch.Tensor:  # the common case, checked first (is_fake costs microseconds)
+        if t.data_ptr() % 16 == 0:  # meta: 0
+            return t
+    elif t.device.type == "meta" or is_fake(t) or t.data_ptr() % 16 == 0:  # Parameter, subclasses
         return t
     return t.clone(memory_format=torch.preserve_format)
 

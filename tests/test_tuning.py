@@ -174,10 +174,10 @@ def fake_sm90(monkeypatch):
     calls = []
     monkeypatch.setattr(_ext, "_device_capability", lambda device: (9, 0))
 
-    def launch(x, weight, bias, stride, padding, dilation, residual, relu, config):
+    def op(x, weight, bias, residual, stride, padding, dilation, relu, config):  # the op's schema
         calls.append(config)
         return torch.zeros(x.shape[0], weight.shape[0], x.shape[2], x.shape[3], dtype=x.dtype)
-    monkeypatch.setattr(_ext, "fused_conv2d_sm90", launch)
+    monkeypatch.setattr(_ext, "_sm90_op", lambda: op)
     return calls
 
 
@@ -202,6 +202,27 @@ def test_sm90_tactics_only_for_cuda_tensors_and_hopper(gpu_world, monkeypatch):
     x, w = _conv()
     assert "sm_90" in _selector.tactic_guard(SM90, x, w, 1)  # an A100: refused with the reason
     assert _selector.conv_tactics(torch.empty(1, 3, 4, 4)) == ("eager:cpu",)
+
+
+def test_sm90_launch_prepares_once_and_pads_the_stem(monkeypatch):
+    seen = []
+
+    def op(x, weight, bias, residual, stride, padding, dilation, relu, config):
+        seen.append((x, weight, bias, residual, stride, padding, dilation, relu, config))
+        return x
+    monkeypatch.setattr(_ext, "_sm90_op", lambda: op)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float16)  # NCHW, 3 channels: the stem
+    w = torch.randn(16, 3, 7, 7, dtype=torch.float16)
+    run = _ext.sm90_launch(x, w, torch.randn(16, dtype=torch.float64), 2, 3, 1, True, "conv_f16_ws_128x128x64_c1x1")
+    run(x, None)
+    run(x, None)
+    (x1, w1, b1, r1, *rest1), (x2, w2, b2, *_) = seen
+    assert w1 is w2 and b1 is b2  # packed once, at plan time
+    assert x1.shape == (2, 8, 9, 9) and x1.is_contiguous(memory_format=CL) and torch.equal(x1[:, :3], x)
+    assert not x1[:, 3:].any()  # zero channels
+    assert w1.shape == (16, 8, 7, 7) and w1.is_contiguous(memory_format=CL) and torch.equal(w1[:, :3], w)
+    assert b1.dtype == torch.float32 and r1 is None
+    assert rest1 == [[2, 2], [3, 3], [1, 1], True, _ext.sm90_config_index("conv_f16_ws_128x128x64_c1x1")]
 
 
 def test_run_tactic_passes_the_sm90_config(fake_sm90):

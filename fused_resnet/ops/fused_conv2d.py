@@ -171,8 +171,7 @@ def tactic_launch(tactic, x, weight, bias, scale, stride, padding, dilation, gro
     if tactic.startswith(_selector.CUDA_SM90_PREFIX):
         from .. import _ext
 
-        sm90 = _ext.sm90_tactic_launch(tactic, stride, padding, dilation, relu)
-        return lambda x, residual: sm90(x, weight, bias, residual)
+        return _ext.sm90_tactic_launch(tactic, x, weight, bias, stride, padding, dilation, relu)
     if tactic == _selector.CUDNN_FUSED:
         return lambda x, residual: _cudnn_fused(x, weight, bias, stride, padding, dilation, groups, residual, relu)
     if tactic == _selector.CUDNN_EPILOGUE:
