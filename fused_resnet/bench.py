@@ -469,20 +469,22 @@ def _rotating(inp: OpInputs, call):
 
 
 def tactic_call(tactic: str, inp: OpInputs):
-    """(callable running ``tactic`` on inp, None) if it can run here, else (None, why not). The tactic
-    is run once here: one that raises is reported, not timed."""
+    """(callable running ``tactic`` on inp, None) if it can run here, else (None, why not). The launch
+    is prepared once, as a model's plan prepares it (packed weights, bias cast), so the timed calls
+    are what a planned forward runs; it is run once here: one that raises is reported, not timed."""
     from ._selector import tactic_guard
-    from .ops.fused_conv2d import run_tactic
+    from .ops.fused_conv2d import tactic_launch
 
     s = inp.shape
     why = tactic_guard(tactic, inp.x, inp.w, s.groups, None, **inp.conv_kwargs())
     if why is not None:
         return None, why
     st, pd, dl = [s.stride] * 2, [s.padding] * 2, [s.dilation] * 2
-    fn = _rotating(inp, lambda x: run_tactic(tactic, x, inp.w, inp.bias, None, st, pd, dl, s.groups, inp.res, s.relu))
     try:
         with torch.inference_mode():
-            out = run_tactic(tactic, inp.x, inp.w, inp.bias, None, st, pd, dl, s.groups, inp.res, s.relu)
+            run = tactic_launch(tactic, inp.x, inp.w, inp.bias, None, st, pd, dl, s.groups, inp.res is not None,
+                                s.relu)
+            out = run(inp.x, inp.res)
         if inp.x.is_cuda:
             torch.cuda.synchronize()
     except Exception as e:  # a kernel that rejects the problem: reported, the others still timed
@@ -490,7 +492,7 @@ def tactic_call(tactic: str, inp: OpInputs):
     wrong = _wrong_result(out, inp, st, pd, dl)
     if wrong:  # never time (or table) a kernel that computes the wrong thing, however fast
         return None, wrong
-    return fn, None
+    return _rotating(inp, lambda x: run(x, inp.res)), None
 
 
 def _wrong_result(out: torch.Tensor, inp: OpInputs, st, pd, dl) -> Optional[str]:

@@ -124,24 +124,33 @@ def _eager_generic_launch(x, weight, bias, scale, stride, padding, dilation, gro
     return run
 
 
-def _cudnn_fused(x, weight, bias, stride, padding, dilation, groups, residual, relu):
-    """cuDNN's fused conv + bias (+ add) + ReLU ops (what TorchScript's optimize_for_inference uses).
-    relu=False has no cuDNN fused op: conv with bias, then the residual added in place."""
+def _cudnn_fused_launch(x, weight, bias, stride, padding, dilation, groups, relu) -> Callable:
+    """run(x, residual): cuDNN's fused conv + bias (+ add) + ReLU ops (what TorchScript's
+    optimize_for_inference uses), the bias cast to x's dtype once, here. relu=False has no cuDNN
+    fused op: conv with bias, then the residual added in place."""
     b = bias.to(x.dtype) if bias is not None else None
-    if not relu:
-        out = F.conv2d(x, weight, b, stride, padding, dilation, groups)
-        return out.add_(residual) if residual is not None else out
-    if residual is not None:
-        return torch.cudnn_convolution_add_relu(x, weight, residual, 1.0, b, stride, padding, dilation, groups)
-    return torch.cudnn_convolution_relu(x, weight, b, stride, padding, dilation, groups)
+
+    def run(x, residual):
+        if not relu:
+            out = F.conv2d(x, weight, b, stride, padding, dilation, groups)
+            return out.add_(residual) if residual is not None else out
+        if residual is not None:
+            return torch.cudnn_convolution_add_relu(x, weight, residual, 1.0, b, stride, padding, dilation, groups)
+        return torch.cudnn_convolution_relu(x, weight, b, stride, padding, dilation, groups)
+    return run
 
 
-def _cudnn_epilogue(x, weight, bias, stride, padding, dilation, groups, residual, relu):
-    """cuDNN's conv alone, then one pass of our vectorized bias + residual + ReLU kernel (_ext)."""
-    out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+def _cudnn_epilogue_launch(x, weight, bias, stride, padding, dilation, groups, relu) -> Callable:
+    """run(x, residual): cuDNN's conv alone, then one pass of our vectorized bias + residual + ReLU
+    kernel (_ext); the fp32 bias is prepared once, here."""
     b = bias.float().contiguous() if bias is not None else None
-    res = residual.contiguous(memory_format=torch.channels_last) if residual is not None else None
-    return torch.ops.fused_resnet._bias_residual_act_cuda(out, b, res, relu)
+    cl = torch.channels_last
+
+    def run(x, residual):
+        out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        res = residual.contiguous(memory_format=cl) if residual is not None else None
+        return torch.ops.fused_resnet._bias_residual_act_cuda(out, b, res, relu)
+    return run
 
 
 class Launch(NamedTuple):
@@ -173,10 +182,9 @@ def tactic_launch(tactic, x, weight, bias, scale, stride, padding, dilation, gro
 
         return _ext.sm90_tactic_launch(tactic, x, weight, bias, stride, padding, dilation, relu)
     if tactic == _selector.CUDNN_FUSED:
-        return lambda x, residual: _cudnn_fused(x, weight, bias, stride, padding, dilation, groups, residual, relu)
+        return _cudnn_fused_launch(x, weight, bias, stride, padding, dilation, groups, relu)
     if tactic == _selector.CUDNN_EPILOGUE:
-        return lambda x, residual: _cudnn_epilogue(x, weight, bias, stride, padding, dilation, groups, residual,
-                                                   relu)
+        return _cudnn_epilogue_launch(x, weight, bias, stride, padding, dilation, groups, relu)
     if tactic == _selector.EAGER_CPU and x.device.type == "cpu":
         return _eager_cpu_launch(x, *args, has_residual, relu, into_residual)
     if tactic in (_selector.EAGER_CPU, _selector.CUDNN_POINTWISE, ""):
