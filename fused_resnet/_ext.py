@@ -138,20 +138,29 @@ def build(verbose: bool = False) -> str:
 
 
 def _load() -> tuple[bool, str]:
-    prebuilt = glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_C*.so"))
-    if prebuilt:
-        torch.ops.load_library(prebuilt[0])
-        return True, "cuda: CUTLASS extension (prebuilt)"
-    if os.environ.get("FUSED_RESNET_JIT", "1") == "0":
-        return False, "CUDA extension not built (FUSED_RESNET_JIT=0 disables the JIT build)"
+    """The prebuilt library if there is one and it loads, else the JIT build. A prebuilt library made
+    for another torch (e.g. torch upgraded after installing a wheel) fails to load (undefined
+    symbols): that is reported with the JIT result, never raised."""
     import sys
 
+    stale = ""
+    prebuilt = glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_C*.so"))
+    if prebuilt:
+        try:
+            torch.ops.load_library(prebuilt[0])
+            return True, "cuda: CUTLASS extension (prebuilt)"
+        except (OSError, RuntimeError) as e:
+            first = (str(e).splitlines() or [""])[0][:160]
+            stale = f"; the prebuilt {os.path.basename(prebuilt[0])} does not load with torch {torch.__version__}: {first}"
+            print(f"fused_resnet{stale[1:]}", file=sys.stderr, flush=True)
+    if os.environ.get("FUSED_RESNET_JIT", "1") == "0":
+        return False, f"CUDA extension not built (FUSED_RESNET_JIT=0 disables the JIT build){stale}"
     print("fused_resnet: building the CUDA extension (first use; cached afterwards) ...", file=sys.stderr, flush=True)
     try:
         build()
     except Exception as e:  # reported through status(), never raised from auto
-        return False, f"CUDA extension unavailable: {str(e).splitlines()[0][:200]}"
-    return True, "cuda: CUTLASS extension (JIT-built)"
+        return False, f"CUDA extension unavailable: {str(e).splitlines()[0][:200]}{stale}"
+    return True, f"cuda: CUTLASS extension (JIT-built){stale}"
 
 
 def status() -> tuple[bool, str]:

@@ -123,6 +123,16 @@ def test_build_or_skip_paths(monkeypatch):
     assert not ok and "FUSED_RESNET_JIT=0" in why
 
 
+def test_a_prebuilt_library_that_does_not_load_is_reported_not_raised(monkeypatch, tmp_path):
+    # e.g. a wheel's library built for another torch: dlopen fails; auto must go on without it.
+    bad = tmp_path / "_C.cpython-311-x86_64-linux-gnu.so"
+    bad.write_bytes(b"not an ELF file")
+    monkeypatch.setattr(_ext.glob, "glob", lambda pattern: [str(bad)])
+    monkeypatch.setenv("FUSED_RESNET_JIT", "0")
+    ok, why = _ext._load()
+    assert not ok and "does not load with torch" in why and "FUSED_RESNET_JIT=0" in why
+
+
 def test_selector_guards_for_cuda(monkeypatch):
     monkeypatch.setattr(_selector, "_cuda_ext_status", lambda: (True, "test"))
     with FakeTensorMode(allow_non_fake_inputs=True):
