@@ -227,8 +227,8 @@ class _FusedMixin:
         cache.refresh(hot.pairs, sources=hot.sources)  # bumps the generation if a source changed
         plan = plans.get(key)
         if plan is not None and plan.generation == cache.generation:
-            if len(plans) > 1:
-                plans[key] = plans.pop(key)  # most recently used last: eviction takes the first
+            if len(plans) > 1:  # most recently used last: eviction takes the first
+                plans[key] = plans.pop(key, plan)  # (default: another thread may have moved it)
             return plan, key
         return None, key
 
@@ -247,8 +247,11 @@ class _FusedMixin:
         if record is not None and cache is not None and None not in record:
             plans = self.__dict__.setdefault("_plans", {})
             plans.pop(key, None)
-            if len(plans) >= _MAX_PLANS:
-                del plans[next(iter(plans))]  # the least recently used signature
+            # Evict the least recently used; list(plans) and pop(k, None) stay safe when threads
+            # sharing the module edit the dict in between.
+            excess = len(plans) + 1 - _MAX_PLANS
+            for old in list(plans)[:max(excess, 0)]:
+                plans.pop(old, None)
             plans[key] = _Plan(cache.generation, tuple(record))
         return out
 

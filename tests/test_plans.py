@@ -53,23 +53,26 @@ def test_plan_is_built_once_then_replayed(count_resolves):
         torch.testing.assert_close(first, tv(x), rtol=1e-5, atol=1e-5)
 
 
-def test_plans_evict_the_least_recently_used_signature(count_resolves, monkeypatch):
-    monkeypatch.setattr(importlib.import_module("fused_resnet.blocks"), "_MAX_PLANS", 3)
+def test_plans_evict_the_least_recently_used_signature(count_resolves):
+    from fused_resnet.blocks import _MAX_PLANS
+
     tv, fused = _block()
-    xs = {n: torch.randn(n, 32, 8, 8) for n in (1, 2, 3, 4)}
+    xs = {n: torch.randn(n, 32, 8, 8) for n in range(1, _MAX_PLANS + 2)}
     with torch.no_grad():
-        for n in (1, 2, 3):
+        for n in range(1, _MAX_PLANS + 1):  # fill every slot; none evicted on the way
             fused(xs[n])
+            assert len(fused.__dict__["_plans"]) == n
         fused(xs[1])  # batch 1 is now the most recently used, batch 2 the least
-        assert len(count_resolves) == 12
-        fused(xs[4])  # a fourth signature evicts batch 2's plan only
-        assert len(count_resolves) == 16
-        for n in (1, 3, 4):
+        resolved = len(count_resolves)
+        assert resolved == 4 * _MAX_PLANS
+        fused(xs[_MAX_PLANS + 1])  # one more signature evicts batch 2's plan only
+        assert len(count_resolves) == resolved + 4
+        for n in [1] + list(range(3, _MAX_PLANS + 2)):
             torch.testing.assert_close(fused(xs[n]), tv(xs[n]), rtol=1e-5, atol=1e-5)
-        assert len(count_resolves) == 16  # replayed
+        assert len(count_resolves) == resolved + 4  # all replayed
         fused(xs[2])
-        assert len(count_resolves) == 20  # re-planned
-        assert len(fused.__dict__["_plans"]) == 3
+        assert len(count_resolves) == resolved + 8  # re-planned
+        assert len(fused.__dict__["_plans"]) == _MAX_PLANS
 
 
 def test_plan_invalidation_gives_correct_outputs(count_resolves):
