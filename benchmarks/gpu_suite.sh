@@ -58,10 +58,16 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     export PYTHONPATH=/tmp/fused_resnet_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-# A library prebuilt for exactly this torch (benchmarks/prebuild_extension.py) saves the build.
+# A library prebuilt for exactly this torch and these sources (benchmarks/prebuild_extension.py)
+# saves the build; one built from other sources is left unused (its kernels are not this tree's).
 TORCH_V=$(python3 -c "import torch; print(torch.__version__)" 2>/dev/null)
-if [ -f ".whl/_C-torch$TORCH_V.so" ] && ! ls fused_resnet/_C*.so >/dev/null 2>&1; then
-  cp ".whl/_C-torch$TORCH_V.so" fused_resnet/_C.so
+PRE=".whl/_C-torch$TORCH_V.so"
+if [ -f "$PRE" ] && ! ls fused_resnet/_C*.so >/dev/null 2>&1; then
+  if [ "$(cat "$PRE.digest" 2>/dev/null)" = "$(python3 -c "from fused_resnet import _sources; print(_sources.digest())")" ]; then
+    cp "$PRE" fused_resnet/_C.so
+  else
+    echo "prebuilt $PRE: built from other sources than this tree's; building instead" | tee -a "$OUT_DIR/suite.log"
+  fi
 fi
 export PYTHONDONTWRITEBYTECODE=1
 export MAX_JOBS=${MAX_JOBS:-16}

@@ -6,7 +6,9 @@ A GPU machine with no time to spare (the GPU suite's build phase costs minutes o
 load a library built elsewhere, on a CPU-only machine with nvcc: install the GPU machine's exact
 torch build there (e.g. `pip install --no-deps torch==2.11.0` into its own venv; the library uses
 torch's C++ API only, no Python API, so the Python minor version does not matter), run this, and
-put OUT.so at fused_resnet/_C.so in the GPU machine's working tree. The package loads a
+put OUT.so at fused_resnet/_C.so in the GPU machine's working tree. OUT.so.digest records the
+sources it was built from (fused_resnet/_sources.digest); the GPU suite uses the library only when
+its tree has the same digest. The package loads a
 fused_resnet/_C*.so before building; one made for another torch fails to load, is reported by
 ``fused_resnet._ext.status()`` and the JIT build runs instead.
 
@@ -36,7 +38,7 @@ def main() -> int:
     pkg.__path__ = [os.path.join(ROOT, "fused_resnet")]
     sys.modules["fused_resnet"] = pkg
     import torch
-    from fused_resnet import _ext
+    from fused_resnet import _ext, _sources
 
     why = _ext.toolchain_problem()
     if why:
@@ -45,9 +47,13 @@ def main() -> int:
     print(f"building for torch {torch.__version__} (CUDA {torch.version.cuda}), {os.environ['MAX_JOBS']} jobs: "
           f"{len(_ext.SOURCES)} sources, minutes per Hopper source on few cores ...", flush=True)
     t0 = time.time()
+    digest = _sources.digest()
     lib = _ext.build(verbose=False)
     shutil.copyfile(lib, args.out)
-    print(f"built in {time.time() - t0:.0f} s -> {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB)")
+    with open(args.out + ".digest", "w") as f:  # the sources it was built from (_sources.digest)
+        f.write(digest + "\n")
+    print(f"built in {time.time() - t0:.0f} s -> {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB), "
+          f"sources {digest[:12]} in {args.out}.digest")
     return 0
 
 

@@ -6,6 +6,8 @@ arch-specific features: TMA and WGMMA for the CUTLASS 3.x kernels of csrc/sm90/)
 compile to empty stubs in the sm_80 pass (CUTLASS guards their bodies with __CUDA_ARCH_FEAT_SM90_ALL)
 and csrc/conv2d_sm90.cu refuses to launch them without an sm_90a cubin for the device.
 """
+import glob
+import hashlib
 import os
 import runpy
 
@@ -46,3 +48,16 @@ def include_dirs(cutlass_include: str) -> list:
     the wheel ships under tools/util/include)."""
     util = os.path.join(os.path.dirname(cutlass_include), "tools", "util", "include")
     return [CSRC, cutlass_include] + ([util] if os.path.isdir(util) else [])
+
+
+def digest() -> str:
+    """sha256 over every file the library is built from (csrc/**, this file's flags and lists): a
+    library built ahead (benchmarks/prebuild_extension.py) records it, and is used only by a tree
+    whose digest is the same, so a library built from older kernels never runs under newer code."""
+    h = hashlib.sha256(repr((sources(), cuda_flags())).encode())
+    for path in sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)):
+        if os.path.isfile(path) and not path.endswith(".py"):
+            h.update(os.path.relpath(path, CSRC).encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()

@@ -133,6 +133,18 @@ def test_a_prebuilt_library_that_does_not_load_is_reported_not_raised(monkeypatc
     assert not ok and "does not load with torch" in why and "FUSED_RESNET_JIT=0" in why
 
 
+def test_sources_digest_follows_every_kernel_file(monkeypatch, tmp_path):
+    from fused_resnet import _sources
+
+    (tmp_path / "sm90").mkdir()
+    (tmp_path / "sm90" / "k.cu").write_text("kernel v1")
+    monkeypatch.setattr(_sources, "CSRC", str(tmp_path))
+    d1 = _sources.digest()
+    assert _sources.digest() == d1
+    (tmp_path / "sm90" / "k.cu").write_text("kernel v2")
+    assert _sources.digest() != d1
+
+
 def test_selector_guards_for_cuda(monkeypatch):
     monkeypatch.setattr(_selector, "_cuda_ext_status", lambda: (True, "test"))
     with FakeTensorMode(allow_non_fake_inputs=True):
