@@ -756,7 +756,25 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", default=None, help="write a PNG (throughput vs batch, per-shape bars)")
 
 
+def _tactic_names() -> tuple:
+    from . import _ext, _selector
+
+    return (_selector.EAGER_CPU, *_selector.TACTICS_CUDA_TENSOR, *_ext.sm90_tactics())
+
+
+def unknown_providers(names) -> list:
+    """The names in ``names`` that are no provider (model or op level) and no tactic."""
+    known = {*MODEL_PROVIDERS, *OP_PROVIDERS, *_tactic_names()}
+    return [n for n in names if n not in known]
+
+
 def main(args) -> int:
+    if args.providers:
+        unknown = unknown_providers(args.providers.split(","))
+        if unknown:
+            print(f"bench: unknown provider(s) {', '.join(unknown)}. Model level: {', '.join(MODEL_PROVIDERS)}. "
+                  f"Op level: {', '.join(OP_PROVIDERS)}, or a tactic: {', '.join(_tactic_names())}")
+            return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")
     batches = [int(b) for b in (args.batch or ("1,8,32,128,256" if gpu else "1,8")).split(",")]

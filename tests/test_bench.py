@@ -4,7 +4,8 @@ import os
 import subprocess
 import sys
 
-from fused_resnet.bench import conv_shapes, roofline
+from fused_resnet.__main__ import build_parser
+from fused_resnet.bench import conv_shapes, roofline, unknown_providers
 from fused_resnet.timing import Timing, paired_ratio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,3 +56,39 @@ def test_pytest_benchmark_files_run(tmp_path):
 def test_readme_table_is_rendered_from_results():
     r = subprocess.run([sys.executable, "benchmarks/render_table.py", "--check"], cwd=ROOT, timeout=60)
     assert r.returncode == 0, "README.md performance table is stale: run python benchmarks/render_table.py"
+
+
+def _suite_commands():
+    """(subcommand, argv) of every `bench NAME ARGS` / `python3 -m fused_resnet tune|bench ARGS` call in
+    benchmarks/gpu_suite.sh, shell variables replaced by a number."""
+    import re
+    import shlex
+
+    text = open(os.path.join(ROOT, "benchmarks", "gpu_suite.sh")).read().replace("\\\n", " ")
+    cmds = []
+    for line in text.splitlines():
+        line = re.sub(r'"?\$\(?\(?[^ ]*\)?\)?"?', "1", line.split(" >")[0].split(" 2>")[0])
+        m = re.search(r"(?:^|&& |^\s+)bench [a-z0-9_]+ (--.*)$", line)
+        if m:
+            cmds.append(("bench", shlex.split(m.group(1))))
+        m = re.search(r"python3 -m fused_resnet (tune|bench) (--.*)$", line)
+        if m:
+            cmds.append((m.group(1), shlex.split(m.group(2))))
+    return cmds
+
+
+def test_gpu_suite_invocations_parse():
+    # The suite runs where a GPU is lent, rarely: a mistyped flag or provider there costs device time.
+    cmds = _suite_commands()
+    assert sum(c == "bench" for c, _ in cmds) >= 10 and any(c == "tune" for c, _ in cmds)
+    parser = build_parser()
+    for cmd, argv in cmds:
+        args = parser.parse_args([cmd] + argv)  # exits (fails the test) on an unknown flag
+        if cmd == "bench" and args.providers:
+            assert unknown_providers(args.providers.split(",")) == [], (cmd, argv)
+
+
+def test_bench_rejects_an_unknown_provider():
+    r = subprocess.run([sys.executable, "-m", "fused_resnet", "bench", "--device", "cpu", "--providers",
+                        "torchvison,fused_resnet"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "unknown provider(s) torchvison" in r.stdout
