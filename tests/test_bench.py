@@ -92,3 +92,16 @@ def test_bench_rejects_an_unknown_provider():
     r = subprocess.run([sys.executable, "-m", "fused_resnet", "bench", "--device", "cpu", "--providers",
                         "torchvison,fused_resnet"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2 and "unknown provider(s) torchvison" in r.stdout
+
+
+def test_gpu_suite_test_selections_are_not_empty():
+    import re
+
+    text = open(os.path.join(ROOT, "benchmarks", "gpu_suite.sh")).read()
+    selections = re.findall(r'gpu_tests [a-z0-9_]+ .*"([^"]+)"$', text, flags=re.M)
+    assert len(selections) >= 4
+    for k in selections:
+        r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "tests",
+                            "-p", "no:cacheprovider", "-k", k], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        m = re.search(r"(\d+)/\d+ tests collected", r.stdout)
+        assert m and int(m.group(1)) > 0, (k, r.stdout[-500:])
