@@ -56,7 +56,7 @@ def digest() -> str:
     whose digest is the same, so a library built from older kernels never runs under newer code."""
     h = hashlib.sha256(repr((sources(), cuda_flags())).encode())
     for path in sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)):
-        if os.path.isfile(path) and not path.endswith(".py"):
+        if path.endswith((".cu", ".cuh", ".cpp", ".h", ".hpp")):  # sources only, no caches or strays
             h.update(os.path.relpath(path, CSRC).encode() + b"\0")
             with open(path, "rb") as f:
                 h.update(f.read())
