@@ -43,22 +43,23 @@ SOURCES = _sources.sources()
 CUDA_FLAGS = _sources.cuda_flags()
 
 
-@torch.library.register_fake("fused_resnet::_conv2d_cutlass")
-def _(x, w, bias, residual, stride, padding, dilation, relu, tile):
+def _fake_conv_out(x, w, stride, padding, dilation):
+    """The channels_last output both CUTLASS conv ops return, for tracing."""
     n, _, h, wd = x.shape
     k, _, r, s = w.shape
     p = out_size(h, r, stride[0], padding[0], dilation[0])
     q = out_size(wd, s, stride[1], padding[1], dilation[1])
     return torch.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("fused_resnet::_conv2d_cutlass")
+def _(x, w, bias, residual, stride, padding, dilation, relu, tile):
+    return _fake_conv_out(x, w, stride, padding, dilation)
 
 
 @torch.library.register_fake("fused_resnet::_conv2d_sm90")
 def _(x, w, bias, residual, stride, padding, dilation, relu, config):
-    n, _, h, wd = x.shape
-    k, _, r, s = w.shape
-    p = out_size(h, r, stride[0], padding[0], dilation[0])
-    q = out_size(wd, s, stride[1], padding[1], dilation[1])
-    return torch.empty((n, k, p, q), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return _fake_conv_out(x, w, stride, padding, dilation)
 
 
 @torch.library.register_fake("fused_resnet::_bias_residual_act_cuda")

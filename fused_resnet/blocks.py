@@ -269,13 +269,8 @@ class _FusedMixin:
             return super().forward(x)
 
 
-class BasicBlock(_FusedMixin, tvr.BasicBlock):
-    """torchvision.models.resnet.BasicBlock whose eval forward runs two fused convs."""
-
-    def _fold_pairs(self):
-        pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2)]
-        ds = _downsample_pair(self.downsample)
-        return pairs + [ds] if ds else pairs
+class _FusedBlock(_FusedMixin):
+    """A residual block's forward through its launch plan; _run_layer calls _forward to donate."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x, donate=False)
@@ -283,6 +278,15 @@ class BasicBlock(_FusedMixin, tvr.BasicBlock):
     def _forward(self, x: torch.Tensor, donate: bool) -> torch.Tensor:
         """donate=True: the caller hands x over, so the last conv may write its output into it."""
         return self._run_planned(x, donate, self._body)
+
+
+class BasicBlock(_FusedBlock, tvr.BasicBlock):
+    """torchvision.models.resnet.BasicBlock whose eval forward runs two fused convs."""
+
+    def _fold_pairs(self):
+        pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+        ds = _downsample_pair(self.downsample)
+        return pairs + [ds] if ds else pairs
 
     def _body(self, x, donate, folded, steps):
         fmt = memory_format_of(x)
@@ -296,20 +300,13 @@ class BasicBlock(_FusedMixin, tvr.BasicBlock):
         return out.contiguous(memory_format=fmt)
 
 
-class Bottleneck(_FusedMixin, tvr.Bottleneck):
+class Bottleneck(_FusedBlock, tvr.Bottleneck):
     """torchvision.models.resnet.Bottleneck whose eval forward runs three fused convs."""
 
     def _fold_pairs(self):
         pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
         ds = _downsample_pair(self.downsample)
         return pairs + [ds] if ds else pairs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, donate=False)
-
-    def _forward(self, x: torch.Tensor, donate: bool) -> torch.Tensor:
-        """donate=True: the caller hands x over, so the last conv may write its output into it."""
-        return self._run_planned(x, donate, self._body)
 
     def _body(self, x, donate, folded, steps):
         fmt = memory_format_of(x)

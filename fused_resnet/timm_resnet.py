@@ -33,7 +33,7 @@ from torch import nn
 
 from . import _trace
 from ._geometry import memory_format_of
-from .blocks import CL, _conv, _foldable, _FusedMixin, _has_hooks, _run_layer
+from .blocks import CL, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks, _run_layer
 from .ops.add_relu import add_relu
 
 _DROPS = (DropPath, DropBlock2d, nn.Identity)
@@ -111,7 +111,7 @@ class _TimmMixin(_FusedMixin):
         return super()._plan(x, donate)
 
 
-class _TimmBlock(_TimmMixin):
+class _TimmBlock(_TimmMixin, _FusedBlock):
     def _main_pairs(self) -> list:
         raise NotImplementedError
 
@@ -121,13 +121,6 @@ class _TimmBlock(_TimmMixin):
 
     def _structure_problem(self) -> Optional[str]:
         return _drop_problem(self.drop_block) or _drop_problem(self.drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x, donate=False)
-
-    def _forward(self, x: torch.Tensor, donate: bool) -> torch.Tensor:
-        """donate=True: the caller hands x over, so the last conv may write its output into it."""
-        return self._run_planned(x, donate, self._body)
 
     def _body(self, x, donate, folded, steps):
         fmt = memory_format_of(x)
