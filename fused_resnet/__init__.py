@@ -10,7 +10,7 @@ See README.md for the backends, numerics and benchmarks.
 """
 from . import ops
 from ._selector import BackendUnavailableError, available_backends, use_backend
-from .blocks import BasicBlock, Bottleneck, ResNet, convert
+from .blocks import BasicBlock, Bottleneck, ResNet, convert, refresh
 from .explain import explain
 from .folding import fold_bn
 from .optimize import OptimizedModel, optimize
@@ -20,7 +20,7 @@ from .models import (resnet18, resnet34, resnet50, resnet101, resnet152, resnext
 __version__ = "0.1.0"
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "ResNet", "convert", "explain", "fold_bn", "ops", "optimize", "OptimizedModel",
+    "BasicBlock", "Bottleneck", "ResNet", "convert", "refresh", "explain", "fold_bn", "ops", "optimize", "OptimizedModel",
     "available_backends", "use_backend", "BackendUnavailableError",
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
     "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",

@@ -12,6 +12,7 @@ _records: Optional[list] = None
 _modules: list[str] = []  # names of the modules currently running (innermost last)
 _conv: str = ""  # attribute name of the conv a fused block is running
 _fallback: Optional[str] = None  # why the running block took torchvision's forward
+own_hooks: set = set()  # ids of the hooks explain() registers (they must not count as a user's hooks)
 
 
 def active() -> bool:
@@ -27,6 +28,12 @@ def recording():
     finally:
         _records = None
         _modules.clear()
+        own_hooks.clear()
+
+
+def user_hooks(hook_dicts) -> bool:
+    """Does any of these hook dicts hold a hook that is not explain()'s own?"""
+    return any(k not in own_hooks for d in hook_dicts for k in d)
 
 
 def current_name(suffix: str = "") -> str:

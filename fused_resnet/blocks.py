@@ -14,6 +14,7 @@ dtype and device: it is recomputed after load_state_dict, in-place edits, .to()/
 """
 from __future__ import annotations
 
+import types
 from typing import Iterator, NamedTuple, Optional
 
 import torch
@@ -21,8 +22,8 @@ import torchvision.models.resnet as tvr
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import _selector, _trace
-from .folding import FoldCache, FoldedConv, _sources, fold_conv_bn, structure_epoch
+from . import _context, _selector, _trace
+from .folding import FoldCache, FoldedConv, fold_conv_bn, sources_of, structure_epoch, tensor_dicts
 from ._geometry import memory_format_of
 from .ops.fused_conv2d import fused_conv2d
 
@@ -72,9 +73,17 @@ def _conv(x, fc: FoldedConv, name: str, backend, steps, residual=None, relu=True
                         _into_residual=into_residual, _record=steps.record)
 
 
+_GLOBAL_HOOKS = tuple(getattr(nn.modules.module, name) for name in (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def _hook_dicts(m: nn.Module) -> tuple:
+    """The hook dicts of ``m`` whose hooks fire when ``m`` is called (forward, pre, backward)."""
+    return (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
+
+
 def _has_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or nn.modules.module._global_forward_hooks
-                or nn.modules.module._global_forward_pre_hooks)
+    return any(_hook_dicts(m)) or any(_GLOBAL_HOOKS)
 
 
 class _Steps(NamedTuple):
@@ -87,11 +96,13 @@ class _Steps(NamedTuple):
 
 
 class _Hot(NamedTuple):
-    """What a block's hot path re-reads only when structure_epoch() moved (module attributes are slow)."""
+    """What a block's hot path re-reads only when structure_epoch() moved (module attributes are
+    slow); the tensors and hooks themselves are read out of these dicts on every call."""
 
     epoch: int
     pairs: tuple  # ((conv, bn), ...) as _fold_pairs() returns them
-    sources: tuple  # every tensor the folds depend on (folding._sources)
+    tensor_dicts: tuple  # _parameters/_buffers of every conv and BN (folding.tensor_dicts)
+    hook_dicts: tuple  # hook dicts of every module the fused path does not call (_skipped_modules)
     fusable: bool  # the activation is nn.ReLU and every pair folds (else the slow path says why not)
 
 
@@ -101,6 +112,8 @@ class _Plan(NamedTuple):
 
 
 _MAX_PLANS = 16  # input signatures kept per module, least recently used evicted first
+# Derived state: a cache of the parameters, never copied or pickled with the module (a copy refolds).
+_DERIVED = ("_fold_cache", "_plans", "_hot")
 
 
 def _refresh_after_load(module, _incompatible_keys) -> None:
@@ -109,17 +122,36 @@ def _refresh_after_load(module, _incompatible_keys) -> None:
     module._refresh_folds(force=True)
 
 
+def _alias(fn, name: str):
+    """``fn`` under another name, so TorchScript compiles it as a method of that name (it compiles
+    a method called from forward under the function's own __name__; torchvision's is "forward")."""
+    alias = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    alias.__qualname__ = name
+    return alias
+
+
 class _FusedMixin:
     """Shared machinery: which (conv, bn) pairs to fold, the fold cache, launch plans, the fallback.
+
+    The invalidation model (ARCHITECTURE.md): derived state (folded weights, packed layouts, launch
+    plans) depends on every tensor of every folded conv and BN, the conv geometry and BN eps, the
+    modules' classes and train/eval flags, and the hooks of every module the fused path does not
+    call. On every eval call the hot path re-reads the tensors (out of the modules' own dicts) and
+    compares their versions, storage pointers, geometry and eps with the fold's stamp; a hook on a
+    skipped module or a global module hook sends the call to the reference forward, so the hook
+    fires. Module structure (which modules, their classes) is re-read when structure_epoch() moves.
+    PyTorch gives writes through ``.data`` no signal: ``eval()``/``train()`` and
+    ``fused_resnet.refresh(model)`` refold everything. Copies (deepcopy, pickle, torch.load) carry no
+    derived state.
 
     Launch plans: the first eval call with a given input signature (shape, strides, dtype, device,
     requested backend, donation, inference mode) resolves every conv as the op does (validation,
     backend choice, tuned config, packed weights) and keeps the resulting launches; later calls with
-    that signature check that no folded source changed (the fold cache's version stamps) and run the
-    launches. A changed weight, BN, dtype or device refolds, which bumps the cache generation and
-    rebuilds the plan; train(), .to() and load_state_dict drop the plans."""
+    that signature whose stamp is unchanged run the launches."""
 
-    _fused_backend: Optional[str] = None  # set by convert(backend=...)
+    _fused_backend = None  # set by convert(backend=...): None or a backend name
+    # TorchScript scripts the reference forward (see forward()); these attributes are not part of it.
+    __jit_ignored_attributes__ = ["_fused_backend"]
 
     def _fold_pairs(self) -> list:
         raise NotImplementedError
@@ -127,6 +159,19 @@ class _FusedMixin:
     def _activations(self) -> tuple:
         """The activation modules the fused path replaces by the epilogue's ReLU."""
         return (self.relu,)
+
+    def _skipped_modules(self) -> tuple:
+        """The submodules whose forward the fused path replaces (their hooks would not fire)."""
+        return tuple(self.modules())[1:]
+
+    def _hook_problem(self) -> Optional[str]:
+        if _trace.user_hooks(_GLOBAL_HOOKS):
+            return "eager: a global module hook is registered (reference forward, so it fires)"
+        names = {m: n for n, m in self.named_modules()}
+        for m in self._skipped_modules():
+            if _trace.user_hooks(_hook_dicts(m)):
+                return f"eager: hook on {names.get(m, type(m).__name__)} (reference forward, so it fires)"
+        return None
 
     def _fusion_problem(self, x) -> Optional[str]:
         """None if this call can take the fused path, else the reason for torchvision's forward."""
@@ -142,12 +187,25 @@ class _FusedMixin:
                 return f"eager: {why}"
             if bn.training:
                 return "eager: a BatchNorm inside is in training mode"
+        why = self._hook_problem()
+        if why:
+            return why
         why = _input_problem(x, pairs[0][0])
         return f"eager: {why} (torchvision's forward)" if why else None
 
+    def __getstate__(self):
+        # deepcopy, pickle, torch.save and cloudpickle: the copy refolds from its own parameters.
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k not in _DERIVED}
+
     def train(self, mode: bool = True):
+        # eval() and train() are refresh points: everything is refolded on the next call, which also
+        # catches writes through .data (no version bump, nothing else can see them).
         self.__dict__.pop("_plans", None)
         self.__dict__.pop("_hot", None)
+        cache = self.__dict__.get("_fold_cache")
+        if cache is not None:
+            cache.invalidate()
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
@@ -161,13 +219,14 @@ class _FusedMixin:
 
     def _refresh_folds(self, force: bool = False) -> None:
         cache = self.__dict__.get("_fold_cache")
+        self.__dict__.pop("_plans", None)
+        self.__dict__.pop("_hot", None)
         if cache is not None:
-            self.__dict__.pop("_plans", None)
             if force:
-                cache._stamp = None
+                cache.invalidate()
             try:
                 cache.refresh(self._fold_pairs())
-            except (ValueError, RuntimeError):  # no longer foldable: the next forward says why
+            except (ValueError, RuntimeError, AttributeError):  # no longer foldable: the next forward says why
                 self.__dict__.pop("_fold_cache", None)
 
     def _folded(self, pairs: list) -> tuple:
@@ -187,13 +246,16 @@ class _FusedMixin:
             if torch.compiler.is_exporting():
                 if cache.stale():
                     raise RuntimeError(
-                        "fused_resnet: a parameter or BN statistic was edited in place after the folded weights "
-                        "were last computed; run the model once in eager mode before torch.export, so the "
-                        "exported program holds the current folds")
+                        "fused_resnet: a parameter, BN statistic or conv attribute changed after the folded "
+                        "weights were last computed; run the model once in eager mode (or call model.eval()) "
+                        "before torch.export, so the exported program holds the current folds")
             else:
                 torch.ops.fused_resnet._refresh_folds([t for f in cache.value for t in (f.weight, f.bias)],
                                                       cache.handle)
-            return cache.value
+            # The geometry as the graph reads it from the modules: the compiler guards on it, so an
+            # edited stride/padding recompiles instead of running the graph traced with the old one.
+            return tuple(f._replace(stride=tuple(c.stride), padding=tuple(c.padding), dilation=tuple(c.dilation),
+                                    groups=c.groups) for f, (c, _) in zip(cache.value, pairs))
         if cache is None:
             cache = self.__dict__["_fold_cache"] = FoldCache()
             if not self.__dict__.get("_load_hook"):
@@ -201,19 +263,27 @@ class _FusedMixin:
                 self.__dict__["_load_hook"] = True
         return cache.refresh(pairs)
 
-    def _plan(self, x, donate: bool) -> tuple:
-        """(plan, key): the launch plan valid for this call, or (None, key to record one under), or
-        (None, None) when this call is not planned (training, explain(), torch.compile, autograd)."""
-        if self.training or _trace.active() or torch.compiler.is_compiling():
-            return None, None
+    def _hot_state(self) -> _Hot:
         hot = self.__dict__.get("_hot")
         if hot is None or hot.epoch != structure_epoch():
             pairs = tuple(self._fold_pairs())
             ok = all(type(a) is nn.ReLU for a in self._activations()) and all(_foldable(c, b) is None for c, b in pairs)
-            hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, _sources(pairs) if ok else (), ok)
-        if not hot.fusable:
+            skipped = self._skipped_modules()
+            hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, tensor_dicts(pairs),
+                                               tuple(d for m in skipped for d in _hook_dicts(m)) + _GLOBAL_HOOKS, ok)
+        return hot
+
+    def _plan(self, x, donate: bool) -> tuple:
+        """(plan, key): the launch plan valid for this call, or (None, key to record one under), or
+        (None, None) when this call is not planned (training, explain(), torch.compile, autograd,
+        tracing, dispatch modes, hooks)."""
+        if self.training or _trace.active() or torch.compiler.is_compiling() or _context.in_dispatch_mode():
             return None, None
-        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in hot.sources)):
+        hot = self._hot_state()
+        if not hot.fusable or any(hot.hook_dicts):
+            return None, None
+        sources = sources_of(hot.tensor_dicts)
+        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in sources)):
             return None, None  # autograd records: the differentiable path (gradients for x too)
         for _, bn in hot.pairs:
             if bn.training:
@@ -224,7 +294,10 @@ class _FusedMixin:
         plans = self.__dict__.get("_plans")
         if cache is None or plans is None:
             return None, key
-        cache.refresh(hot.pairs, sources=hot.sources)  # bumps the generation if a source changed
+        if not cache.current(hot.pairs, sources):
+            # Something the folds depend on changed: the slow path re-validates (geometry, padding
+            # mode, ...) and refolds, which bumps the generation; the plan is then rebuilt.
+            return None, key
         plan = plans.get(key)
         if plan is not None and plan.generation == cache.generation:
             if len(plans) > 1:  # most recently used last: eviction takes the first
@@ -234,6 +307,9 @@ class _FusedMixin:
 
     def _run_planned(self, x, donate: bool, body):
         """Run ``body(x, donate, folded, steps)`` through a launch plan (see the class docstring)."""
+        why = _context.tracing_reason()  # first: under torch.fx, x is a Proxy that no check may touch
+        if why:
+            return self._fallback(x, why)
         plan, key = self._plan(x, donate)
         if plan is not None:
             return body(x, donate, None, _Steps(iter(plan.launches), None, len(plan.launches)))
@@ -270,10 +346,20 @@ class _FusedMixin:
 
 
 class _FusedBlock(_FusedMixin):
-    """A residual block's forward through its launch plan; _run_layer calls _forward to donate."""
+    """A residual block's forward through its launch plan; _run_layer calls _forward to donate.
+    Subclasses set ``_reference_forward`` to their base class's forward (``_alias``): TorchScript
+    compiles that one (the branch below is resolved at compile time)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._reference_forward(x)
         return self._forward(x, donate=False)
+
+    def __prepare_scriptable__(self):
+        _context.warn_once("script", "fused_resnet: torch.jit.script compiles the reference (unfused) forward of "
+                                     "converted blocks: same outputs, no fused kernels (torch.export or "
+                                     "torch.compile keep the folded convs)")
+        return self
 
     def _forward(self, x: torch.Tensor, donate: bool) -> torch.Tensor:
         """donate=True: the caller hands x over, so the last conv may write its output into it."""
@@ -282,6 +368,8 @@ class _FusedBlock(_FusedMixin):
 
 class BasicBlock(_FusedBlock, tvr.BasicBlock):
     """torchvision.models.resnet.BasicBlock whose eval forward runs two fused convs."""
+
+    _reference_forward = _alias(tvr.BasicBlock.forward, "_reference_forward")
 
     def _fold_pairs(self):
         pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2)]
@@ -302,6 +390,8 @@ class BasicBlock(_FusedBlock, tvr.BasicBlock):
 
 class Bottleneck(_FusedBlock, tvr.Bottleneck):
     """torchvision.models.resnet.Bottleneck whose eval forward runs three fused convs."""
+
+    _reference_forward = _alias(tvr.Bottleneck.forward, "_reference_forward")
 
     def _fold_pairs(self):
         pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
@@ -325,11 +415,21 @@ class ResNet(_FusedMixin, tvr.ResNet):
     """torchvision ResNet whose eval forward fuses the stem (conv1+bn1+relu) and runs the whole
     network in channels_last (its output, the logits, has no memory format to keep)."""
 
+    _reference_forward_impl = _alias(tvr.ResNet._forward_impl, "_reference_forward_impl")
+
     def _fold_pairs(self):
         return [(self.conv1, self.bn1)]
 
+    def _skipped_modules(self) -> tuple:
+        return (self.conv1, self.bn1, self.relu)  # the rest is called as modules: their hooks fire
+
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._reference_forward_impl(x)
         return self._run_planned(x, False, self._body)
+
+    def __prepare_scriptable__(self):
+        return _FusedBlock.__prepare_scriptable__(self)
 
     def _fallback(self, x, why: str):
         with _trace.fallback(why):
@@ -395,6 +495,22 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
             module.__class__ = fused
         if isinstance(module, _FusedMixin):
             module._fused_backend = backend
-            module.__dict__.pop("_fold_cache", None)
-            module.__dict__.pop("_plans", None)
+            for key in _DERIVED:
+                module.__dict__.pop(key, None)
+    return model
+
+
+def refresh(model: nn.Module) -> nn.Module:
+    """Refold every converted module of ``model`` now and drop its launch plans (and the CUDA graphs
+    of an ``OptimizedModel``). Needed only after writes PyTorch gives no signal for: in-place writes
+    through ``.data`` (``bn.weight.data.mul_(2)``, some EMA and init code). Everything else (in-place
+    edits, load_state_dict, replaced tensors or modules, geometry, .to()) is detected on the next
+    call. ``model.eval()`` does the same, lazily. Returns ``model``."""
+    from .optimize import OptimizedModel
+
+    for module in model.modules():
+        if isinstance(module, _FusedMixin):
+            module._refresh_folds(force=True)
+        elif isinstance(module, OptimizedModel):
+            module.drop_graphs()
     return model

@@ -79,6 +79,7 @@ def explain(model: nn.Module, example_input: torch.Tensor) -> Report:
             handles.append(m.register_forward_hook(conv_hook))
     try:
         with _trace.recording() as records, torch.no_grad():
+            _trace.own_hooks.update(h.id for h in handles)
             model(example_input)
     finally:
         for h in handles:

@@ -7,6 +7,7 @@ float64 from the stored parameters and cast once, so the folded weights carry on
 from __future__ import annotations
 
 import itertools
+import operator
 import weakref
 from typing import List, NamedTuple, Optional, Union
 
@@ -33,8 +34,8 @@ def fold_bn(conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor], bn: Ba
         conv_bias: (Cout,) conv bias or None.
         bn: the BatchNorm2d (running statistics are used) or FrozenBatchNorm2d after the conv.
     Returns:
-        (weight, bias): folded weight in conv_weight's dtype (fp32 for fp32 models) and a (Cout,)
-        fp32 bias, both computed in float64 and rounded once. Differentiable w.r.t. all inputs.
+        (weight, bias): folded weight in conv_weight's dtype and a (Cout,) bias in fp32 (float64 for a
+        float64 conv), both computed in float64 and rounded once. Differentiable w.r.t. all inputs.
     """
     if isinstance(bn, nn.BatchNorm2d) and not bn.track_running_stats:
         raise ValueError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
@@ -48,7 +49,9 @@ def _fold(conv_weight, conv_bias, gamma, beta, mean, var, eps: float):
     if conv_bias is not None:
         bias = bias + conv_bias.double() * scale
     weight = conv_weight.double() * scale.reshape(-1, 1, 1, 1)
-    return weight.to(conv_weight.dtype), bias.float()
+    # The kernels take an fp32 bias for fp32/fp16/bf16 convs; a float64 model keeps float64 throughout.
+    bias_dtype = torch.float64 if conv_weight.dtype == torch.float64 else torch.float32
+    return weight.to(conv_weight.dtype), bias.to(bias_dtype)
 
 
 class FoldedConv(NamedTuple):
@@ -62,16 +65,20 @@ class FoldedConv(NamedTuple):
     groups: int
 
 
-def _sources(pairs) -> tuple:
-    """Every tensor the folded result depends on, pair by pair (absent ones, e.g. a conv without
-    bias, are left out: the pairs' identity and the epoch cover a tensor appearing later)."""
-    out = []
-    for conv, bn in pairs:
-        # A train-mode BN forward updates running_mean/var inside the kernel without bumping their
-        # _version, but it also does num_batches_tracked.add_(1), which does: that catches it.
-        out += [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                getattr(bn, "num_batches_tracked", None)]
-    return tuple(t for t in out if t is not None)
+def tensor_dicts(pairs) -> tuple:
+    """The ``_parameters`` and ``_buffers`` dicts of every conv and BN of ``pairs``. The fused blocks
+    keep these dict objects and read the tensors out of them on every call: functional_call,
+    torch.func and stateless reparametrization swap tensors by writing these dicts directly, with no
+    hook or version bump, so a tensor read once and kept would miss them."""
+    return tuple(d for conv, bn in pairs for m in (conv, bn) for d in (m._parameters, m._buffers))
+
+
+def sources_of(dicts: tuple) -> list:
+    """Every tensor the folded result depends on, read now out of ``tensor_dicts(pairs)`` (absent
+    ones, e.g. a conv without bias, are left out). A train-mode BN forward updates running_mean/var
+    inside its kernel without bumping their _version, but num_batches_tracked.add_(1) does: it is
+    one of the sources, which catches that."""
+    return [t for d in dicts for t in d.values() if t is not None]
 
 
 # Bumped whenever any module anywhere registers a parameter, buffer or submodule (assignment,
@@ -94,16 +101,29 @@ def structure_epoch() -> int:
     return _EPOCH[0]
 
 
-def _stamp(sources: tuple, pairs) -> tuple:
-    """Changes whenever the folded result could: _version moves on every in-place write
-    (load_state_dict, optimizer steps, running-stat updates); data_ptr moves on .to(), .half() and
-    parameter replacement (a new tensor is allocated while the old one is alive). The hot path of
-    every fused block runs this over ~25 tensors, so it is kept to two list comprehensions."""
+_GEOMETRY = operator.attrgetter("stride", "padding", "dilation", "groups", "padding_mode")
+
+
+def _stamp(sources, pairs) -> tuple:
+    """Changes whenever the folded result or the conv's geometry could: _version moves on every
+    in-place write (load_state_dict, optimizer steps, running-stat updates); data_ptr moves on .to(),
+    .half(), ``.data = ...`` and parameter replacement (the cache keeps the old tensors alive, so a
+    new one never reuses their address); the conv attributes and BN eps are compared by value.
+    Writes *through* ``.data`` change none of these (PyTorch gives them no version bump): eval() and
+    fused_resnet.refresh() are the refresh points for those (ARCHITECTURE.md). The hot path of every
+    fused block runs this over ~25 tensors, so it is kept to C-level maps."""
     try:
-        versions = [t._version for t in sources]
+        versions = list(map(_VERSION, sources))
     except RuntimeError:  # inference tensors (made inside torch.inference_mode) have no version counter
         versions = [version(t) for t in sources]
-    return versions, [t.data_ptr() for t in sources], [bn.eps for _, bn in pairs]
+    return (versions, list(map(_DATA_PTR, sources)), list(map(_GEOMETRY, map(_first, pairs))),
+            list(map(_EPS, map(_second, pairs))))
+
+
+_VERSION = operator.attrgetter("_version")
+_DATA_PTR = torch.Tensor.data_ptr
+_EPS = operator.attrgetter("eps")
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: BatchNorm) -> FoldedConv:
@@ -134,24 +154,35 @@ class FoldCache:
         self.value: Optional[tuple[FoldedConv, ...]] = None
         self._pairs: Optional[tuple] = None
         self._stamp: Optional[tuple] = None
-        self._sources: tuple = ()
+        self._sources: list = []
         self.handle = next(_HANDLES)  # names this cache in the compiled-graph refresh op
         _CACHES[self.handle] = self
+
+    def invalidate(self) -> None:
+        """Refold on the next refresh even if no source looks changed (writes through ``.data``)."""
+        self._stamp = None
 
     def stale(self) -> bool:
         """Has a source tensor of the last fold been written or moved since? (Reads the stored
         tensors themselves, not module attributes: usable while torch.export swaps those for fakes.)"""
         return self._stamp is None or _stamp(self._sources, self._pairs) != self._stamp
 
+    def current(self, pairs: tuple, sources: list) -> bool:
+        """Were the cached folds made from exactly these modules and ``sources`` (their tensors as
+        read now), unchanged since?"""
+        return pairs == self._pairs and _stamp(sources, pairs) == self._stamp
+
     def matches(self, pairs) -> bool:
         """Built for these very modules (folded tensors usable as compiled-graph inputs)?"""
         return self.value is not None and self._pairs == tuple(pairs)
 
-    def refresh(self, pairs, in_place_only: bool = False, sources: Optional[tuple] = None) -> tuple[FoldedConv, ...]:
-        """The folded pairs, refolded first if a source changed. ``sources``: ``_sources(pairs)`` if
-        the caller already has it (the blocks' hot path keeps it while structure_epoch() holds)."""
+    def refresh(self, pairs, in_place_only: bool = False, sources: Optional[list] = None) -> tuple[FoldedConv, ...]:
+        """The folded pairs, refolded first if a source changed. ``sources``: the pairs' tensors
+        (``sources_of(tensor_dicts(pairs))``) if the caller already read them."""
         pairs = tuple(pairs)
-        stamp = _stamp(sources if sources is not None else _sources(pairs), pairs)
+        if sources is None:
+            sources = sources_of(tensor_dicts(pairs))
+        stamp = _stamp(sources, pairs)
         if stamp == self._stamp and pairs == self._pairs:
             return self.value
         with torch.inference_mode(False), torch.no_grad():  # in this order: inference_mode(False) turns grad mode on
@@ -175,7 +206,7 @@ class FoldCache:
         for folded in new:
             mark_stable(folded.weight)  # packed layouts of it may be cached
         self.value, self._pairs, self._stamp = new, pairs, stamp
-        self._sources = sources if sources is not None else _sources(pairs)
+        self._sources = sources
         self.generation += 1
         return new
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from . import _trace
 from ._geometry import memory_format_of
-from .blocks import CL, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks, _run_layer
+from .blocks import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks, _run_layer
 from .ops.add_relu import add_relu
 
 _DROPS = (DropPath, DropBlock2d, nn.Identity)
@@ -168,6 +168,7 @@ class BasicBlock(_TimmBlock, tr.BasicBlock):
     """timm.models.resnet.BasicBlock whose eval forward runs two fused convs (plus aa/se as timm's)."""
 
     _aa_after = 0  # aa follows conv1+bn1+act1
+    _reference_forward = _alias(tr.BasicBlock.forward, "_reference_forward")
 
     def _activations(self):
         return (self.act1, self.act2)
@@ -180,6 +181,7 @@ class Bottleneck(_TimmBlock, tr.Bottleneck):
     """timm.models.resnet.Bottleneck whose eval forward runs three fused convs (plus aa/se as timm's)."""
 
     _aa_after = 1  # aa follows conv2+bn2+act2
+    _reference_forward = _alias(tr.Bottleneck.forward, "_reference_forward")
 
     def _activations(self):
         return (self.act1, self.act2, self.act3)
@@ -222,8 +224,23 @@ class ResNet(_TimmMixin, tr.ResNet):
             return f"stem conv1 ({type(self.conv1).__name__}) is not timm's 7x7 or deep stem"
         return None
 
+    _reference_forward_features = _alias(tr.ResNet.forward_features, "_reference_forward_features")
+
+    def _skipped_modules(self) -> tuple:
+        """The stem's conv/bn/act modules and the Sequentials holding them (timm runs the rest)."""
+        stem = self._stem()
+        containers = [self.conv1] if type(self.conv1) is nn.Sequential else []
+        if stem and stem[-1][3] == "maxpool.0":
+            containers.append(self.maxpool)
+        return tuple(m for c, b, a, _ in stem for m in (c, b, a)) + tuple(containers)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._reference_forward_features(x)
         return self._run_planned(x, False, self._body)
+
+    def __prepare_scriptable__(self):
+        return _FusedBlock.__prepare_scriptable__(self)
 
     def _fallback(self, x, why: str):
         with _trace.fallback(why), _force_eager(why if self.grad_checkpointing else None):

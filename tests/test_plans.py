@@ -180,8 +180,10 @@ def test_export_graph_holds_no_per_call_fold():
         fused(x)
         ep = torch.export.export(fused, (x,))
     ops = _graph_ops(ep.graph_module)
-    assert sum("fused_conv2d" in o for o in ops) == 20, ops
-    assert not any("rsqrt" in o or "_to_copy" in o or "_refresh_folds" in o for o in ops), ops
+    # Plain aten convs over the cached folds (constants): a program that runs without fused_resnet.
+    assert sum("conv" in o for o in ops) == 20, ops
+    assert not any("batch_norm" in o or "fused_resnet" in o for o in ops), ops
+    assert not any("rsqrt" in o or "_to_copy" in o for o in ops), ops
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(x), tv(x), rtol=1e-4, atol=1e-4)
 

@@ -27,8 +27,9 @@ from typing import Callable, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.flop_counter
 
-from .. import _selector, _trace
+from .. import _context, _selector, _trace
 from .._geometry import IntOrPair, memory_format_of, out_size
 from .._geometry import pair as _pair
 from .._packing import packed, packed_object
@@ -249,6 +250,14 @@ def _(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
     return torch.empty((n, cout, oh, ow), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
 
 
+@torch.utils.flop_counter.register_flop_formula(torch.ops.fused_resnet.fused_conv2d)
+def _fused_conv2d_flops(x_shape, w_shape, bias_shape, scale_shape, stride, padding, dilation, groups, residual_shape,
+                        relu, backend, *, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode counts the convolution, as it does for torchvision's conv (the epilogue's
+    per-element bias/add/ReLU are not FLOPs there either)."""
+    return torch.utils.flop_counter.conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
 @torch.library.custom_op("fused_resnet::fused_conv2d_into_residual", mutates_args=("residual",), tags=_FIXED_STRIDES)
 def _fused_conv2d_into_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                           scale: Optional[torch.Tensor], stride: List[int], padding: List[int],
@@ -337,8 +346,16 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         if _record is not None:
             _record.append(None)
         return fused_conv2d_ref(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
+    # torch.export (ONNX, AOTInductor) and torch.jit.trace record plain aten conv/add/relu: programs
+    # that run without this package (ONNX Runtime, a loaded AOTInductor package), and that their
+    # own compilers fuse.
+    if _context.exporting() or torch.jit.is_tracing():
+        return fused_conv2d_ref(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
     # torch.compile traces the registered ops: the functional one, or on CPU for a residual the caller
     # owns, the one writing over it (re-inplaced by inductor where the residual is dead afterwards).
+    # A dispatch mode (FlopCounterMode, ...) sees the functional op by name.
+    if _context.in_dispatch_mode():
+        return _fused_conv2d_op(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested)
     if torch.compiler.is_compiling():
         if _into_residual and residual is not None and x.device.type == "cpu":
             _fused_conv2d_into_op(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested)

@@ -1,0 +1,58 @@
+"""Who is running the model right now: a tracer, a dispatch mode, or plain eager PyTorch.
+
+The fused path is eager Python around custom kernels. Frontends that record a program instead of
+running one need something they can represent:
+
+  torch.fx symbolic_trace, create_feature_extractor -> the reference forward (torchvision's / timm's)
+  torch.jit.trace                                    -> the reference forward, with a one-time warning
+  torch.jit.script                                   -> the reference forward, compiled (blocks.py)
+  torch.export, ONNX (dynamo), AOTInductor           -> folded convs as plain aten conv/add/relu
+  a TorchDispatchMode (FlopCounterMode, ...)         -> the registered custom op (it has a FLOP formula)
+
+Each check here is a flag read: they run on every fused forward.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+import torch.fx._symbolic_trace as _fx
+from torch.utils import _python_dispatch
+
+_warned: set = set()
+# torch 2.14 keeps the fx tracing flag per thread behind a getter; 2.11 has a module global.
+_fx_flag = getattr(_fx, "_get_is_fx_tracing", None) or (lambda: _fx._is_fx_tracing_flag)
+
+
+def fx_tracing() -> bool:
+    """torch.fx symbolic tracing (not torch.compile/export, which also set the fx flag)."""
+    return _fx_flag() and not torch.compiler.is_compiling()
+
+
+def exporting() -> bool:
+    """torch.export (and what is built on it: ONNX dynamo export, AOTInductor)."""
+    return torch.compiler.is_exporting()
+
+
+def in_dispatch_mode() -> bool:
+    """A TorchDispatchMode is active (FlopCounterMode, debug modes): it must see our op by name."""
+    return _python_dispatch.is_in_torch_dispatch_mode()
+
+
+def tracing_reason() -> Optional[str]:
+    """Why this call must run the reference forward, or None. Warns once for torch.jit.trace."""
+    if torch.jit.is_tracing():
+        warn_once("jit", "fused_resnet: torch.jit.trace records the reference (unfused) forward of converted "
+                         "blocks; the traced program gives the same outputs without the fused kernels "
+                         "(torch.export or torch.compile keep the folded convs)")
+        return "eager: torch.jit.trace (reference forward)"
+    if fx_tracing():
+        return "eager: torch.fx symbolic tracing (reference forward)"
+    return None
+
+
+def warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, UserWarning, stacklevel=3)
