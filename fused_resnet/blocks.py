@@ -341,6 +341,8 @@ class _FusedMixin:
         return self.downsample(x).contiguous(memory_format=CL), False
 
     def _fallback(self, x, why: str):
+        if not _trace.active():  # (no context manager: torch.compile cannot graph-break inside one)
+            return super().forward(x)
         with _trace.fallback(why):
             return super().forward(x)
 
@@ -432,6 +434,8 @@ class ResNet(_FusedMixin, tvr.ResNet):
         return _FusedBlock.__prepare_scriptable__(self)
 
     def _fallback(self, x, why: str):
+        if not _trace.active():
+            return super()._forward_impl(x)
         with _trace.fallback(why):
             return super()._forward_impl(x)
 

@@ -54,20 +54,38 @@ class OptimizedModel(nn.Module):
         self._pool = None
         self._stream = None
         self._stamp = None  # of the weights the graphs were captured with
-        self._tensors = None  # (structure epoch, every parameter and buffer of the model)
+        self._dicts = None  # (structure epoch, every module's _parameters and _buffers dicts)
         self._lock = threading.Lock()  # replays share static buffers: one at a time
         self._done = None  # CUDA event recorded after the last replay
         self.captures = 0  # graphs captured so far (re-captures included); for tests and logs
 
     def _weights_stamp(self) -> tuple:
-        """Changes when any parameter or buffer is edited in place, replaced, or moved."""
+        """Changes when any parameter or buffer is edited in place, replaced (also by functional_call,
+        which writes the modules' dicts directly: the tensors are read out of them each call), or moved."""
         epoch = folding.structure_epoch()
-        if self._tensors is None or self._tensors[0] != epoch:
-            self._tensors = (epoch, tuple(self.model.parameters()) + tuple(self.model.buffers()))
-        tensors = self._tensors[1]
+        if self._dicts is None or self._dicts[0] != epoch:
+            self._dicts = (epoch, tuple(d for m in self.model.modules() for d in (m._parameters, m._buffers)))
+        tensors = folding.sources_of(self._dicts[1])
         # Not the epoch itself: it moves whenever any module anywhere registers a parameter (building
         # an unrelated model), which must not re-capture these graphs; identities catch replacements.
         return tuple(map(id, tensors)), folding._stamp(tensors, ())
+
+    def train(self, mode: bool = True):
+        """eval()/train() are refresh points (as for converted modules): the graphs are captured again."""
+        if self.__dict__.get("_graphs"):
+            self.drop_graphs()
+        return super().train(mode)
+
+    def __getstate__(self):
+        # A copy (deepcopy, pickle, Ray) owns its model copy and captures its own graphs on first use.
+        state = dict(super().__getstate__())
+        state.update(_graphs=collections.OrderedDict(), _pool=None, _stream=None, _stamp=None, _dicts=None,
+                     _lock=None, _done=None, captures=0)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._lock = threading.Lock()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output for ``x`` (inference only: no autograd graph is recorded)."""

@@ -243,6 +243,8 @@ class ResNet(_TimmMixin, tr.ResNet):
         return _FusedBlock.__prepare_scriptable__(self)
 
     def _fallback(self, x, why: str):
+        if not _trace.active() and not self.grad_checkpointing:  # (torch.compile cannot graph-break
+            return super().forward_features(x)                   # inside a context manager)
         with _trace.fallback(why), _force_eager(why if self.grad_checkpointing else None):
             return super().forward_features(x)
 
