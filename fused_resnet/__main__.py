@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
 
 import torch
+
+from ._cli import Parser, UsageError, check_backend_for_device, check_environment, device_arg, existing_file, fail
+from ._cli import positive_int
+from ._selector import BackendUnavailableError
 
 
 def _default_device() -> str:
@@ -58,23 +63,33 @@ def cmd_info(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .verify import model_problem, verify_model
+    from .verify import CheckpointError, model_problem, verify_model
 
     why = model_problem(args.model)
     if why:
-        print(f"verify: {why}", file=sys.stderr)
-        return 2
+        raise UsageError(why)
     device = args.device or _default_device()
+    check_backend_for_device(args.backend, device)
     print(f"verify {args.model}: batch {args.batch}, {args.dtype}, {device}, {args.image_size}x{args.image_size}"
           f"{', checkpoint ' + args.checkpoint if args.checkpoint else ', random weights + randomized BN stats'}",
           flush=True)
-    r = verify_model(args.model, batch=args.batch, dtype=args.dtype, device=device, image_size=args.image_size,
-                     checkpoint=args.checkpoint, backend=args.backend, channels_last=args.channels_last)
+    try:
+        r = verify_model(args.model, batch=args.batch, dtype=args.dtype, device=device, image_size=args.image_size,
+                         checkpoint=args.checkpoint, backend=args.backend, channels_last=args.channels_last)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
     eager = "timm" if args.model.startswith("timm/") else "torchvision"
-    print(f"  max abs err: fused {r.max_abs_err:.3e}, {eager} {r.eager_max_abs_err:.3e} (vs float64)")
-    print(f"  max rel err: {r.comparison}")
+    if r.input_scale != 1.0:
+        print(f"  input scaled by 2^{math.log2(r.input_scale):.0f}: the float64 reference's activations at unit "
+              f"scale exceed {args.dtype}'s range")
     print("  convs by backend: " + ", ".join(f"{n} {b}" for b, n in sorted(r.backends.items()))
           + f"; {r.fused} of {sum(r.backends.values())} fused")
+    if r.fused == 0:  # then the outputs are the model's own: comparing them verifies nothing
+        reasons = "; ".join(r.fallback_reasons or []) or "no conv ran"
+        print(f"NOT VERIFIED: no conv of {args.model} ran fused ({reasons})")
+        raise UsageError(f"nothing to verify: no conv of {args.model} ran through fused_resnet")
+    print(f"  max abs err: fused {r.max_abs_err:.3e}, {eager} {r.eager_max_abs_err:.3e} (vs float64)")
+    print(f"  max rel err: {r.comparison}")
     print("PASS" if r.ok else "FAIL")
     return 0 if r.ok else 1
 
@@ -89,6 +104,7 @@ def cmd_demo(args) -> int:
     from .bench import run_model_bench, print_table
 
     device = args.device or _default_device()
+    check_backend_for_device(args.backend, device)
     on_gpu = device.startswith("cuda")
     args.model, args.checkpoint, args.channels_last = "resnet50", None, False
     args.batch = args.batch or (32 if on_gpu else 8)
@@ -112,7 +128,7 @@ def cmd_tune(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fused_resnet",
+    p = Parser(prog="python -m fused_resnet",
                                 description="Fused conv+BN(+residual)+ReLU ResNet blocks for PyTorch inference.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -120,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Print versions, the GPU, and which backends can run here, with the reason if not.")
 
     def common(sp):
-        sp.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+        sp.add_argument("--device", default=None, type=device_arg,
+                        help="cpu, cuda or cuda:N (default: cuda if available)")
         sp.add_argument("--backend", default=None, choices=["auto", "eager", "triton", "cuda"],
                         help="force a backend (default: FUSED_RESNET_BACKEND or auto)")
 
@@ -132,21 +149,22 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", default="resnet50",
                    help="torchvision builder name (default resnet50), or timm/NAME: everything after timm/ goes to "
                         "timm.create_model(NAME, pretrained=False), e.g. timm/resnet50 or timm/resnet50.a1_in1k")
-    v.add_argument("--batch", type=int, default=2)
+    v.add_argument("--batch", type=positive_int, default=2)
     v.add_argument("--dtype", default="fp32", type=_dtype_arg,
                    help="fp32, fp16, bf16 (or float32, float16, half, bfloat16; default fp32)")
-    v.add_argument("--image-size", type=int, default=224)
-    v.add_argument("--checkpoint", default=None, help="path to a state_dict (.pth) for --model")
+    v.add_argument("--image-size", type=positive_int, default=224)
+    v.add_argument("--checkpoint", default=None, type=existing_file,
+                   help="path to a state_dict (.pth) for --model (or a dict with a 'state_dict' entry)")
     v.add_argument("--channels-last", action="store_true", help="feed a channels_last input")
     common(v)
 
     d = sub.add_parser("demo", help="verify resnet50, then time torchvision vs fused_resnet",
                        description="The main job: verify resnet50 (PASS/FAIL), then a short side-by-side timing "
                                    "of torchvision (NCHW and channels_last) and fused_resnet on this device.")
-    d.add_argument("--batch", type=int, default=None, help="timing batch (default 8 on CPU, 32 on GPU)")
+    d.add_argument("--batch", type=positive_int, default=None, help="timing batch (default 8 on CPU, 32 on GPU)")
     d.add_argument("--dtype", default=None, type=_dtype_arg,
                    help="fp32, fp16, bf16 (or torch's names); default fp32 on CPU, fp16 on GPU")
-    d.add_argument("--runs", type=int, default=5, help="timed runs per provider")
+    d.add_argument("--runs", type=positive_int, default=5, help="timed runs per provider")
     common(d)
 
     from .bench import add_arguments
@@ -170,9 +188,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 success/PASS, 1 a numerical FAIL only, 2 a bad argument, file or environment
+    value (one line on stderr)."""
     args = build_parser().parse_args(argv)
-    return {"info": cmd_info, "verify": cmd_verify, "bench": cmd_bench, "demo": cmd_demo,
-            "tune": cmd_tune}[args.cmd](args)
+    prog = f"python -m fused_resnet {args.cmd}"
+    try:
+        check_environment()
+        return {"info": cmd_info, "verify": cmd_verify, "bench": cmd_bench, "demo": cmd_demo,
+                "tune": cmd_tune}[args.cmd](args)
+    except UsageError as e:
+        return fail(prog, str(e))
+    except BackendUnavailableError as e:  # an explicitly requested backend cannot run here
+        return fail(prog, str(e).splitlines()[0])
 
 
 if __name__ == "__main__":

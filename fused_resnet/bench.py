@@ -26,6 +26,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from . import _cli
 from ._packing import mark_stable
 from .blocks import convert
 from .timing import paired_ratio, time_interleaved
@@ -503,7 +504,9 @@ def _wrong_result(out: torch.Tensor, inp: OpInputs, st, pd, dl) -> Optional[str]
 
     s = inp.shape
     args = (inp.x, inp.w, inp.bias, None, st, pd, dl, s.groups, inp.res, s.relu)
-    with torch.inference_mode():
+    # cudnn.benchmark off for the float64 reference: benchmarking float64 algorithms per new shape
+    # costs seconds on a GPU and buys nothing for a one-off reference.
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, benchmark=False):
         ref = fused_conv2d_ref(*args, upcast=True)
         eager = fused_conv2d_ref(*args)
     if out.shape != ref.shape:
@@ -733,12 +736,13 @@ def plot(rows: list[Row], path: str) -> Optional[str]:
 # --- CLI ---------------------------------------------------------------------------------------------
 
 def add_arguments(p) -> None:
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--device", default=None, type=_cli.device_arg, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--model", default="resnet50",
                    help="comma list of torchvision ResNet names (default resnet50) or timm/NAME: everything after "
                         "timm/ goes to timm.create_model(NAME, pretrained=False), e.g. timm/resnet50; timm models' "
                         "eager baselines are named timm, timm_cl")
-    p.add_argument("--batch", default=None, help="comma list (default 1,8,32,128,256 on GPU, 1,8 on CPU)")
+    p.add_argument("--batch", default=None, type=_cli.positive_int_list,
+                   help="comma list of positive integers (default 1,8,32,128,256 on GPU, 1,8 on CPU)")
     p.add_argument("--dtype", default=None, help="comma list of fp16,bf16,fp32 or torch's names (float16, half, "
                                                  "bfloat16, float32); default fp16 on GPU, fp32 on CPU")
     p.add_argument("--level", default="model", help="comma list of model,op (default model)")
@@ -746,8 +750,8 @@ def add_arguments(p) -> None:
                    help=f"comma list (default all available). model level: {','.join(MODEL_PROVIDERS)}; "
                         f"op level: {','.join(OP_PROVIDERS)} or tactic names (e.g. eager:cudnn_fused, "
                         f"cuda:sm80_large; 'tactics' = every candidate tactic)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--runs", type=int, default=None, help="timed runs per provider (default 20 GPU, 5 CPU)")
+    p.add_argument("--image-size", type=_cli.positive_int, default=224)
+    p.add_argument("--runs", type=_cli.positive_int, default=None, help="timed runs per provider (default 20 GPU, 5 CPU)")
     p.add_argument("--cuda-graphs", action="store_true", help="capture each provider's forward in a CUDA graph "
                                                               "and time replays (batch-1 latency as served); "
                                                               "providers are then timed one after another, "
@@ -769,26 +773,30 @@ def unknown_providers(names) -> list:
 
 
 def main(args) -> int:
+    """Run the benchmark; bad arguments raise _cli.UsageError (one line, exit status 2) before any work."""
+    from ._cli import UsageError
+
     if args.providers:
         unknown = unknown_providers(args.providers.split(","))
         if unknown:
-            print(f"bench: unknown provider(s) {', '.join(unknown)}. Model level: {', '.join(MODEL_PROVIDERS)}. "
-                  f"Op level: {', '.join(OP_PROVIDERS)}, or a tactic: {', '.join(_tactic_names())}")
-            return 2
+            raise UsageError(f"unknown provider(s) {', '.join(unknown)}. Model level: {', '.join(MODEL_PROVIDERS)}. "
+                             f"Op level: {', '.join(OP_PROVIDERS)}, or a tactic: {', '.join(_tactic_names())}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.startswith("cuda")
-    batches = [int(b) for b in (args.batch or ("1,8,32,128,256" if gpu else "1,8")).split(",")]
+    if args.cuda_graphs and not gpu:
+        raise UsageError(f"--cuda-graphs needs a CUDA device (the device is {device})")
+    batches = args.batch or ([1, 8, 32, 128, 256] if gpu else [1, 8])
     try:
         dtypes = [dtype_name(d) for d in (args.dtype or ("fp16" if gpu else "fp32")).split(",")]
     except ValueError as e:
-        print(f"bench: {e}")
-        return 2
+        raise UsageError(str(e)) from None
     levels = args.level.split(",")
+    if set(levels) - {"model", "op"}:
+        raise UsageError(f"--level {args.level}: expected a comma list of model, op")
     for model in args.model.split(","):
         why = model_problem(model)
         if why:
-            print(f"bench: {why}")
-            return 2
+            raise UsageError(why)
     runs = args.runs or (20 if gpu else 5)
     env = environment(device)
     print(f"bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "

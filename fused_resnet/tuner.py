@@ -18,24 +18,27 @@ import time
 
 import torch
 
+from . import _cli
+
 DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="resnet50", help="comma list of torchvision ResNet names (default resnet50)")
-    p.add_argument("--batch", default="1,32,256", help="comma list of batch sizes (default 1,32,256)")
+    p.add_argument("--batch", default=[1, 32, 256], type=_cli.positive_int_list,
+                   help="comma list of batch sizes (default 1,32,256)")
     p.add_argument("--dtype", default="fp16", help="comma list of fp16,bf16,fp32 (default fp16)")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=_cli.positive_int, default=224)
     p.add_argument("--out", default=None,
                    help="table file to write (a folder: backend_<gpu>.json inside it); default "
                         "fused_resnet/tuned/backend_<gpu>.json. An existing table for the same GPU (either "
                         "format) is updated: shapes not measured now keep their entries")
     p.add_argument("--budget-s", type=float, default=None, help="stop starting new shapes after this many seconds")
-    p.add_argument("--runs", type=int, default=20, help="timed samples per tactic (each 10 back-to-back calls)")
+    p.add_argument("--runs", type=_cli.positive_int, default=20, help="timed samples per tactic (each 10 back-to-back calls)")
     p.add_argument("--noise", type=float, default=None,
                    help="noise floor: a tactic must beat the default by more than this fraction (default 0.03) "
                         "and more than the measured IQR/median, else the default is kept")
-    p.add_argument("--limit", type=int, default=None, help="tune only the first N shapes (smoke tests)")
+    p.add_argument("--limit", type=_cli.positive_int, default=None, help="tune only the first N shapes (smoke tests)")
     p.add_argument("--tactics", default=None, help="comma list: time only these tactics (default: all that run)")
     p.add_argument("--triton-configs", action="store_true",
                    help="also autotune the Triton conv's tile config per shape (FUSED_RESNET_AUTOTUNE=1, "
@@ -119,7 +122,7 @@ def main(args) -> int:
     floor = tuning.NOISE_FLOOR if args.noise is None else args.noise
     tactics = args.tactics.split(",") if args.tactics else None
     work = [(m, dtype, b, s) for m in args.model.split(",") for dtype in args.dtype.split(",")
-            for b in (int(v) for v in args.batch.split(",")) for s in distinct_shapes(m, b, args.image_size)]
+            for b in args.batch for s in distinct_shapes(m, b, args.image_size)]
     work = work[:args.limit] if args.limit is not None else work
     print(f"tune on {env['device']} | torch {env['torch']} | triton {env['triton']} | cuDNN {env['cudnn']} | "
           f"{len(work)} shapes -> {path}", flush=True)

@@ -91,7 +91,7 @@ def test_gpu_suite_invocations_parse():
 def test_bench_rejects_an_unknown_provider():
     r = subprocess.run([sys.executable, "-m", "fused_resnet", "bench", "--device", "cpu", "--providers",
                         "torchvison,fused_resnet"], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert r.returncode == 2 and "unknown provider(s) torchvison" in r.stdout
+    assert r.returncode == 2 and "unknown provider(s) torchvison" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_gpu_suite_test_selections_are_not_empty():

@@ -97,3 +97,87 @@ def test_unknown_model_exit_2(capsys):
     assert main(["verify", "--model", "resnet_nope", "--device", "cpu"]) == 2
     assert "unknown model 'resnet_nope'" in capsys.readouterr().err
     assert main(["bench", "--model", "nope", "--device", "cpu"]) == 2
+
+
+# --- bad arguments: one line on stderr, exit status 2 (1 is reserved for a numerical FAIL) --------
+
+def _usage_error(argv, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        rc = e.code
+    captured = capsys.readouterr()
+    assert rc == 2, (argv, rc, captured.out[-500:], captured.err[-500:])
+    err = captured.err.strip()
+    assert err and "\n" not in err and "Traceback" not in err, err
+    assert "PASS" not in captured.out
+    return err
+
+
+V = ["verify", "--model", "resnet18", "--image-size", "32", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (V + ["--batch", "0"], "positive integer"),
+    (V + ["--batch", "-3"], "positive integer"),
+    (V + ["--batch", "x"], "positive integer"),
+    (["verify", "--image-size", "0", "--device", "cpu"], "positive integer"),
+    (V + ["--checkpoint", "/nonexistent/r18.pth"], "no such file"),
+    (["verify", "--device", "tpu"], "tpu"),
+    (V + ["--backend", "triton"], "CUDA tensors only"),
+    (["bench", "--device", "cpu", "--batch", "x"], "positive integer"),
+    (["bench", "--device", "cpu", "--batch", "-2"], "positive integer"),
+    (["bench", "--device", "cpu", "--batch", "0"], "positive integer"),
+    (["bench", "--device", "cpu", "--batch", "1,,2"], "comma list"),
+    (["bench", "--device", "cpu", "--cuda-graphs", "--batch", "1"], "needs a CUDA device"),
+    (["bench", "--device", "cpu", "--level", "layer"], "--level"),
+    (["demo", "--device", "cpu", "--runs", "0"], "positive integer"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(argv, says, capsys):
+    assert says in _usage_error(argv, capsys)
+
+
+def test_device_cuda_without_a_gpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    assert "no CUDA GPU" in _usage_error(V + ["--device", "cuda"], capsys)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", "wrong architecture"])
+def test_bad_checkpoint_exit_2(tmp_path, content, capsys):
+    import torch
+    import torchvision
+
+    path = tmp_path / "bad.pth"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+    err = _usage_error(["verify", "--model", "resnet50", "--image-size", "32", "--device", "cpu",
+                        "--checkpoint", str(path)], capsys)
+    assert "checkpoint" in err
+
+
+def test_bad_environment_value_exit_2(monkeypatch, capsys):
+    monkeypatch.setenv("FUSED_RESNET_BACKEND", "bogus")
+    assert "FUSED_RESNET_BACKEND" in _usage_error(["info"], capsys)
+    monkeypatch.delenv("FUSED_RESNET_BACKEND")
+    monkeypatch.setenv("FUSED_RESNET_PREFER", "gpu")
+    assert "FUSED_RESNET_PREFER" in _usage_error(["info"], capsys)
+
+
+def test_verify_where_nothing_fuses_does_not_pass(capsys):
+    try:
+        rc = main(["verify", "--model", "alexnet", "--image-size", "64", "--batch", "1", "--device", "cpu"])
+    except SystemExit as e:
+        rc = e.code
+    captured = capsys.readouterr()
+    assert rc == 2 and "NOT VERIFIED" in captured.out and "PASS" not in captured.out
+    assert "nothing to verify" in captured.err
+
+
+def test_a_bad_argument_from_the_shell_has_no_traceback():
+    r = run("verify", "--batch", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
