@@ -27,7 +27,7 @@ _fx_flag = getattr(_fx, "_get_is_fx_tracing", None) or (lambda: _fx._is_fx_traci
 
 def fx_tracing() -> bool:
     """torch.fx symbolic tracing (not torch.compile/export, which also set the fx flag)."""
-    return _fx_flag() and not torch.compiler.is_compiling()
+    return _fx_flag() and not torch.compiler.is_compiling()  # (the flag first: it is almost always False)
 
 
 def exporting() -> bool:
@@ -40,15 +40,18 @@ def in_dispatch_mode() -> bool:
     return _python_dispatch.is_in_torch_dispatch_mode()
 
 
-def tracing_reason() -> Optional[str]:
-    """Why this call must run the reference forward, or None. Warns once for torch.jit.trace."""
-    if torch.jit.is_tracing():
+def tracing_reason(x) -> Optional[str]:
+    """Why this call must run the reference forward (``x`` is the block's input), or None. Warns
+    once for torch.jit.trace. Under torch.fx symbolic tracing every activation is a Proxy, not a
+    tensor, which is the cheap test on the hot path."""
+    if not isinstance(x, torch.Tensor):
+        return ("eager: torch.fx symbolic tracing (reference forward)" if fx_tracing()
+                else f"eager: input is a {type(x).__name__}, not a tensor (reference forward)")
+    if torch._C._is_tracing():  # torch.jit.is_tracing() without its Python wrapper (hot path)
         warn_once("jit", "fused_resnet: torch.jit.trace records the reference (unfused) forward of converted "
                          "blocks; the traced program gives the same outputs without the fused kernels "
                          "(torch.export or torch.compile keep the folded convs)")
         return "eager: torch.jit.trace (reference forward)"
-    if fx_tracing():
-        return "eager: torch.fx symbolic tracing (reference forward)"
     return None
 
 

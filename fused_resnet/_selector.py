@@ -89,7 +89,13 @@ def _ambient_backend() -> str:
     ctx = _REQUESTED.get()
     if ctx is not None:
         return ctx
-    return _check_name(os.environ.get("FUSED_RESNET_BACKEND", "auto") or "auto")
+    return _env_backend(os.environ.get("FUSED_RESNET_BACKEND"))
+
+
+@functools.lru_cache(maxsize=8)
+def _env_backend(value: Optional[str]) -> str:
+    """FUSED_RESNET_BACKEND's value checked once per distinct value (read on every fused call)."""
+    return _check_name(value or "auto")
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import _context, _selector, _trace
-from .folding import FoldCache, FoldedConv, fold_conv_bn, sources_of, structure_epoch, tensor_dicts
+from .folding import FoldCache, FoldedConv, fold_conv_bn, read_slots, source_slots, structure_epoch, tensor_dicts
 from ._geometry import memory_format_of
 from .ops.fused_conv2d import fused_conv2d
 
@@ -83,7 +83,8 @@ def _hook_dicts(m: nn.Module) -> tuple:
 
 
 def _has_hooks(m: nn.Module) -> bool:
-    return any(_hook_dicts(m)) or any(_GLOBAL_HOOKS)
+    """Could a forward hook of ``m`` (or a global one) see, and keep, its output?"""
+    return bool(m._forward_hooks or m._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1])
 
 
 class _Steps(NamedTuple):
@@ -101,7 +102,7 @@ class _Hot(NamedTuple):
 
     epoch: int
     pairs: tuple  # ((conv, bn), ...) as _fold_pairs() returns them
-    tensor_dicts: tuple  # _parameters/_buffers of every conv and BN (folding.tensor_dicts)
+    slots: tuple  # where every tensor of every conv and BN sits (folding.source_slots): read each call
     hook_dicts: tuple  # hook dicts of every module the fused path does not call (_skipped_modules)
     fusable: bool  # the activation is nn.ReLU and every pair folds (else the slow path says why not)
 
@@ -269,7 +270,7 @@ class _FusedMixin:
             pairs = tuple(self._fold_pairs())
             ok = all(type(a) is nn.ReLU for a in self._activations()) and all(_foldable(c, b) is None for c, b in pairs)
             skipped = self._skipped_modules()
-            hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, tensor_dicts(pairs),
+            hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, source_slots(tensor_dicts(pairs)),
                                                tuple(d for m in skipped for d in _hook_dicts(m)) + _GLOBAL_HOOKS, ok)
         return hot
 
@@ -282,8 +283,12 @@ class _FusedMixin:
         hot = self._hot_state()
         if not hot.fusable or any(hot.hook_dicts):
             return None, None
-        sources = sources_of(hot.tensor_dicts)
-        if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in sources)):
+        try:
+            sources = read_slots(hot.slots)
+        except KeyError:  # a tensor was deleted from its module since the structure was read
+            self.__dict__.pop("_hot", None)
+            return None, None
+        if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in sources)):
             return None, None  # autograd records: the differentiable path (gradients for x too)
         for _, bn in hot.pairs:
             if bn.training:
@@ -294,9 +299,15 @@ class _FusedMixin:
         plans = self.__dict__.get("_plans")
         if cache is None or plans is None:
             return None, key
-        if not cache.current(hot.pairs, sources):
+        try:
+            current = cache.current(hot.pairs, sources)
+        except (AttributeError, RuntimeError):  # a slot emptied (None) since the structure was read
+            current = False
+        if not current:
             # Something the folds depend on changed: the slow path re-validates (geometry, padding
-            # mode, ...) and refolds, which bumps the generation; the plan is then rebuilt.
+            # mode, ...) and refolds, which bumps the generation; the plan is then rebuilt, and the
+            # structure re-read.
+            self.__dict__.pop("_hot", None)
             return None, key
         plan = plans.get(key)
         if plan is not None and plan.generation == cache.generation:
@@ -307,7 +318,7 @@ class _FusedMixin:
 
     def _run_planned(self, x, donate: bool, body):
         """Run ``body(x, donate, folded, steps)`` through a launch plan (see the class docstring)."""
-        why = _context.tracing_reason()  # first: under torch.fx, x is a Proxy that no check may touch
+        why = _context.tracing_reason(x)  # first: under torch.fx, x is a Proxy that no check may touch
         if why:
             return self._fallback(x, why)
         plan, key = self._plan(x, donate)

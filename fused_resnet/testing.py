@@ -1,6 +1,6 @@
 """Numerics helpers shared by the tests and ``python -m fused_resnet verify``.
 
-The rule (DESIGN.md): against a float64 reference, the fused result's error must be at most 2x the
+The rule (ARCHITECTURE.md, "Numerics"): against a float64 reference, the fused result's error must be at most 2x the
 error of torchvision's own eager forward in the same dtype, plus a small absolute floor. Errors are
 max-abs errors divided by max|reference| so one floor fits every layer's scale. NaN/Inf must sit
 where the reference has them.

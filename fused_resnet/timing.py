@@ -1,6 +1,6 @@
 """Timing helpers shared by ``python -m fused_resnet demo/bench`` and benchmarks/.
 
-GPU: CUDA events around each call after warm-up, median of many runs (DESIGN.md protocol).
+GPU: CUDA events around each call after warm-up, median of many runs (ARCHITECTURE.md, "Benchmark protocol").
 CPU: wall clock around whole forwards, median. Providers are timed interleaved (round-robin), so
 a slow spell on a shared machine hits every provider alike instead of skewing one ratio.
 """

@@ -11,7 +11,7 @@ CL = torch.channels_last
 
 def assert_matches_torchvision(tv_model, x, *, fused=None, dtype=torch.float32, backend=None):
     """Convert a copy of eval-mode ``tv_model`` and check it against torchvision on input x (float64
-    reference vs same-dtype torchvision, DESIGN.md's rule). Returns the fused output."""
+    reference vs same-dtype torchvision, ARCHITECTURE.md's rule). Returns the fused output."""
     tv_model = tv_model.eval()
     with torch.no_grad():
         ref = copy.deepcopy(tv_model).double()(x.double())
