@@ -25,6 +25,21 @@ int dtype_code(const at::Tensor& t) {
   }
 }
 
+// The conv output size as torch computes it (floor division); an error where torch raises (the padded
+// input smaller than the dilated kernel), never a made-up size of 1.
+int64_t conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil, const char* who) {
+  TORCH_CHECK(stride > 0 && dil > 0 && pad >= 0, who, ": stride and dilation must be positive, padding >= 0");
+  const int64_t span = in + 2 * pad - dil * (k - 1) - 1;
+  TORCH_CHECK(span >= 0, who, ": the padded input (", in, " + 2*", pad, ") is smaller than the dilated kernel (",
+              dil * (k - 1) + 1, ")");
+  return span / stride + 1;
+}
+
+void check_residual_device(const c10::optional<at::Tensor>& residual, const at::Tensor& x, const char* who) {
+  TORCH_CHECK(!residual.has_value() || residual->device() == x.device(), who, ": residual is on ",
+              residual.has_value() ? residual->device() : x.device(), ", the input on ", x.device());
+}
+
 void check_nhwc(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.is_cuda(), "fused_resnet: ", name, " must be a CUDA tensor, got ", t.device());
   TORCH_CHECK(t.dim() == 4, "fused_resnet: ", name, " must be 4D, got ", t.dim(), "D");
@@ -51,8 +66,10 @@ at::Tensor conv2d_cutlass(const at::Tensor& x, const at::Tensor& w, const at::Te
   TORCH_CHECK(c % 8 == 0 && k % 8 == 0, "fused_resnet CUTLASS conv: channels must be multiples of 8 (alignment), got ",
               c, " -> ", k);
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "stride/padding/dilation: 2 ints");
-  const int64_t p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) / stride[0] + 1;
-  const int64_t q = (wd + 2 * padding[1] - dilation[1] * (s - 1) - 1) / stride[1] + 1;
+  const char* who = "fused_resnet CUTLASS conv";
+  const int64_t p = conv_out_size(h, r, stride[0], padding[0], dilation[0], who);
+  const int64_t q = conv_out_size(wd, s, stride[1], padding[1], dilation[1], who);
+  check_residual_device(residual, x, who);
   TORCH_CHECK(n * std::max(h * wd * c, p * q * k) < (int64_t(1) << 31), "fused_resnet CUTLASS conv: tensor too large");
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor out = at::empty({n, k, p, q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -109,9 +126,20 @@ at::Tensor conv2d_sm90_op(const at::Tensor& x, const at::Tensor& w, const at::Te
     TORCH_CHECK(r == 1 && s == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 && padding[1] == 0,
                 "fused_resnet sm90 conv: config ", cfg->name, " is a GEMM for 1x1 stride-1 unpadded convs; got ",
                 r, "x", s, " stride ", stride, " padding ", padding, " (use a conv config)");
-  const int64_t p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) / stride[0] + 1;
-  const int64_t q = (wd + 2 * padding[1] - dilation[1] * (s - 1) - 1) / stride[1] + 1;
-  TORCH_CHECK(p > 0 && q > 0, "fused_resnet sm90 conv: empty output (", p, "x", q, ")");
+  const char* who = "fused_resnet sm90 conv";
+  // TMA im2col limits (cuTensorMapEncodeIm2col): element strides 1..8, box corners in int16. CUTLASS's
+  // can_implement does not check them and a failed encode is silent under -DNDEBUG (garbage descriptor).
+  for (int i = 0; i < 2; ++i) {
+    const int64_t k_i = i == 0 ? r : s;
+    TORCH_CHECK(stride[i] >= 1 && stride[i] <= 8, who, ": stride ", stride[i], " outside TMA im2col's 1..8");
+    TORCH_CHECK(-padding[i] >= -32768 && padding[i] - dilation[i] * (k_i - 1) >= -32768 &&
+                padding[i] - dilation[i] * (k_i - 1) <= 32767 && padding[i] <= 32768,
+                who, ": padding ", padding[i], " / dilation ", dilation[i], " outside TMA im2col's corner range");
+  }
+  const int64_t p = conv_out_size(h, r, stride[0], padding[0], dilation[0], who);
+  const int64_t q = conv_out_size(wd, s, stride[1], padding[1], dilation[1], who);
+  check_residual_device(residual, x, who);
+  TORCH_CHECK(p > 0 && q > 0, who, ": empty output (", p, "x", q, ")");
   TORCH_CHECK(n * std::max(h * wd * c, p * q * k) < (int64_t(1) << 31), "fused_resnet sm90 conv: tensor too large");
   c10::cuda::CUDAGuard guard(x.device());
   int major = 0, minor = 0;
@@ -165,6 +193,7 @@ at::Tensor bias_residual_act_cuda(const at::Tensor& x, const c10::optional<at::T
     bias_ptr = bias->data_ptr<float>();
   }
   const void* res_ptr = nullptr;
+  check_residual_device(residual, x, "fused_resnet bias_residual_act");
   if (residual.has_value()) {
     check_nhwc(*residual, "residual");
     TORCH_CHECK(residual->sizes() == x.sizes() && residual->scalar_type() == x.scalar_type(),

@@ -200,15 +200,25 @@ def cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile: int =
 
 # --- sm90 tactics: one "cuda:sm90_<config>" per generated config (the selector and tuner see these) ---
 
+def sm90_excluded() -> set:
+    """Config names FUSED_RESNET_SM90_EXCLUDE (a comma list) takes out of the tactics: the GPU suite
+    sets it to the configs that failed (or never reached) their correctness check on this GPU, so
+    tune and the op bench never time, nor table, a kernel that computes the wrong thing."""
+    return {n.strip() for n in os.environ.get("FUSED_RESNET_SM90_EXCLUDE", "").split(",") if n.strip()}
+
+
 def sm90_tactics() -> dict[str, str]:
-    """{tactic: config name} for every sm90 config built into the extension."""
-    return {"cuda:sm90_" + c.name: c.name for c in sm90_configs()}
+    """{tactic: config name} for every sm90 config built into the extension and not excluded."""
+    excluded = sm90_excluded()
+    return {"cuda:sm90_" + c.name: c.name for c in sm90_configs() if c.name not in excluded}
 
 
 def sm90_guard(tactic: str, x, weight, stride, padding, dilation, groups) -> Optional[str]:
     """None if the sm90 tactic can run this conv (the general CUTLASS guard already passed), else why not."""
     name = sm90_tactics().get(tactic)
     if name is None:
+        if tactic.removeprefix("cuda:sm90_") in sm90_excluded():
+            return f"{tactic}: excluded by FUSED_RESNET_SM90_EXCLUDE (failed its check on this GPU)"
         return f"{tactic}: no such sm90 config in this build"
     why = sm90_problem(x, weight, stride, padding, dilation, groups)
     if why is not None:
@@ -268,6 +278,9 @@ def sm90_problem(x, weight, stride=1, padding=0, dilation=1, groups=1, *, check_
     if k % 8:
         return f"sm90: output channels must be a multiple of 8 for TMA (got {k})"
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    why = sm90_im2col_problem((sh, sw), (ph, pw), (dh, dw), (r, s))
+    if why:
+        return why
     p, q = out_size(h, r, sh, ph, dh), out_size(w, s, sw, pw, dw)
     if min(n, p, q) <= 0:
         return "sm90: empty input or output"
@@ -278,6 +291,24 @@ def sm90_problem(x, weight, stride=1, padding=0, dilation=1, groups=1, *, check_
             return "sm90: not a CUDA tensor"
         if _device_capability(x.device) != (9, 0):
             return f"sm90: needs an sm_90 GPU (H100/H200), this is sm_{''.join(map(str, _device_capability(x.device)))}"
+    return None
+
+
+# TMA im2col limits (cuTensorMapEncodeIm2col, rank-4 tensors): traversal (element) strides 1..8, the
+# box corners (-padding, padding - dilation*(kernel-1)) within int16. CUTLASS's can_implement does not
+# check them, and under -DNDEBUG a failed descriptor encode is silent: the kernel would run with a
+# garbage descriptor. csrc/fused_resnet_api.cpp refuses the same.
+SM90_MAX_STRIDE = 8
+_CORNER = range(-(2 ** 15), 2 ** 15)
+
+
+def sm90_im2col_problem(stride, padding, dilation, kernel) -> Optional[str]:
+    """Why the sm90 kernels' TMA im2col descriptor cannot encode this geometry, or None."""
+    for st, pd, dl, k in zip(stride, padding, dilation, kernel):
+        if not 1 <= st <= SM90_MAX_STRIDE:
+            return f"sm90: stride {st} outside TMA im2col's 1..{SM90_MAX_STRIDE}"
+        if -pd not in _CORNER or pd - dl * (k - 1) not in _CORNER:
+            return f"sm90: padding {pd} / dilation {dl} outside TMA im2col's corner range"
     return None
 
 

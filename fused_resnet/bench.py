@@ -772,6 +772,12 @@ def unknown_providers(names) -> list:
     return [n for n in names if n not in known]
 
 
+def _write_so_far(rows: list, out) -> None:
+    """Rewrite OUT.json/.csv after each model/batch: a run killed by its time limit keeps what it measured."""
+    if out and rows:
+        write_results(rows, out)
+
+
 def main(args) -> int:
     """Run the benchmark; bad arguments raise _cli.UsageError (one line, exit status 2) before any work."""
     from ._cli import UsageError
@@ -821,6 +827,7 @@ def main(args) -> int:
                     rows += run_model_bench(model, batch, dtype, device, provs, runs=runs,
                                             image_size=args.image_size, cuda_graphs=args.cuda_graphs,
                                             peaks=peaks, env=env)
+                    _write_so_far(rows, args.out)
                 if "op" in levels:
                     # the baselines always run: the ratios are relative to cuDNN/oneDNN's conv alone
                     asked = args.providers.split(",") if args.providers else list(OP_PROVIDERS)
@@ -831,6 +838,7 @@ def main(args) -> int:
                     rows += run_op_bench(model, batch, dtype, device, provs, runs=runs,
                                          image_size=args.image_size, env=env,
                                          copy_gbps=peaks["peak_gbps"] if peaks else None)
+                    _write_so_far(rows, args.out)
     print()
     print_table(rows)
     print_bound_summary(rows)

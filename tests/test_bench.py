@@ -1,7 +1,9 @@
 """The benchmark tooling on CPU: bench CLI outputs, roofline counts, the pytest-benchmark files."""
 import json
 import os
+import re
 import subprocess
+import tarfile
 import sys
 
 from fused_resnet.__main__ import build_parser
@@ -16,7 +18,7 @@ def test_roofline_resnet50_counts():
     assert len(shapes) == 53
     r = roofline("resnet50", 1, 2)
     assert abs(r["gflop"] - 8.17) < 0.05  # 4.09 G multiply-adds per 224x224 image (convs only)
-    assert 50 < r["mb_act_fused"] < 60 and 150 < r["mb_act_unfused"] < 165  # DESIGN: ~57 / ~162 MB
+    assert 50 < r["mb_act_fused"] < 60 and 150 < r["mb_act_unfused"] < 165  # the roofline model: ~57 / ~162 MB per image
 
 
 def test_paired_ratio_cancels_a_slow_spell():
@@ -58,29 +60,13 @@ def test_readme_table_is_rendered_from_results():
     assert r.returncode == 0, "README.md performance table is stale: run python benchmarks/render_table.py"
 
 
-def _suite_commands():
-    """(subcommand, argv) of every `bench NAME ARGS` / `python3 -m fused_resnet tune|bench ARGS` call in
-    benchmarks/gpu_suite.sh, shell variables replaced by a number."""
-    import re
-    import shlex
-
-    text = open(os.path.join(ROOT, "benchmarks", "gpu_suite.sh")).read().replace("\\\n", " ")
-    cmds = []
-    for line in text.splitlines():
-        line = re.sub(r'"?\$\(?\(?[^ ]*\)?\)?"?', "1", line.split(" >")[0].split(" 2>")[0])
-        m = re.search(r"(?:^|&& |^\s+)bench [a-z0-9_]+ (--.*)$", line)
-        if m:
-            cmds.append(("bench", shlex.split(m.group(1))))
-        m = re.search(r"python3 -m fused_resnet (tune|bench) (--.*)$", line)
-        if m:
-            cmds.append((m.group(1), shlex.split(m.group(2))))
-    return cmds
-
-
 def test_gpu_suite_invocations_parse():
     # The suite runs where a GPU is lent, rarely: a mistyped flag or provider there costs device time.
-    cmds = _suite_commands()
-    assert sum(c == "bench" for c, _ in cmds) >= 10 and any(c == "tune" for c, _ in cmds)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_suite
+
+    cmds = [(st.kind, st.args) for p in gpu_suite.PHASES for st in p.steps if st.kind in ("bench", "tune")]
+    assert sum(c == "bench" for c, _ in cmds) >= 8 and any(c == "tune" for c, _ in cmds)
     parser = build_parser()
     for cmd, argv in cmds:
         args = parser.parse_args([cmd] + argv)  # exits (fails the test) on an unknown flag
@@ -94,14 +80,21 @@ def test_bench_rejects_an_unknown_provider():
     assert r.returncode == 2 and "unknown provider(s) torchvison" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_gpu_suite_test_selections_are_not_empty():
-    import re
-
-    text = open(os.path.join(ROOT, "benchmarks", "gpu_suite.sh")).read()
-    selections = re.findall(r'gpu_tests [a-z0-9_]+ .*"([^"]+)"$', text, flags=re.M)
-    assert len(selections) >= 4
-    for k in selections:
-        r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "tests",
-                            "-p", "no:cacheprovider", "-k", k], capture_output=True, text=True, timeout=300, cwd=ROOT)
-        m = re.search(r"(\d+)/\d+ tests collected", r.stdout)
-        assert m and int(m.group(1)) > 0, (k, r.stdout[-500:])
+def test_gpu_suite_dry_run(tmp_path):
+    """The rehearsal on this CPU: every phase's commands (bench as tiny CPU stand-ins, every pytest
+    selection collected and non-empty, GPU-only programs' arguments parsed), the plan within one
+    10-minute command, and what comes back within the limits (<= 8 files, <= 2 folders deep, < 16 MiB)."""
+    out = tmp_path / "suite"
+    r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_suite.sh"), "--dry-run", str(out)],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT,
+                       env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    m = re.search(r"planned device seconds: (\d+)", r.stdout)
+    assert m and int(m.group(1)) <= 560, r.stdout[:3000]
+    for phase in ("build", "info", "sm90", "nan", "tune", "op", "model256", "b1", "graphs"):
+        assert f"phase {phase} done" in r.stdout, phase
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert 0 < len(files) <= 8 and (out / "suite.log").exists() and (out / "raw.tar.gz").exists()
+    with tarfile.open(out / "raw.tar.gz") as tar:
+        names = tar.getnames()
+    assert "raw/op.json" in names and "raw/sm90.log" in names, names

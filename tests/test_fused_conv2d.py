@@ -169,3 +169,40 @@ def test_backend_table_picks_fastest_incl_eager(tmp_path):
     assert table["eager_from"] == "conv_bn_relu", out
     assert table["choices"] == {"n8_c3_h224_w224_k64_r7_s2_g1_float16": "eager",
                                 "n8_c64_h56_w56_k64_r3_s1_g1_float16": "cuda"}
+
+
+# --- the error rule cannot pass vacuously ----------------------------------------------------------
+
+def test_compare_fails_when_eager_overflowed():
+    from fused_resnet.testing import compare
+
+    ref = torch.tensor([1.0, 70000.0, -2.0], dtype=torch.float64)
+    eager = torch.tensor([1.0, float("inf"), -2.0], dtype=torch.float16)  # fp16 overflow
+    for fused in (eager.clone(), torch.tensor([5.0, 1.0, 3.0], dtype=torch.float16)):
+        cmp = compare(fused, eager, ref)
+        assert not cmp.ok and "NOT COMPARABLE" in str(cmp), str(cmp)
+
+
+def test_compare_nan_placement_and_values():
+    from fused_resnet.testing import compare, max_rel_error
+
+    ref = torch.tensor([1.0, float("nan"), float("-inf"), 4.0], dtype=torch.float64)
+    good = ref.float().clone()
+    assert compare(good, good, ref).ok
+    assert max_rel_error(torch.tensor([1.0, 0.0, float("-inf"), 4.0]), ref) == float("inf")  # NaN lost
+    assert max_rel_error(torch.tensor([1.0, float("nan"), float("inf"), 4.0]), ref) == float("inf")  # sign
+    assert max_rel_error(torch.tensor([1.5, float("nan"), float("-inf"), 4.0]), ref) == pytest.approx(0.125)
+
+
+def test_fit_input_keeps_fp16_activations_in_range():
+    import torchvision
+
+    from fused_resnet.testing import fit_input, forward_with_peak, randomize_bn
+
+    torch.manual_seed(0)
+    m = randomize_bn(torchvision.models.resnet18()).eval().double()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64) * 1e4  # activations far beyond fp16's 65504
+    assert forward_with_peak(m, x)[1] > 65504
+    xs, scale, out = fit_input(m, x, torch.float16)
+    assert scale < 1 and forward_with_peak(m, xs)[1] <= 65504 / 64
+    torch.testing.assert_close(out, m(xs))

@@ -42,7 +42,7 @@ CASES = [  # real ResNet-50 / ResNeXt / segmentation conv shapes at batch 8
 
 
 def _check_conv_case(case, dtype, residual, backend):
-    """One conv on ``backend`` against the float64 reference, DESIGN's tolerance rule."""
+    """One conv on ``backend`` against the float64 reference, ARCHITECTURE.md's tolerance rule."""
     n, cin, h, w, cout, k, s, p, d, g = case
     dt = DTYPES[dtype]
     x = torch.randn(n, cin, h, w, device="cuda").contiguous(memory_format=CL)
@@ -153,7 +153,7 @@ TACTIC_CASES = [CASES[0], CASES[2], CASES[6], CASES[7]]  # 1x1 64->256, 3x3 64->
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("epi", ["relu", "res_relu", "res", "none"])
 def test_eager_tactics_on_gpu(tactic, case, dtype, epi):
-    """Each cuDNN-based tactic against the float64 reference (DESIGN's rule), with NaN in the input
+    """Each cuDNN-based tactic against the float64 reference (ARCHITECTURE.md's rule), with NaN in the input
     and in the residual: NaN must come out where torch.relu keeps it (cuDNN's fused ReLU included;
     this test is the only check of that)."""
     from fused_resnet import _selector
@@ -183,6 +183,7 @@ def test_eager_tactics_on_gpu(tactic, case, dtype, epi):
         out = out.contiguous(memory_format=memory_format_of(xd))
         eager = fused_conv2d_ref(xd, wd, b, residual=rd, relu=relu, **kw)
     assert out.isnan().any()
+    assert torch.equal(out.isnan(), ref.isnan().to(out.device)), f"{tactic}: NaN not where torch.relu keeps it"
     cmp = compare(out, eager, ref)
     assert cmp.ok, f"{tactic}: {cmp}"
 
@@ -235,7 +236,7 @@ def test_op_bench_reports_auto_and_every_tactic():
     assert total == len(auto) and 0 <= met <= total
 
 # --- Hopper sm90 kernels (fused_resnet::_conv2d_sm90): every generated config on every conv class it
-# accepts, against the float64 reference with DESIGN's rule; NaN, -0 and refusals. sm_90 GPUs only. ---
+# accepts, against the float64 reference with ARCHITECTURE.md's rule; NaN, -0 and refusals. sm_90 GPUs only. ---
 
 SM90_CASES = [  # (n, c, h, w, k, r, stride, padding, dilation)
     (64, 64, 56, 56, 256, 1, 1, 0, 1),  # resnet50 layer1 expand, batch 64 (gemm-eligible)
@@ -277,6 +278,8 @@ def _sm90_check(cfg_index, case, residual, relu, nan=False):
         out = _ext.fused_conv2d_sm90(x.to(dt), wt.to(dt), b, s, p, d, residual=rd, relu=relu, config=cfg_index)
         eager = fused_conv2d_ref(x.to(dt), wt.to(dt), b, residual=rd, **kw)
     assert out.is_contiguous(memory_format=CL)
+    if nan:  # directly, not only through the error rule
+        assert torch.equal(out.isnan(), ref.isnan()), f"{cfg.name} {case}: NaN not where the reference has it"
     cmp = compare(out, eager, ref)
     assert cmp.ok, f"{cfg.name} {case} residual={residual} relu={relu}: {cmp}"
     if relu and not nan:  # negatives become +0.0, never -0.0 (torch.relu's result)

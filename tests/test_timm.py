@@ -31,7 +31,7 @@ def _x(batch=2, size=64):
 
 
 def _check_against_timm(m, x, dtype=torch.float32):
-    """Converted copy vs timm's forward in ``dtype``, both against the float64 reference (DESIGN.md's
+    """Converted copy vs timm's forward in ``dtype``, both against the float64 reference (ARCHITECTURE.md's
     rule). Returns the converted model."""
     with torch.no_grad():
         ref = copy.deepcopy(m).double()(x.double())
