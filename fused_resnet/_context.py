@@ -47,7 +47,7 @@ def tracing_reason(x) -> Optional[str]:
     if not isinstance(x, torch.Tensor):
         return ("eager: torch.fx symbolic tracing (reference forward)" if fx_tracing()
                 else f"eager: input is a {type(x).__name__}, not a tensor (reference forward)")
-    if torch._C._is_tracing():  # torch.jit.is_tracing() without its Python wrapper (hot path)
+    if torch.jit.is_tracing():
         warn_once("jit", "fused_resnet: torch.jit.trace records the reference (unfused) forward of converted "
                          "blocks; the traced program gives the same outputs without the fused kernels "
                          "(torch.export or torch.compile keep the folded convs)")

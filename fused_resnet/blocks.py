@@ -20,10 +20,12 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 import torchvision.models.resnet as tvr
 from torch import nn
+from torch.utils import _python_dispatch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import _context, _selector, _trace
-from .folding import FoldCache, FoldedConv, fold_conv_bn, read_slots, source_slots, structure_epoch, tensor_dicts
+from . import _context, _selector, _trace, folding
+from .folding import (FoldCache, FoldedConv, attr_dicts, fold_conv_bn, mark_refreshed, read_slots, source_slots,
+                      structure_epoch, tensor_dicts)
 from ._geometry import memory_format_of
 from .ops.fused_conv2d import fused_conv2d
 
@@ -94,6 +96,15 @@ class _Steps(NamedTuple):
     replay: Optional[Iterator]
     record: Optional[list]
     n: int  # convs this block runs fused (the downsample's is last, when it is fused)
+    layout: Optional[tuple] = None  # replaying: (output memory format, input is channels_last), from the key
+
+    def enter(self, x: torch.Tensor, donate: bool) -> tuple:
+        """(x in channels_last, whether x may be donated, the memory format to return). A replayed
+        plan knows the input's layout (its strides are part of the key): no torch calls to ask."""
+        if self.layout is not None:
+            fmt, cl = self.layout
+            return (x if cl else x.contiguous(memory_format=CL)), donate and cl, fmt
+        return x.contiguous(memory_format=CL), donate and x.is_contiguous(memory_format=CL), memory_format_of(x)
 
 
 class _Hot(NamedTuple):
@@ -103,6 +114,7 @@ class _Hot(NamedTuple):
     epoch: int
     pairs: tuple  # ((conv, bn), ...) as _fold_pairs() returns them
     slots: tuple  # where every tensor of every conv and BN sits (folding.source_slots): read each call
+    attrs: tuple  # the convs' and BNs' instance dicts (folding.attr_dicts): geometry and eps, read each call
     hook_dicts: tuple  # hook dicts of every module the fused path does not call (_skipped_modules)
     fusable: bool  # the activation is nn.ReLU and every pair folds (else the slow path says why not)
 
@@ -110,6 +122,7 @@ class _Hot(NamedTuple):
 class _Plan(NamedTuple):
     generation: int  # the fold cache generation the launches were built from
     launches: tuple  # fused_resnet.ops.fused_conv2d.Launch per conv, in call order
+    layout: tuple  # (memory format to return, input is channels_last) for inputs of this key
 
 
 _MAX_PLANS = 16  # input signatures kept per module, least recently used evicted first
@@ -207,6 +220,7 @@ class _FusedMixin:
         cache = self.__dict__.get("_fold_cache")
         if cache is not None:
             cache.invalidate()
+        mark_refreshed()
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):
@@ -225,6 +239,7 @@ class _FusedMixin:
         if cache is not None:
             if force:
                 cache.invalidate()
+                mark_refreshed()
             try:
                 cache.refresh(self._fold_pairs())
             except (ValueError, RuntimeError, AttributeError):  # no longer foldable: the next forward says why
@@ -270,29 +285,34 @@ class _FusedMixin:
             pairs = tuple(self._fold_pairs())
             ok = all(type(a) is nn.ReLU for a in self._activations()) and all(_foldable(c, b) is None for c, b in pairs)
             skipped = self._skipped_modules()
+            # Forward and pre-hooks only: a planned call records no autograd graph, where backward
+            # hooks would not fire in the reference forward either (the slow path checks them all).
+            hooks = tuple(d for m in skipped for d in _hook_dicts(m)[:2]) + _GLOBAL_HOOKS[:2]
             hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, source_slots(tensor_dicts(pairs)),
-                                               tuple(d for m in skipped for d in _hook_dicts(m)) + _GLOBAL_HOOKS, ok)
+                                               attr_dicts(pairs), hooks, ok)
         return hot
 
     def _plan(self, x, donate: bool) -> tuple:
         """(plan, key): the launch plan valid for this call, or (None, key to record one under), or
         (None, None) when this call is not planned (training, explain(), torch.compile, autograd,
         tracing, dispatch modes, hooks)."""
-        if self.training or _trace.active() or torch.compiler.is_compiling() or _context.in_dispatch_mode():
+        # (Flag reads inlined: this runs once per fused module per forward; see benchmarks/NOTES.md.)
+        if self.training or _trace._records is not None or torch.compiler.is_compiling() \
+                or _python_dispatch._is_in_torch_dispatch_mode:
             return None, None
-        hot = self._hot_state()
+        hot = self.__dict__.get("_hot")
+        if hot is None or hot.epoch != folding._EPOCH[0]:
+            hot = self._hot_state()
         if not hot.fusable or any(hot.hook_dicts):
             return None, None
         try:
-            sources = read_slots(hot.slots)
+            sources = list(map(dict.__getitem__, *hot.slots))  # folding.read_slots, inlined
         except KeyError:  # a tensor was deleted from its module since the structure was read
             self.__dict__.pop("_hot", None)
             return None, None
         if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in sources)):
             return None, None  # autograd records: the differentiable path (gradients for x too)
-        for _, bn in hot.pairs:
-            if bn.training:
-                return None, None
+        # (A BN switched to training mode changes the stamp: the slow path then says why not.)
         key = (x.shape, x.stride(), x.dtype, x.device, _selector.requested_backend(self._fused_backend), donate,
                torch.is_inference_mode_enabled(), x.is_inference())
         cache = self.__dict__.get("_fold_cache")
@@ -300,8 +320,8 @@ class _FusedMixin:
         if cache is None or plans is None:
             return None, key
         try:
-            current = cache.current(hot.pairs, sources)
-        except (AttributeError, RuntimeError):  # a slot emptied (None) since the structure was read
+            current = cache.current(hot.pairs, sources, hot.attrs)
+        except (AttributeError, RuntimeError, KeyError):  # a slot emptied (None), an attribute deleted
             current = False
         if not current:
             # Something the folds depend on changed: the slow path re-validates (geometry, padding
@@ -318,12 +338,12 @@ class _FusedMixin:
 
     def _run_planned(self, x, donate: bool, body):
         """Run ``body(x, donate, folded, steps)`` through a launch plan (see the class docstring)."""
-        why = _context.tracing_reason(x)  # first: under torch.fx, x is a Proxy that no check may touch
-        if why:
-            return self._fallback(x, why)
+        # First: under torch.fx, x is a Proxy that no check may touch; torch.jit.trace records the reference.
+        if not isinstance(x, torch.Tensor) or torch.jit.is_tracing():
+            return self._fallback(x, _context.tracing_reason(x))
         plan, key = self._plan(x, donate)
         if plan is not None:
-            return body(x, donate, None, _Steps(iter(plan.launches), None, len(plan.launches)))
+            return body(x, donate, None, _Steps(iter(plan.launches), None, len(plan.launches), plan.layout))
         why = self._fusion_problem(x)
         if why:
             return self._fallback(x, why)
@@ -339,7 +359,8 @@ class _FusedMixin:
             excess = len(plans) + 1 - _MAX_PLANS
             for old in list(plans)[:max(excess, 0)]:
                 plans.pop(old, None)
-            plans[key] = _Plan(cache.generation, tuple(record))
+            plans[key] = _Plan(cache.generation, tuple(record),
+                               (memory_format_of(x), x.is_contiguous(memory_format=CL)))
         return out
 
     def _identity(self, x, folded, ds_index: int, donate: bool, steps: _Steps):
@@ -390,9 +411,7 @@ class BasicBlock(_FusedBlock, tvr.BasicBlock):
         return pairs + [ds] if ds else pairs
 
     def _body(self, x, donate, folded, steps):
-        fmt = memory_format_of(x)
-        donate = donate and x.is_contiguous(memory_format=CL)
-        x = x.contiguous(memory_format=CL)
+        x, donate, fmt = steps.enter(x, donate)
         be = self._fused_backend
         f = folded or (None,) * steps.n
         out = _conv(x, f[0], "conv1", be, steps)
@@ -412,9 +431,7 @@ class Bottleneck(_FusedBlock, tvr.Bottleneck):
         return pairs + [ds] if ds else pairs
 
     def _body(self, x, donate, folded, steps):
-        fmt = memory_format_of(x)
-        donate = donate and x.is_contiguous(memory_format=CL)
-        x = x.contiguous(memory_format=CL)
+        x, donate, fmt = steps.enter(x, donate)
         be = self._fused_backend
         f = folded or (None,) * steps.n
         out = _conv(x, f[0], "conv1", be, steps)
@@ -451,7 +468,7 @@ class ResNet(_FusedMixin, tvr.ResNet):
             return super()._forward_impl(x)
 
     def _body(self, x, donate, folded, steps):
-        x = x.contiguous(memory_format=CL)
+        x = steps.enter(x, False)[0]
         x = _conv(x, folded[0] if folded else None, "conv1", self._fused_backend, steps)
         x = self.maxpool(x)
         fresh = not _has_hooks(self.maxpool)

@@ -114,29 +114,47 @@ def structure_epoch() -> int:
     return _EPOCH[0]
 
 
-_GEOMETRY = operator.attrgetter("stride", "padding", "dilation", "groups", "padding_mode")
+# Bumped by every refresh point (a converted module's train()/eval(), fused_resnet.refresh()): CUDA
+# graphs captured before it (optimize()) read packed weights a refold may have replaced, and a write
+# through .data that made the refresh necessary changes no stamp they could check.
+_REFRESHES = [0]
 
 
-def _stamp(sources, pairs) -> tuple:
+def mark_refreshed() -> None:
+    _REFRESHES[0] += 1
+
+
+def refresh_count() -> int:
+    return _REFRESHES[0]
+
+
+def attr_dicts(pairs) -> tuple:
+    """(conv instance dicts, BN instance dicts) of ``pairs``: _stamp reads the geometry and eps out of
+    them directly (an attribute lookup on an nn.Module walks its class hierarchy first)."""
+    return tuple(vars(conv) for conv, _ in pairs), tuple(vars(bn) for _, bn in pairs)
+
+
+def _stamp(sources, pairs, dicts: Optional[tuple] = None) -> tuple:
     """Changes whenever the folded result or the conv's geometry could: _version moves on every
     in-place write (load_state_dict, optimizer steps, running-stat updates); data_ptr moves on .to(),
     .half(), ``.data = ...`` and parameter replacement (the cache keeps the old tensors alive, so a
-    new one never reuses their address); the conv attributes and BN eps are compared by value.
+    new one never reuses their address); the conv attributes, BN eps and BN training flag are
+    compared by value.
     Writes *through* ``.data`` change none of these (PyTorch gives them no version bump): eval() and
     fused_resnet.refresh() are the refresh points for those (ARCHITECTURE.md). The hot path of every
-    fused block runs this over ~25 tensors, so it is kept to C-level maps."""
+    fused block runs this over ~25 tensors, so it is kept to C-level maps. ``dicts``: attr_dicts(pairs)."""
     try:
         versions = list(map(_VERSION, sources))
     except RuntimeError:  # inference tensors (made inside torch.inference_mode) have no version counter
         versions = [version(t) for t in sources]
-    return (versions, list(map(_DATA_PTR, sources)), list(map(_GEOMETRY, map(_first, pairs))),
-            list(map(_EPS, map(_second, pairs))))
+    convs, bns = dicts if dicts is not None else attr_dicts(pairs)
+    return versions, list(map(_DATA_PTR, sources)), list(map(_GEOMETRY, convs)), list(map(_EPS, bns))
 
 
+_GEOMETRY = operator.itemgetter("stride", "padding", "dilation", "groups", "padding_mode")
+_EPS = operator.itemgetter("eps", "training")  # BN eps, and a BN switched to train() on its own
 _VERSION = operator.attrgetter("_version")
 _DATA_PTR = torch.Tensor.data_ptr
-_EPS = operator.attrgetter("eps")
-_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: BatchNorm) -> FoldedConv:
@@ -180,10 +198,10 @@ class FoldCache:
         tensors themselves, not module attributes: usable while torch.export swaps those for fakes.)"""
         return self._stamp is None or _stamp(self._sources, self._pairs) != self._stamp
 
-    def current(self, pairs: tuple, sources: list) -> bool:
+    def current(self, pairs: tuple, sources: list, dicts: tuple) -> bool:
         """Were the cached folds made from exactly these modules and ``sources`` (their tensors as
-        read now), unchanged since?"""
-        return pairs == self._pairs and _stamp(sources, pairs) == self._stamp
+        read now), unchanged since? ``dicts``: attr_dicts(pairs)."""
+        return pairs == self._pairs and _stamp(sources, pairs, dicts) == self._stamp
 
     def matches(self, pairs) -> bool:
         """Built for these very modules (folded tensors usable as compiled-graph inputs)?"""

@@ -13,8 +13,9 @@ stream into this module's own memory pool, and nothing it captured is freed behi
 benchmarks/NOTES.md, "The CUDA-graph fault".)
 
 Weights changed after capture (load_state_dict, in-place edits, parameter replacement) are
-detected on the next call from the parameters' and buffers' version counters and storage; the
-graphs are then dropped and captured again (warm-up included), so a forward never runs on stale
+detected on the next call from the parameters' and buffers' version counters and storage, and so is
+any refresh point (eval()/train() of a converted module, fused_resnet.refresh(), after writes through
+.data); the graphs are then dropped and captured again (warm-up included), so a forward never runs on stale
 weights. Each input signature (shape, strides, dtype, device) gets its own graph; CPU inputs and
 training mode run the converted model directly, under torch.no_grad(): this module is for
 inference only. Calls from several threads are serialized, and each waits on the GPU for the
@@ -68,7 +69,7 @@ class OptimizedModel(nn.Module):
         tensors = folding.sources_of(self._dicts[1])
         # Not the epoch itself: it moves whenever any module anywhere registers a parameter (building
         # an unrelated model), which must not re-capture these graphs; identities catch replacements.
-        return tuple(map(id, tensors)), folding._stamp(tensors, ())
+        return tuple(map(id, tensors)), folding._stamp(tensors, ()), folding.refresh_count()
 
     def train(self, mode: bool = True):
         """eval()/train() are refresh points (as for converted modules): the graphs are captured again."""

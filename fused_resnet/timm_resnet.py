@@ -32,7 +32,6 @@ from timm.layers import DropBlock2d, DropPath
 from torch import nn
 
 from . import _trace
-from ._geometry import memory_format_of
 from .blocks import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks, _run_layer
 from .ops.add_relu import add_relu
 
@@ -123,9 +122,7 @@ class _TimmBlock(_TimmMixin, _FusedBlock):
         return _drop_problem(self.drop_block) or _drop_problem(self.drop_path)
 
     def _body(self, x, donate, folded, steps):
-        fmt = memory_format_of(x)
-        donate = donate and x.is_contiguous(memory_format=CL)
-        x = x.contiguous(memory_format=CL)
+        x, donate, fmt = steps.enter(x, donate)
         f = folded or (None,) * steps.n
         n = steps.n - (1 if self._ds_folds() else 0)  # convs of the main path
         be = self._fused_backend
@@ -249,8 +246,7 @@ class ResNet(_TimmMixin, tr.ResNet):
             return super().forward_features(x)
 
     def _body(self, x, donate, folded, steps):
-        fmt = memory_format_of(x)
-        x = x.contiguous(memory_format=CL)
+        x, _, fmt = steps.enter(x, False)
         stem = self._stem()
         f = folded or (None,) * steps.n
         for fc, (_, _, _, name) in zip(f, stem):

@@ -302,7 +302,7 @@ class _Mode:
             self.opt = fused_resnet.optimize(model)
             model = self.opt.model
         with torch.no_grad():
-            self.call(model, X)
+            self.call(model, X.to(next(model.parameters()).device))
         return model
 
     def call(self, model, x):
@@ -330,22 +330,24 @@ _NOT_A_CELL = {
 }
 
 
-def _check(family, mutation, mode, block="basic"):
+def _check(family, mutation, mode, block="basic", device="cpu"):
     if (mode, mutation) in _NOT_A_CELL:
         pytest.skip(_NOT_A_CELL[(mode, mutation)])
     ref = BUILDERS[family](block=block) if family == "timm" else _tv_model(block=tvr.BasicBlock if block == "basic" else tvr.Bottleneck)
+    ref = ref.to(device)
+    x = X.to(device)
     fused = fused_resnet.convert(copy.deepcopy(ref))
     runner = _Mode(mode)
     fused = runner.prepare(fused)
     f = MUTATIONS[mutation]
     ref, fused = f(ref, family), f(fused, family)
     with torch.no_grad():
-        expected = ref(X)
-        out = runner.call(fused, X)
+        expected = ref(x)
+        out = runner.call(fused, x).clone()  # (optimize()'s output is its static buffer)
         off = _off(out, expected)
         assert off < TOL, f"{family} {mutation} {mode}: off {off:.3g}"
         # and again: the second call replays whatever the first one rebuilt
-        off = _off(runner.call(fused, X) if mode != "export" else out, expected)
+        off = _off(runner.call(fused, x) if mode != "export" else out, expected)
         assert off < TOL, f"{family} {mutation} {mode} (second call): off {off:.3g}"
 
 
@@ -369,3 +371,22 @@ def test_timm_matrix(mutation, mode):
                                       "last_stride_1", "hook_on_downsample"])
 def test_bottleneck_rows(mutation):
     _check("torchvision", mutation, "eager", block="bottleneck")
+
+
+# On a GPU: the cells where cached launches, packed weights and CUDA graphs (optimize()) can go stale.
+CUDA_MUTATIONS = ["inplace_no_grad", "data_write+eval", "data_write+refresh", "pickle", "torch.save/load",
+                  "last_stride_1", "dilation+padding", "eps", "hook_edits_output", "hook_on_downsample", "set_data"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["eager", "optimize"])
+@pytest.mark.parametrize("mutation", CUDA_MUTATIONS)
+def test_cuda_matrix(mutation, mode):
+    # fp32 without TF32, so the 1e-4 bound holds for every backend that runs fp32 (Triton, cuDNN)
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            _check("torchvision", mutation, mode, device="cuda")
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
