@@ -127,13 +127,14 @@ at::Tensor conv2d_sm90_op(const at::Tensor& x, const at::Tensor& w, const at::Te
                 "fused_resnet sm90 conv: config ", cfg->name, " is a GEMM for 1x1 stride-1 unpadded convs; got ",
                 r, "x", s, " stride ", stride, " padding ", padding, " (use a conv config)");
   const char* who = "fused_resnet sm90 conv";
-  // TMA im2col limits (cuTensorMapEncodeIm2col): element strides 1..8, box corners in int16. CUTLASS's
+  // TMA im2col limits (cuTensorMapEncodeIm2col): element strides 1..8, box corners in [-128, 127]. CUTLASS's
   // can_implement does not check them and a failed encode is silent under -DNDEBUG (garbage descriptor).
   for (int i = 0; i < 2; ++i) {
     const int64_t k_i = i == 0 ? r : s;
     TORCH_CHECK(stride[i] >= 1 && stride[i] <= 8, who, ": stride ", stride[i], " outside TMA im2col's 1..8");
-    TORCH_CHECK(-padding[i] >= -32768 && padding[i] - dilation[i] * (k_i - 1) >= -32768 &&
-                padding[i] - dilation[i] * (k_i - 1) <= 32767 && padding[i] <= 32768,
+    // rank-4 (NHWC) im2col: each corner offset within [-128, 127] (cuda.h, cuTensorMapEncodeIm2col)
+    const int64_t lower = -padding[i], upper = padding[i] - dilation[i] * (k_i - 1);
+    TORCH_CHECK(lower >= -128 && lower <= 127 && upper >= -128 && upper <= 127,
                 who, ": padding ", padding[i], " / dilation ", dilation[i], " outside TMA im2col's corner range");
   }
   const int64_t p = conv_out_size(h, r, stride[0], padding[0], dilation[0], who);

@@ -295,11 +295,11 @@ def sm90_problem(x, weight, stride=1, padding=0, dilation=1, groups=1, *, check_
 
 
 # TMA im2col limits (cuTensorMapEncodeIm2col, rank-4 tensors): traversal (element) strides 1..8, the
-# box corners (-padding, padding - dilation*(kernel-1)) within int16. CUTLASS's can_implement does not
+# box corners (-padding, padding - dilation*(kernel-1)) each within [-128, 127]. CUTLASS's can_implement does not
 # check them, and under -DNDEBUG a failed descriptor encode is silent: the kernel would run with a
 # garbage descriptor. csrc/fused_resnet_api.cpp refuses the same.
 SM90_MAX_STRIDE = 8
-_CORNER = range(-(2 ** 15), 2 ** 15)
+_CORNER = range(-128, 128)
 
 
 def sm90_im2col_problem(stride, padding, dilation, kernel) -> Optional[str]:

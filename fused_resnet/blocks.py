@@ -24,8 +24,7 @@ from torch.utils import _python_dispatch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import _context, _selector, _trace, folding
-from .folding import (FoldCache, FoldedConv, attr_dicts, fold_conv_bn, mark_refreshed, read_slots, source_slots,
-                      structure_epoch, tensor_dicts)
+from .folding import (FoldCache, FoldedConv, attr_dicts, fold_conv_bn, source_slots, structure_epoch, tensor_dicts)
 from ._geometry import memory_format_of
 from .ops.fused_conv2d import fused_conv2d
 
@@ -85,8 +84,11 @@ def _hook_dicts(m: nn.Module) -> tuple:
 
 
 def _has_hooks(m: nn.Module) -> bool:
-    """Could a forward hook of ``m`` (or a global one) see, and keep, its output?"""
-    return bool(m._forward_hooks or m._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1])
+    """Does ``m`` have hooks that calling it would run (and that could keep its output)? Backward
+    hooks count when autograd records: they must fire as in the reference forward."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]
+                or (torch.is_grad_enabled() and (m._backward_hooks or m._backward_pre_hooks or _GLOBAL_HOOKS[2]
+                                                 or _GLOBAL_HOOKS[3])))
 
 
 class _Steps(NamedTuple):
@@ -117,6 +119,8 @@ class _Hot(NamedTuple):
     attrs: tuple  # the convs' and BNs' instance dicts (folding.attr_dicts): geometry and eps, read each call
     hook_dicts: tuple  # hook dicts of every module the fused path does not call (_skipped_modules)
     fusable: bool  # the activation is nn.ReLU and every pair folds (else the slow path says why not)
+    containers: tuple  # the _modules dicts of this module and of its skipped containers (downsample)
+    lens: list  # their lengths: Sequential.insert/pop/del edit _modules without a registration hook
 
 
 class _Plan(NamedTuple):
@@ -220,8 +224,12 @@ class _FusedMixin:
         cache = self.__dict__.get("_fold_cache")
         if cache is not None:
             cache.invalidate()
-        mark_refreshed()
+        self._mark_refreshed()
         return super().train(mode)
+
+    def _mark_refreshed(self) -> None:
+        """Count a refresh point of this module (optimize() re-captures its graphs after one)."""
+        self.__dict__["_refreshes"] = self.__dict__.get("_refreshes", 0) + 1
 
     def _apply(self, fn, *args, **kwargs):
         # .to()/.half()/.cuda(): refold now, into new tensors of the new dtype/device, so a graph
@@ -236,10 +244,11 @@ class _FusedMixin:
         cache = self.__dict__.get("_fold_cache")
         self.__dict__.pop("_plans", None)
         self.__dict__.pop("_hot", None)
+        if force:
+            self._mark_refreshed()
         if cache is not None:
             if force:
                 cache.invalidate()
-                mark_refreshed()
             try:
                 cache.refresh(self._fold_pairs())
             except (ValueError, RuntimeError, AttributeError):  # no longer foldable: the next forward says why
@@ -279,17 +288,19 @@ class _FusedMixin:
                 self.__dict__["_load_hook"] = True
         return cache.refresh(pairs)
 
-    def _hot_state(self) -> _Hot:
+    def _hot_state(self, rebuild: bool = False) -> _Hot:
         hot = self.__dict__.get("_hot")
-        if hot is None or hot.epoch != structure_epoch():
+        if rebuild or hot is None or hot.epoch != structure_epoch():
             pairs = tuple(self._fold_pairs())
             ok = all(type(a) is nn.ReLU for a in self._activations()) and all(_foldable(c, b) is None for c, b in pairs)
             skipped = self._skipped_modules()
             # Forward and pre-hooks only: a planned call records no autograd graph, where backward
             # hooks would not fire in the reference forward either (the slow path checks them all).
             hooks = tuple(d for m in skipped for d in _hook_dicts(m)[:2]) + _GLOBAL_HOOKS[:2]
+            containers = tuple(m._modules for m in (self, *skipped) if m._modules)
             hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, source_slots(tensor_dicts(pairs)),
-                                               attr_dicts(pairs), hooks, ok)
+                                               attr_dicts(pairs), hooks, ok, containers,
+                                               list(map(len, containers)))
         return hot
 
     def _plan(self, x, donate: bool) -> tuple:
@@ -301,12 +312,12 @@ class _FusedMixin:
                 or _python_dispatch._is_in_torch_dispatch_mode:
             return None, None
         hot = self.__dict__.get("_hot")
-        if hot is None or hot.epoch != folding._EPOCH[0]:
-            hot = self._hot_state()
+        if hot is None or hot.epoch != folding._EPOCH[0] or list(map(len, hot.containers)) != hot.lens:
+            hot = self._hot_state(rebuild=True)
         if not hot.fusable or any(hot.hook_dicts):
             return None, None
         try:
-            sources = list(map(dict.__getitem__, *hot.slots))  # folding.read_slots, inlined
+            sources = list(map(dict.__getitem__, *hot.slots))  # the tensors in their slots now (C-level)
         except KeyError:  # a tensor was deleted from its module since the structure was read
             self.__dict__.pop("_hot", None)
             return None, None
@@ -348,9 +359,12 @@ class _FusedMixin:
         if why:
             return self._fallback(x, why)
         folded = self._folded(self._fold_pairs())
+        # The generation of these folds, read now: another thread may refold while body() runs, and
+        # launches recorded from the old folds must not be filed under the new generation.
+        cache = self.__dict__.get("_fold_cache")
+        generation = cache.generation if cache is not None else None
         record = [] if key is not None else None
         out = body(x, donate, folded, _Steps(None, record, len(folded)))
-        cache = self.__dict__.get("_fold_cache")
         if record is not None and cache is not None and None not in record:
             plans = self.__dict__.setdefault("_plans", {})
             plans.pop(key, None)
@@ -359,7 +373,7 @@ class _FusedMixin:
             excess = len(plans) + 1 - _MAX_PLANS
             for old in list(plans)[:max(excess, 0)]:
                 plans.pop(old, None)
-            plans[key] = _Plan(cache.generation, tuple(record),
+            plans[key] = _Plan(generation, tuple(record),
                                (memory_format_of(x), x.is_contiguous(memory_format=CL)))
         return out
 

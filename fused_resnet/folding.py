@@ -82,16 +82,11 @@ def sources_of(dicts: tuple) -> list:
 
 
 def source_slots(dicts: tuple) -> tuple:
-    """(dicts, keys): the (dict, key) slot of every tensor ``sources_of(dicts)`` returns, for
-    ``read_slots``, the hot path's cheaper read of the same tensors."""
+    """(dicts, keys): the (dict, key) slot of every tensor ``sources_of(dicts)`` returns. The hot path
+    reads them with ``list(map(dict.__getitem__, *slots))``: the same tensors, C-level. A slot emptied
+    since gives None or KeyError, which the caller treats as a change."""
     slots = [(d, k) for d in dicts for k, t in d.items() if t is not None]
     return tuple(d for d, _ in slots), tuple(k for _, k in slots)
-
-
-def read_slots(slots: tuple) -> list:
-    """The tensors in ``source_slots``' slots now (C-level: it runs on every fused call). A slot
-    emptied since gives None or KeyError, which the caller treats as a change."""
-    return list(map(dict.__getitem__, *slots))
 
 
 # Bumped whenever any module anywhere registers a parameter, buffer or submodule (assignment,
@@ -113,19 +108,6 @@ nn.modules.module.register_module_module_registration_hook(_bump_epoch)
 def structure_epoch() -> int:
     return _EPOCH[0]
 
-
-# Bumped by every refresh point (a converted module's train()/eval(), fused_resnet.refresh()): CUDA
-# graphs captured before it (optimize()) read packed weights a refold may have replaced, and a write
-# through .data that made the refresh necessary changes no stamp they could check.
-_REFRESHES = [0]
-
-
-def mark_refreshed() -> None:
-    _REFRESHES[0] += 1
-
-
-def refresh_count() -> int:
-    return _REFRESHES[0]
 
 
 def attr_dicts(pairs) -> tuple:

@@ -18,7 +18,8 @@ any refresh point (eval()/train() of a converted module, fused_resnet.refresh(),
 .data); the graphs are then dropped and captured again (warm-up included), so a forward never runs on stale
 weights. Each input signature (shape, strides, dtype, device) gets its own graph; CPU inputs and
 training mode run the converted model directly, under torch.no_grad(): this module is for
-inference only. Calls from several threads are serialized, and each waits on the GPU for the
+inference only. While any module of the model (or a global hook) has a forward hook, calls run the
+model itself, so the hooks fire. Calls from several threads are serialized, and each waits on the GPU for the
 previous replay before overwriting the static input.
 """
 from __future__ import annotations
@@ -29,9 +30,24 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import folding
 from .blocks import convert
+
+
+_GLOBAL_FORWARD_HOOKS = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
+
+
+class _Structure(NamedTuple):
+    """The model's modules as the replay checks read them (rebuilt when structure_epoch() moves)."""
+
+    epoch: int
+    tensor_dicts: tuple  # every module's _parameters and _buffers
+    modules: tuple  # (id, type) of every module: a replaced module (even one without tensors) shows
+    attrs: tuple  # (conv instance dicts, BN instance dicts): geometry, eps, BN mode (folding._stamp)
+    hooks: tuple  # every module's forward and pre-hook dicts
+    fused: tuple  # the converted modules (their refresh counters)
 
 
 class _Graph(NamedTuple):
@@ -60,16 +76,35 @@ class OptimizedModel(nn.Module):
         self._done = None  # CUDA event recorded after the last replay
         self.captures = 0  # graphs captured so far (re-captures included); for tests and logs
 
-    def _weights_stamp(self) -> tuple:
-        """Changes when any parameter or buffer is edited in place, replaced (also by functional_call,
-        which writes the modules' dicts directly: the tensors are read out of them each call), or moved."""
+    def _structure(self) -> _Structure:
+        """What the stamp reads, collected again whenever structure_epoch() moved."""
         epoch = folding.structure_epoch()
-        if self._dicts is None or self._dicts[0] != epoch:
-            self._dicts = (epoch, tuple(d for m in self.model.modules() for d in (m._parameters, m._buffers)))
-        tensors = folding.sources_of(self._dicts[1])
+        if self._dicts is None or self._dicts.epoch != epoch:
+            mods = tuple(self.model.modules())
+            convs = tuple(m for m in mods if type(m) is nn.Conv2d)
+            bns = tuple(m for m in mods if isinstance(m, nn.BatchNorm2d) or type(m) is FrozenBatchNorm2d)
+            self._dicts = _Structure(
+                epoch, tuple(d for m in mods for d in (m._parameters, m._buffers)),
+                tuple((id(m), type(m)) for m in mods), (tuple(map(vars, convs)), tuple(map(vars, bns))),
+                tuple(d for m in mods for d in (m._forward_hooks, m._forward_pre_hooks)),
+                tuple(m for m in mods if hasattr(m, "_mark_refreshed")))
+        return self._dicts
+
+    def _weights_stamp(self) -> tuple:
+        """Changes when anything the captured graphs baked in changes: a parameter or buffer edited in
+        place, replaced (also by functional_call, which writes the modules' dicts directly: the tensors
+        are read out of them each call) or moved; a module replaced; a conv's geometry or a BN's eps or
+        mode; a refresh point of a converted module (eval()/train(), fused_resnet.refresh())."""
+        st = self._structure()
+        tensors = folding.sources_of(st.tensor_dicts)
         # Not the epoch itself: it moves whenever any module anywhere registers a parameter (building
         # an unrelated model), which must not re-capture these graphs; identities catch replacements.
-        return tuple(map(id, tensors)), folding._stamp(tensors, ()), folding.refresh_count()
+        return (tuple(map(id, tensors)), folding._stamp(tensors, (), st.attrs), st.modules,
+                sum(m.__dict__.get("_refreshes", 0) for m in st.fused))
+
+    def _hooked(self) -> bool:
+        """A forward hook anywhere in the model (or a global one): a graph replay would skip it."""
+        return any(self._structure().hooks) or any(_GLOBAL_FORWARD_HOOKS)
 
     def train(self, mode: bool = True):
         """eval()/train() are refresh points (as for converted modules): the graphs are captured again."""
@@ -90,7 +125,8 @@ class OptimizedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output for ``x`` (inference only: no autograd graph is recorded)."""
-        if not (self.cuda_graphs and isinstance(x, torch.Tensor) and x.is_cuda) or self.model.training:
+        if not (self.cuda_graphs and isinstance(x, torch.Tensor) and x.is_cuda) or self.model.training \
+                or self._hooked():  # hooks fire only in a real forward: run one
             with torch.no_grad():
                 return self.model(x)
         with self._lock:

@@ -214,6 +214,20 @@ def test_hooks_inside_blocks_fire_and_explain_says_why():
     assert any("hook on conv1" in r.reason for r in report.rows), str(report)
 
 
+def test_backward_hooks_on_layers_and_blocks_fire_with_autograd():
+    tv, fused = _pair()
+    counts = {"tv": 0, "fused": 0}
+    for key, m in (("tv", tv), ("fused", fused)):
+        for mod in (m.layer1, m.layer2[0]):
+            mod.register_full_backward_hook(lambda *a, key=key: counts.__setitem__(key, counts[key] + 1))
+    with torch.no_grad():
+        fused(X)  # plans exist
+    x = X.clone().requires_grad_(True)
+    fused(x).sum().backward()
+    tv(X.clone().requires_grad_(True)).sum().backward()
+    assert counts["fused"] == counts["tv"] == 2, counts
+
+
 def test_global_module_hook_fires():
     tv, fused = _pair()
     calls = []

@@ -303,3 +303,34 @@ def test_cached_launches_do_not_keep_a_dropped_weight_alive():
     del w
     gc.collect()
     assert ref() is None
+
+
+def test_optimize_stamp_sees_what_its_graphs_bake_in():
+    """What a captured CUDA graph holds fixed: the stamp (checked before every replay) must move for
+    each, and must not move for an unrelated model's refresh. Runs on CPU: the stamp is host logic."""
+    tv = random_model(torchvision.models.resnet18)
+    opt = fused_resnet.optimize(copy.deepcopy(tv))
+    other = fused_resnet.convert(copy.deepcopy(tv))
+    m = opt.model
+    edits = [
+        lambda: setattr(m.layer1[0], "relu", torch.nn.GELU()),  # a module without tensors
+        lambda: setattr(m.layer4[0].conv1, "stride", (1, 1)),
+        lambda: setattr(m.layer2[0].bn1, "eps", 0.5),
+        lambda: m.layer3[0].bn2.train(),
+        lambda: m.eval(),  # the refresh point after writes through .data
+        lambda: fused_resnet.refresh(m),
+        lambda: (m.layer1[0].bn1.weight.data.mul_(2.0), m.layer1[0].eval()),
+    ]
+    for i, edit in enumerate(edits):
+        before = opt._weights_stamp()
+        edit()
+        assert opt._weights_stamp() != before, i
+    before = opt._weights_stamp()
+    other.eval()
+    fused_resnet.refresh(other)
+    assert opt._weights_stamp() == before  # another model's refresh re-captures nothing here
+    assert not opt._hooked()
+    h = m.layer2[0].conv2.register_forward_hook(lambda *a: None)
+    assert opt._hooked()
+    h.remove()
+    assert not opt._hooked()

@@ -205,6 +205,18 @@ def _bn_batch_stats(m, family):
     return m
 
 
+def _downsample_insert(m, family):
+    # Sequential.insert writes _modules directly: no registration hook fires
+    m.layer2[0].downsample.insert(2, nn.ReLU())
+    return m
+
+
+def _downsample_del(m, family):
+    # Sequential.__delitem__ rebuilds _modules directly: no registration hook fires
+    del m.layer3[0].downsample[1]
+    return m
+
+
 def _swap_tensors(m, family):
     w = m.layer3[0].conv1.weight
     torch.utils.swap_tensors(w, nn.Parameter(w.detach() * 0.5))
@@ -275,6 +287,8 @@ MUTATIONS = {
     "replace_activation": _replace_activation,
     "bn_batch_stats": _bn_batch_stats,
     "swap_tensors": _swap_tensors,
+    "downsample.insert": _downsample_insert,
+    "del downsample[1]": _downsample_del,
     "set_data": _set_data,
     "hook_edits_output": _hook_edits_output,
     "pre_hook_on_conv": _pre_hook_on_conv,
