@@ -83,12 +83,14 @@ def _hook_dicts(m: nn.Module) -> tuple:
     return (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
 
 
-def _has_hooks(m: nn.Module) -> bool:
+def _has_hooks(m: nn.Module, grad: Optional[bool] = None) -> bool:
     """Does ``m`` have hooks that calling it would run (and that could keep its output)? Backward
-    hooks count when autograd records: they must fire as in the reference forward."""
-    return bool(m._forward_hooks or m._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]
-                or (torch.is_grad_enabled() and (m._backward_hooks or m._backward_pre_hooks or _GLOBAL_HOOKS[2]
-                                                 or _GLOBAL_HOOKS[3])))
+    hooks count when autograd records (``grad``: torch.is_grad_enabled(), if the caller has it)."""
+    if m._forward_hooks or m._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
+        return True
+    if grad is None:
+        grad = torch.is_grad_enabled()
+    return grad and bool(m._backward_hooks or m._backward_pre_hooks or _GLOBAL_HOOKS[2] or _GLOBAL_HOOKS[3])
 
 
 class _Steps(NamedTuple):
@@ -99,6 +101,7 @@ class _Steps(NamedTuple):
     record: Optional[list]
     n: int  # convs this block runs fused (the downsample's is last, when it is fused)
     layout: Optional[tuple] = None  # replaying: (output memory format, input is channels_last), from the key
+    ambient: Optional[str] = None  # the requested backend of this forward (use_backend / env), for children
 
     def enter(self, x: torch.Tensor, donate: bool) -> tuple:
         """(x in channels_last, whether x may be donated, the memory format to return). A replayed
@@ -119,7 +122,7 @@ class _Hot(NamedTuple):
     attrs: tuple  # the convs' and BNs' instance dicts (folding.attr_dicts): geometry and eps, read each call
     hook_dicts: tuple  # hook dicts of every module the fused path does not call (_skipped_modules)
     fusable: bool  # the activation is nn.ReLU and every pair folds (else the slow path says why not)
-    containers: tuple  # the _modules dicts of this module and of its skipped containers (downsample)
+    containers: tuple  # the _modules dicts of the skipped containers (the downsample Sequential)
     lens: list  # their lengths: Sequential.insert/pop/del edit _modules without a registration hook
 
 
@@ -297,13 +300,16 @@ class _FusedMixin:
             # Forward and pre-hooks only: a planned call records no autograd graph, where backward
             # hooks would not fire in the reference forward either (the slow path checks them all).
             hooks = tuple(d for m in skipped for d in _hook_dicts(m)[:2]) + _GLOBAL_HOOKS[:2]
-            containers = tuple(m._modules for m in (self, *skipped) if m._modules)
+            # The skipped containers (the downsample Sequential): their edits without a registration
+            # hook (insert, del, pop) change what folds. (The block's own _modules change through
+            # setattr, which bumps the epoch.)
+            containers = tuple(m._modules for m in skipped if m._modules)
             hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, source_slots(tensor_dicts(pairs)),
                                                attr_dicts(pairs), hooks, ok, containers,
                                                list(map(len, containers)))
         return hot
 
-    def _plan(self, x, donate: bool) -> tuple:
+    def _plan(self, x, donate: bool, ambient: str) -> tuple:
         """(plan, key): the launch plan valid for this call, or (None, key to record one under), or
         (None, None) when this call is not planned (training, explain(), torch.compile, autograd,
         tracing, dispatch modes, hooks)."""
@@ -324,8 +330,9 @@ class _FusedMixin:
         if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in sources)):
             return None, None  # autograd records: the differentiable path (gradients for x too)
         # (A BN switched to training mode changes the stamp: the slow path then says why not.)
-        key = (x.shape, x.stride(), x.dtype, x.device, _selector.requested_backend(self._fused_backend), donate,
-               torch.is_inference_mode_enabled(), x.is_inference())
+        backend = self._fused_backend if self._fused_backend is not None else ambient
+        key = (x.shape, x.stride(), x.dtype, x.device, backend, donate, torch.is_inference_mode_enabled(),
+               x.is_inference())
         cache = self.__dict__.get("_fold_cache")
         plans = self.__dict__.get("_plans")
         if cache is None or plans is None:
@@ -347,14 +354,18 @@ class _FusedMixin:
             return plan, key
         return None, key
 
-    def _run_planned(self, x, donate: bool, body):
-        """Run ``body(x, donate, folded, steps)`` through a launch plan (see the class docstring)."""
+    def _run_planned(self, x, donate: bool, body, untraced: bool = False, ambient: Optional[str] = None):
+        """Run ``body(x, donate, folded, steps)`` through a launch plan (see the class docstring).
+        ``untraced``/``ambient``: the caller is a fused parent's forward, which already checked for
+        tracers and read the requested backend (use_backend() / FUSED_RESNET_BACKEND) for this forward."""
         # First: under torch.fx, x is a Proxy that no check may touch; torch.jit.trace records the reference.
-        if not isinstance(x, torch.Tensor) or torch.jit.is_tracing():
+        if not untraced and (not isinstance(x, torch.Tensor) or torch.jit.is_tracing()):
             return self._fallback(x, _context.tracing_reason(x))
-        plan, key = self._plan(x, donate)
+        if ambient is None:
+            ambient = _selector.requested_backend()
+        plan, key = self._plan(x, donate, ambient)
         if plan is not None:
-            return body(x, donate, None, _Steps(iter(plan.launches), None, len(plan.launches), plan.layout))
+            return body(x, donate, None, _Steps(iter(plan.launches), None, len(plan.launches), plan.layout, ambient))
         why = self._fusion_problem(x)
         if why:
             return self._fallback(x, why)
@@ -364,7 +375,7 @@ class _FusedMixin:
         cache = self.__dict__.get("_fold_cache")
         generation = cache.generation if cache is not None else None
         record = [] if key is not None else None
-        out = body(x, donate, folded, _Steps(None, record, len(folded)))
+        out = body(x, donate, folded, _Steps(None, record, len(folded), None, ambient))
         if record is not None and cache is not None and None not in record:
             plans = self.__dict__.setdefault("_plans", {})
             plans.pop(key, None)
@@ -409,9 +420,11 @@ class _FusedBlock(_FusedMixin):
                                      "torch.compile keep the folded convs)")
         return self
 
-    def _forward(self, x: torch.Tensor, donate: bool) -> torch.Tensor:
-        """donate=True: the caller hands x over, so the last conv may write its output into it."""
-        return self._run_planned(x, donate, self._body)
+    def _forward(self, x: torch.Tensor, donate: bool, untraced: bool = False,
+                 ambient: Optional[str] = None) -> torch.Tensor:
+        """donate=True: the caller hands x over, so the last conv may write its output into it.
+        untraced/ambient: from a fused parent's forward (_run_layer), see _run_planned."""
+        return self._run_planned(x, donate, self._body, untraced, ambient)
 
 
 class BasicBlock(_FusedBlock, tvr.BasicBlock):
@@ -487,26 +500,27 @@ class ResNet(_FusedMixin, tvr.ResNet):
         x = self.maxpool(x)
         fresh = not _has_hooks(self.maxpool)
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x, fresh = _run_layer(layer, x, fresh)
+            x, fresh = _run_layer(layer, x, fresh, steps.ambient)
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
 
 
-def _run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False) -> tuple:
+def _run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: Optional[str] = None) -> tuple:
     """Run one ResNet layer, donating each block's input to it when nobody else can hold that tensor:
     inside the network the last conv can then write over the identity instead of allocating
     (measured on CPU: a (8,256,56,56) conv+add+ReLU output 6.5 ms fresh vs 3.2 ms in place).
     ``fresh``: x was made inside the network by a module without hooks. Any module hook (which could
     keep a reference to its output) makes the next block's input not fresh. Returns (output, fresh)."""
-    if type(layer) is not nn.Sequential or _has_hooks(layer):
+    grad = torch.is_grad_enabled()
+    if type(layer) is not nn.Sequential or _has_hooks(layer, grad):
         return layer(x), False
     for block in layer:
-        if isinstance(block, _FusedMixin) and hasattr(block, "_forward") and not _has_hooks(block):
-            x = block._forward(x, donate=fresh)
+        if isinstance(block, _FusedMixin) and hasattr(block, "_forward") and not _has_hooks(block, grad):
+            x = block._forward(x, donate=fresh, untraced=True, ambient=ambient)  # checked by the fused parent
             fresh = True
         else:
             x = block(x)
-            fresh = not _has_hooks(block)
+            fresh = not _has_hooks(block, grad)
     return x, fresh
 
 

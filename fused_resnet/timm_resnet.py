@@ -102,12 +102,12 @@ class _TimmMixin(_FusedMixin):
     def _grad_params(self):
         return self.parameters()
 
-    def _plan(self, x, donate: bool) -> tuple:
+    def _plan(self, x, donate: bool, ambient: str) -> tuple:
         # timm's own per-call conditions first (grad checkpointing, autograd through any parameter,
         # drop modules): when one holds, no plan; the slow path says why.
         if _forced is not None or _records_grad(x, self._grad_params()) or self._structure_problem():
             return None, None
-        return super()._plan(x, donate)
+        return super()._plan(x, donate, ambient)
 
 
 class _TimmBlock(_TimmMixin, _FusedBlock):
@@ -256,7 +256,7 @@ class ResNet(_TimmMixin, tr.ResNet):
             x = self.maxpool(x)
             fresh = not _has_hooks(self.maxpool)
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x, fresh = _run_layer(layer, x, fresh)
+            x, fresh = _run_layer(layer, x, fresh, steps.ambient)
         return x.contiguous(memory_format=fmt)
 
 
