@@ -1,15 +1,14 @@
 """Build the CUDA extension ahead of time for the torch this interpreter runs, into one file.
 
-    python benchmarks/prebuild_extension.py OUT.so
+    python benchmarks/prebuild_extension.py OUT.so        (`make gpu-prebuild` runs it for the GPU machine)
 
 A GPU machine with no time to spare (the GPU suite's build phase costs minutes of device time) can
-load a library built elsewhere, on a CPU-only machine with nvcc: install the GPU machine's exact
-torch build there (e.g. `pip install --no-deps torch==2.11.0` into its own venv; the library uses
-torch's C++ API only, no Python API, so the Python minor version does not matter), run this, and
-put OUT.so at fused_resnet/_C.so in the GPU machine's working tree. OUT.so.digest records the
-sources it was built from (fused_resnet/_sources.digest); the GPU suite uses the library only when
-its tree has the same digest. The package loads a
-fused_resnet/_C*.so before building; one made for another torch fails to load, is reported by
+load a library built elsewhere, on a CPU-only machine with nvcc: `make gpu-prebuild` installs the GPU
+machine's torch build into its own venv (the library uses torch's C++ API only, no Python API, so
+the Python minor version does not matter) and writes `.gpu-prebuilt/_C-torch<version>.so`.
+OUT.so.digest records the sources it was built from (fused_resnet/_sources.digest); the GPU suite
+copies the library to fused_resnet/_C.so only when its tree has the same digest. The package loads
+a fused_resnet/_C*.so before building; one made for another torch fails to load, is reported by
 ``fused_resnet._ext.status()`` and the JIT build runs instead.
 
 Only the extension's own modules are imported (not the package, whose torchvision import must match
