@@ -40,6 +40,15 @@ def in_dispatch_mode() -> bool:
     return _python_dispatch.is_in_torch_dispatch_mode()
 
 
+# The same answer as a flag read, for the blocks' hot path: the module global that
+# is_in_torch_dispatch_mode() returns, where this torch has it (else the function).
+if isinstance(getattr(_python_dispatch, "_is_in_torch_dispatch_mode", None), bool):
+    def dispatch_mode_flag() -> bool:
+        return _python_dispatch._is_in_torch_dispatch_mode
+else:  # pragma: no cover - older/newer torch
+    dispatch_mode_flag = in_dispatch_mode
+
+
 def tracing_reason(x) -> Optional[str]:
     """Why this call must run the reference forward (``x`` is the block's input), or None. Warns
     once for torch.jit.trace. Under torch.fx symbolic tracing every activation is a Proxy, not a

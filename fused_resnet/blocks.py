@@ -20,7 +20,6 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 import torchvision.models.resnet as tvr
 from torch import nn
-from torch.utils import _python_dispatch
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import _context, _selector, _trace, folding
@@ -275,8 +274,9 @@ class _FusedMixin:
                 if cache.stale():
                     raise RuntimeError(
                         "fused_resnet: a parameter, BN statistic or conv attribute changed after the folded "
-                        "weights were last computed; run the model once in eager mode (or call model.eval()) "
-                        "before torch.export, so the exported program holds the current folds")
+                        "weights were last computed; run the model once in eager mode, or call "
+                        "fused_resnet.refresh(model), before torch.export, so the exported program holds the "
+                        "current folds")
             else:
                 torch.ops.fused_resnet._refresh_folds([t for f in cache.value for t in (f.weight, f.bias)],
                                                       cache.handle)
@@ -315,7 +315,7 @@ class _FusedMixin:
         tracing, dispatch modes, hooks)."""
         # (Flag reads inlined: this runs once per fused module per forward; see benchmarks/NOTES.md.)
         if self.training or _trace._records is not None or torch.compiler.is_compiling() \
-                or _python_dispatch._is_in_torch_dispatch_mode:
+                or _context.dispatch_mode_flag():
             return None, None
         hot = self.__dict__.get("_hot")
         if hot is None or hot.epoch != folding._EPOCH[0] or list(map(len, hot.containers)) != hot.lens:

@@ -33,10 +33,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import folding
-from .blocks import convert
-
-
-_GLOBAL_FORWARD_HOOKS = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
+from .blocks import _GLOBAL_HOOKS, _FusedMixin, convert
 
 
 class _Structure(NamedTuple):
@@ -87,7 +84,7 @@ class OptimizedModel(nn.Module):
                 epoch, tuple(d for m in mods for d in (m._parameters, m._buffers)),
                 tuple((id(m), type(m)) for m in mods), (tuple(map(vars, convs)), tuple(map(vars, bns))),
                 tuple(d for m in mods for d in (m._forward_hooks, m._forward_pre_hooks)),
-                tuple(m for m in mods if hasattr(m, "_mark_refreshed")))
+                tuple(m for m in mods if isinstance(m, _FusedMixin)))
         return self._dicts
 
     def _weights_stamp(self) -> tuple:
@@ -104,7 +101,7 @@ class OptimizedModel(nn.Module):
 
     def _hooked(self) -> bool:
         """A forward hook anywhere in the model (or a global one): a graph replay would skip it."""
-        return any(self._structure().hooks) or any(_GLOBAL_FORWARD_HOOKS)
+        return any(self._structure().hooks) or any(_GLOBAL_HOOKS[:2])
 
     def train(self, mode: bool = True):
         """eval()/train() are refresh points (as for converted modules): the graphs are captured again."""

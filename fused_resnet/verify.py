@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torchvision
@@ -97,7 +98,7 @@ class VerifyResult:
     backends: dict  # {backend: number of convs it ran}
     fused: int = 0  # convs that ran through fused_conv2d (the rest ran as the model's own modules)
     input_scale: float = 1.0  # the input was scaled by this to keep activations in the dtype's range
-    fallback_reasons: list = None  # why convs did not run fused (explain's reasons)
+    fallback_reasons: Optional[list] = None  # why convs did not run fused (explain's reasons)
 
     @property
     def ok(self) -> bool:
