@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from . import _sm90_configs, _sources
+from . import _env, _sm90_configs, _sources
 from ._geometry import out_size
 
 _LIB = torch.library.Library("fused_resnet", "FRAGMENT")
@@ -165,10 +165,11 @@ def _load() -> tuple[bool, str]:
 
 
 def status() -> tuple[bool, str]:
-    """(usable, why / why not) for the "cuda" backend; loads or builds on the first call."""
+    """(usable, why / why not) for the "cuda" backend; loads or builds on the first call (only when
+    torch sees a CUDA GPU)."""
     with _lock:
         if "status" not in _state:
-            _state["status"] = _load()
+            _state["status"] = _load() if torch.cuda.is_available() else (False, "no CUDA GPU visible to torch")
         return _state["status"]
 
 
@@ -289,8 +290,8 @@ def sm90_problem(x, weight, stride=1, padding=0, dilation=1, groups=1, *, check_
     if check_device:
         if x.device.type != "cuda":
             return "sm90: not a CUDA tensor"
-        if _device_capability(x.device) != (9, 0):
-            return f"sm90: needs an sm_90 GPU (H100/H200), this is sm_{''.join(map(str, _device_capability(x.device)))}"
+        if _env.device_capability(x.device) != (9, 0):
+            return f"sm90: needs an sm_90 GPU (H100/H200), this is sm_{''.join(map(str, _env.device_capability(x.device)))}"
     return None
 
 
@@ -318,17 +319,6 @@ def sm90_config_accepts(config: int, x, weight, stride=1, padding=0) -> bool:
     if _SM90_DTYPES.get(x.dtype) != cfg.dtype:
         return False
     return cfg.kind == "conv" or _is_pointwise(weight.shape[2], weight.shape[3], stride, padding)
-
-
-_capabilities: dict = {}
-
-
-def _device_capability(device) -> tuple:
-    index = torch.device(device).index
-    index = torch.cuda.current_device() if index is None else index
-    if index not in _capabilities:
-        _capabilities[index] = torch.cuda.get_device_capability(index)
-    return _capabilities[index]
 
 
 def default_sm90_config(n, c, h, w, k, r, s, stride=1, padding=0, dilation=1, dtype=torch.float16,

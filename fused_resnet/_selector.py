@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import importlib.util
 import os
 from typing import Iterator, NamedTuple, Optional
 
 import torch
+
+from . import _env
 
 BACKENDS = ("auto", "eager", "triton", "cuda")
 _REQUESTED: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("fused_resnet_backend", default=None)
@@ -108,28 +109,11 @@ def use_backend(name: str) -> Iterator[None]:
         _REQUESTED.reset(token)
 
 
-def triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@functools.lru_cache(maxsize=None)
 def _triton_status() -> tuple[bool, str]:
-    if importlib.util.find_spec("triton") is None:
-        return False, "triton is not installed"
-    if triton_interpreting():
-        return True, "triton interpreter (TRITON_INTERPRET=1): runs on CPU tensors"
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU visible to torch"
-    major, _ = torch.cuda.get_device_capability()
-    if major < 8:
-        return False, f"GPU compute capability {major}.x < 8.0 (needs sm_80+)"
-    return True, "triton on " + torch.cuda.get_device_name()
+    return _env.triton_status()
 
 
-@functools.lru_cache(maxsize=None)
 def _cuda_ext_status() -> tuple[bool, str]:
-    if not torch.cuda.is_available():
-        return False, "no CUDA GPU visible to torch"
     from . import _ext
 
     return _ext.status()
@@ -158,7 +142,7 @@ def _triton_guard(x: torch.Tensor) -> Optional[str]:
     ok, why = _triton_status()
     if not ok:
         return why
-    if x.device.type != "cuda" and not (triton_interpreting() and x.device.type == "cpu"):
+    if x.device.type != "cuda" and not (_env.triton_interpreting() and x.device.type == "cpu"):
         return f"{x.device.type.upper()} tensor"
     if x.dtype not in _TRITON_DTYPES:
         return f"dtype {x.dtype} not supported by the triton kernel"
@@ -208,7 +192,7 @@ def tactic_guard(tactic: str, x: torch.Tensor, weight: torch.Tensor, groups: int
     if tactic in (CUDNN_POINTWISE, CUDNN_EPILOGUE, CUDNN_FUSED):
         if x.device.type != "cuda":
             return f"{x.device.type.upper()} tensor (cuDNN runs CUDA tensors)"
-        if not torch.backends.cudnn.is_available():
+        if not _env.cudnn_available():
             return "cuDNN not available"
         if tactic == CUDNN_POINTWISE:
             return None

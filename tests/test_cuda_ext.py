@@ -146,7 +146,7 @@ def test_sources_digest_follows_every_kernel_file(monkeypatch, tmp_path):
 
 
 def test_selector_guards_for_cuda(monkeypatch):
-    monkeypatch.setattr(_selector, "_cuda_ext_status", lambda: (True, "test"))
+    monkeypatch.setattr(_ext, "status", lambda: (True, "test"))
     with FakeTensorMode(allow_non_fake_inputs=True):
         x = torch.empty(1, 64, 8, 8, dtype=torch.float16, device="cuda")
         w = torch.empty(64, 64, 3, 3, dtype=torch.float16, device="cuda")

@@ -12,7 +12,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fused_resnet
-from fused_resnet import _ext, _selector, tuning
+from fused_resnet import _env, _ext, _selector, tuning
 from fused_resnet.bench import op_bound_ms, op_bound_summary
 from fused_resnet.tuning import Entry, decide
 
@@ -84,8 +84,8 @@ def test_format_1_tables_are_still_read(tmp_path):
 @pytest.fixture
 def gpu_world(monkeypatch, tmp_path):
     """Fake CUDA tensors with both GPU backends 'available', and a tactic table at FUSED_RESNET_TABLE."""
-    monkeypatch.setattr(_selector, "_cuda_ext_status", lambda: (True, "test"))
-    monkeypatch.setattr(_selector, "_triton_status", lambda: (True, "test"))
+    monkeypatch.setattr(_ext, "status", lambda: (True, "test"))
+    monkeypatch.setattr(_env, "triton_status", lambda: (True, "test"))
     monkeypatch.delenv("FUSED_RESNET_PREFER", raising=False)
     path = tmp_path / "backend_test.json"
     monkeypatch.setenv("FUSED_RESNET_TABLE", str(path))
@@ -122,7 +122,7 @@ def test_auto_follows_a_runnable_tabled_tactic(gpu_world):
 
 
 def test_auto_skips_a_tabled_tactic_that_cannot_run(gpu_world, monkeypatch):
-    monkeypatch.setattr(_ext, "_device_capability", lambda device: (8, 0))  # an A100: no sm90 kernels
+    monkeypatch.setattr(_env, "device_capability", lambda device=None: (8, 0))  # an A100: no sm90 kernels
     x3, w3 = _conv(cin=3, cout=64, k=7, hw=224)
     x, w = _conv()
     gpu_world({_key(x3, w3, 3): Entry("cuda:sm80_small"), _key(x, w): Entry(SM90)})
@@ -172,7 +172,7 @@ def test_sm80_tile_follows_the_kernels_rule():
 def fake_sm90(monkeypatch):
     """An H100 as far as the sm90 guard can tell, and a launcher that records the config it is given."""
     calls = []
-    monkeypatch.setattr(_ext, "_device_capability", lambda device: (9, 0))
+    monkeypatch.setattr(_env, "device_capability", lambda device=None: (9, 0))
 
     def op(x, weight, bias, residual, stride, padding, dilation, relu, config):  # the op's schema
         calls.append(config)
@@ -198,7 +198,7 @@ def test_sm90_configs_become_tactics(gpu_world, fake_sm90):
 
 
 def test_sm90_tactics_only_for_cuda_tensors_and_hopper(gpu_world, monkeypatch):
-    monkeypatch.setattr(_ext, "_device_capability", lambda device: (8, 0))
+    monkeypatch.setattr(_env, "device_capability", lambda device=None: (8, 0))
     x, w = _conv()
     assert "sm_90" in _selector.tactic_guard(SM90, x, w, 1)  # an A100: refused with the reason
     assert _selector.conv_tactics(torch.empty(1, 3, 4, 4)) == ("eager:cpu",)
