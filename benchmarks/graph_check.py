@@ -26,7 +26,7 @@ import sys
 import torch
 import torchvision
 
-from fused_resnet.bench import _graphed, build_provider, provider_available
+from fused_resnet.bench.model import _graphed, build_provider, provider_available
 from fused_resnet.testing import randomize_bn
 
 DEFAULT = "torchvision,torchvision_cl,torchscript,fused_triton,fused_cuda,fused_resnet"

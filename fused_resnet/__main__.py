@@ -53,12 +53,17 @@ def cmd_info(args) -> int:
     for name, (ok, why) in _selector.backend_status().items():
         print(f"  {name:7s} {'yes' if ok else 'no ':3s}  {why}")
     if torch.cuda.is_available():
-        from . import tuning
+        from . import _env, tuning
         from .triton import configs
 
-        tag = configs.device_tag()
+        tag = _env.device_tag()
         print(f"tuned tables for {tag}: {len(configs.table(tag))} triton configs, "
-              f"{len(tuning._table(tag))} tactic/backend entries ({os.environ.get('FUSED_RESNET_TABLE') or 'fused_resnet/tuned/'})")
+              f"{len(tuning._table(tag))} tactic entries ({os.environ.get('FUSED_RESNET_TABLE') or 'fused_resnet/tuned/'})")
+    from . import _env
+
+    print("environment variables (set ones marked *):")
+    for name, what in _env.VARIABLES.items():
+        print(f"  {'*' if name in os.environ else ' '} {name:26s} {what}")
     return 0
 
 

@@ -11,11 +11,10 @@ import functools
 import importlib.util
 import os
 import re
-from typing import Optional
-
 import torch
 
-# name -> what it does (``python -m fused_resnet info`` and the README list them)
+# name -> what it does (``python -m fused_resnet info`` lists them; _sources.py and setup.py, which run
+# without torch, read theirs directly)
 VARIABLES = {
     "FUSED_RESNET_BACKEND": "auto | eager | triton | cuda: the backend when neither backend= nor use_backend() says",
     "FUSED_RESNET_PREFER": "cuda | triton: under auto, run this GPU kernel where both run (overrides the table)",
@@ -26,6 +25,9 @@ VARIABLES = {
     "FUSED_RESNET_JIT": "0: never JIT-build the CUDA extension (use a prebuilt library or report why not)",
     "FUSED_RESNET_GIT_SHA": "the commit recorded in benchmark and tuning results (else git is asked)",
     "FUSED_RESNET_AOT_DEBUG": "1: keep the Triton ahead-of-time compiler's intermediate files",
+    # Read by scripts that do not import the package (listed here so the list is whole):
+    "FUSED_RESNET_BUILD_CUDA": "1: setup.py builds the CUDA extension ahead of time (fused_resnet/_C*.so)",
+    "FUSED_RESNET_BENCH_DEVICE": "cuda: benchmarks/ (pytest-benchmark) runs on the GPU",
 }
 
 
@@ -106,10 +108,3 @@ def _triton_status() -> tuple:
 def triton_status() -> tuple:
     """(usable, why / why not) for the Triton kernels in this process."""
     return _triton_status()
-
-
-def interpreter_or_cuda(x: torch.Tensor) -> Optional[str]:
-    """None if a Triton kernel can take x's device here, else why not."""
-    if x.device.type == "cuda" or (x.device.type == "cpu" and triton_interpreting()):
-        return None
-    return f"{x.device.type.upper()} tensor"

@@ -154,7 +154,7 @@ def _load() -> tuple[bool, str]:
             first = (str(e).splitlines() or [""])[0][:160]
             stale = f"; the prebuilt {os.path.basename(prebuilt[0])} does not load with torch {torch.__version__}: {first}"
             print(f"fused_resnet{stale[1:]}", file=sys.stderr, flush=True)
-    if os.environ.get("FUSED_RESNET_JIT", "1") == "0":
+    if _env.get("FUSED_RESNET_JIT", "1") == "0":
         return False, f"CUDA extension not built (FUSED_RESNET_JIT=0 disables the JIT build){stale}"
     print("fused_resnet: building the CUDA extension (first use; cached afterwards) ...", file=sys.stderr, flush=True)
     try:
@@ -173,11 +173,7 @@ def status() -> tuple[bool, str]:
         return _state["status"]
 
 
-def loaded() -> bool:
-    return bool(_state.get("status", (False,))[0])
-
-
-def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+def pack_krsc(weight: torch.Tensor) -> torch.Tensor:
     """(K, C, R, S) -> channels_last, i.e. KRSC in memory, as the CUTLASS kernels read it."""
     return weight.contiguous(memory_format=torch.channels_last)
 
@@ -188,7 +184,7 @@ def cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile: int =
     from ._packing import packed
 
     cl = torch.channels_last
-    w = packed(weight, "cutlass_krsc", pack_weight)
+    w = packed(weight, "cutlass_krsc", pack_krsc)
     b = bias.float().contiguous() if bias is not None else torch.zeros(weight.shape[0], device=x.device)
     stride, padding, dilation = list(stride), list(padding), list(dilation)
     op = torch.ops.fused_resnet._conv2d_cutlass.default
@@ -197,43 +193,6 @@ def cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile: int =
         res = residual.contiguous(memory_format=cl) if residual is not None else None
         return op(x.contiguous(memory_format=cl), w, b, res, stride, padding, dilation, relu, tile)
     return run
-
-
-# --- sm90 tactics: one "cuda:sm90_<config>" per generated config (the selector and tuner see these) ---
-
-def sm90_excluded() -> set:
-    """Config names FUSED_RESNET_SM90_EXCLUDE (a comma list) takes out of the tactics: the GPU suite
-    sets it to the configs that failed (or never reached) their correctness check on this GPU, so
-    tune and the op bench never time, nor table, a kernel that computes the wrong thing."""
-    return {n.strip() for n in os.environ.get("FUSED_RESNET_SM90_EXCLUDE", "").split(",") if n.strip()}
-
-
-def sm90_tactics() -> dict[str, str]:
-    """{tactic: config name} for every sm90 config built into the extension and not excluded."""
-    excluded = sm90_excluded()
-    return {"cuda:sm90_" + c.name: c.name for c in sm90_configs() if c.name not in excluded}
-
-
-def sm90_guard(tactic: str, x, weight, stride, padding, dilation, groups) -> Optional[str]:
-    """None if the sm90 tactic can run this conv (the general CUTLASS guard already passed), else why not."""
-    name = sm90_tactics().get(tactic)
-    if name is None:
-        if tactic.removeprefix("cuda:sm90_") in sm90_excluded():
-            return f"{tactic}: excluded by FUSED_RESNET_SM90_EXCLUDE (failed its check on this GPU)"
-        return f"{tactic}: no such sm90 config in this build"
-    why = sm90_problem(x, weight, stride, padding, dilation, groups)
-    if why is not None:
-        return why
-    if not sm90_config_accepts(sm90_config_index(name), x, weight, stride, padding):
-        cfg = sm90_configs()[sm90_config_index(name)]
-        return f"config {name} runs {cfg.dtype} {'1x1 stride-1 unpadded convs' if cfg.kind == 'gemm' else 'convs'} only"
-    return None
-
-
-def sm90_tactic_launch(tactic: str, x, weight, bias, stride, padding, dilation, relu):
-    """run(x, residual) -> out for one sm90 tactic (guarded by sm90_guard); see sm90_launch."""
-    return sm90_launch(x, weight, bias, stride, padding, dilation, relu,
-                       config=sm90_config_index(sm90_tactics()[tactic]))
 
 
 # --- Hopper (sm_90a) CUTLASS 3.x kernels: csrc/sm90_kernels.cuh, one generated TU per config ------
@@ -375,9 +334,9 @@ def sm90_launch(x, weight, bias, stride=1, padding=0, dilation=1, relu=True, con
         config = sm90_config_index(config)
     pad = -c % 8
     if pad:  # e.g. the 3-channel stem: zero channels up to a multiple of 8 (TMA rows of 16 bytes)
-        wk = packed(weight, "cutlass_krsc_c8", lambda t: pack_weight(torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad))))
+        wk = packed(weight, "cutlass_krsc_c8", lambda t: pack_krsc(torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad))))
     else:
-        wk = packed(weight, "cutlass_krsc", pack_weight)
+        wk = packed(weight, "cutlass_krsc", pack_krsc)
     wk = _aligned16(wk)
     b = _aligned16(bias.float().contiguous() if bias is not None
                    else torch.zeros(k, device=x.device, dtype=torch.float32))

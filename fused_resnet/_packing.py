@@ -14,6 +14,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 _CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+MAX_OBJECTS = 64  # objects (resolved launches: one per call signature) kept per weight
 
 
 def version(t: torch.Tensor) -> int:
@@ -67,5 +68,9 @@ def packed_object(weight: torch.Tensor, key: Hashable, make: Callable[[torch.Ten
     objects = weight.__dict__.setdefault("_fused_resnet_objects", {})
     hit = objects.get(key)
     if hit is None:
-        hit = objects[key] = make(weight)
+        hit = make(weight)
+        if len(objects) >= MAX_OBJECTS:  # e.g. a detector fed many image sizes: the oldest go first
+            for old in list(objects)[:len(objects) + 1 - MAX_OBJECTS]:
+                objects.pop(old, None)
+        objects[key] = hit
     return hit

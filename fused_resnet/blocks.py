@@ -25,7 +25,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from . import _context, _selector, _trace, folding
 from .folding import (FoldCache, FoldedConv, attr_dicts, fold_conv_bn, source_slots, structure_epoch, tensor_dicts)
 from ._geometry import memory_format_of
-from .ops.fused_conv2d import fused_conv2d
+from .ops.fused_conv2d import fused_conv2d, plan_conv
 
 CL = torch.channels_last
 
@@ -63,14 +63,20 @@ def _input_problem(x: torch.Tensor, conv: nn.Conv2d) -> Optional[str]:
 
 
 def _conv(x, fc: FoldedConv, name: str, backend, steps, residual=None, relu=True, into_residual=False):
-    """One fused conv of a block: the next prebuilt launch when replaying a plan, else the op (which
-    appends the launch it resolved to ``steps.record`` when recording one)."""
+    """One fused conv of a block: the next launch when replaying a plan; when recording one, the
+    launch the planning seam (ops.fused_conv2d.plan_conv) gives, kept in ``steps.record``; else (autograd,
+    torch.compile, explain, dispatch modes) the op itself."""
     if steps.replay is not None:
         return next(steps.replay).run(x, residual)
     _trace.set_conv(name)
-    return fused_conv2d(x, fc.weight, fc.bias, stride=fc.stride, padding=fc.padding, dilation=fc.dilation,
-                        groups=fc.groups, residual=residual, relu=relu, backend=backend,
-                        _into_residual=into_residual, _record=steps.record)
+    if steps.record is None:
+        return fused_conv2d(x, fc.weight, fc.bias, stride=fc.stride, padding=fc.padding, dilation=fc.dilation,
+                            groups=fc.groups, residual=residual, relu=relu, backend=backend,
+                            _into_residual=into_residual)
+    launch = plan_conv(x, fc.weight, fc.bias, fc.stride, fc.padding, fc.dilation, fc.groups, residual, relu,
+                       backend if backend is not None else steps.ambient, into_residual)
+    steps.record.append(launch)
+    return launch.run(x, residual)
 
 
 _GLOBAL_HOOKS = tuple(getattr(nn.modules.module, name) for name in (
@@ -376,7 +382,7 @@ class _FusedMixin:
         generation = cache.generation if cache is not None else None
         record = [] if key is not None else None
         out = body(x, donate, folded, _Steps(None, record, len(folded), None, ambient))
-        if record is not None and cache is not None and None not in record:
+        if record is not None and cache is not None:
             plans = self.__dict__.setdefault("_plans", {})
             plans.pop(key, None)
             # Evict the least recently used; list(plans) and pop(k, None) stay safe when threads

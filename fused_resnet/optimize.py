@@ -155,18 +155,8 @@ class OptimizedModel(nn.Module):
             self._graphs.popitem(last=False)  # least recently used shape
         static_input = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
         static_input.copy_(x)
-        stream = self._stream
-        stream.wait_stream(torch.cuda.current_stream(x.device))
-        # Warm-up on the capture stream: builds fold caches, packed weights, launch plans, Triton
-        # compiles and cuDNN plans, so the capture records kernels only.
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(self.warmup):
-                self.model(static_input)
-        stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, stream=stream):
-            static_output = self.model(static_input)
-        torch.cuda.current_stream(x.device).wait_stream(stream)
+        graph, static_output = capture(self.model, static_input, warmup=self.warmup, pool=self._pool,
+                                       stream=self._stream)
         entry = _Graph(graph, static_input, static_output)
         self._graphs[key] = entry
         self.captures += 1
@@ -182,6 +172,26 @@ class OptimizedModel(nn.Module):
     def graph_shapes(self) -> list:
         """Input shapes with a captured graph, least recently used first."""
         return [k[0] for k in self._graphs]
+
+
+def capture(fn, static_input: torch.Tensor, *, warmup: int = 3, pool=None, stream=None,
+            mode=torch.inference_mode) -> tuple:
+    """(CUDA graph, static output) of ``fn(static_input)``: the one capture routine (OptimizedModel
+    and the benchmark's --cuda-graphs use it). Warm-up runs on the capture stream first, so fold
+    caches, packed weights, launch plans, Triton compiles and cuDNN plans exist and the capture
+    records kernels only. The graph holds raw pointers into static_input, the output and everything
+    ``fn`` reads: the caller keeps them alive as long as the graph. ``mode``: the grad mode context."""
+    stream = stream if stream is not None else torch.cuda.Stream(device=static_input.device)
+    stream.wait_stream(torch.cuda.current_stream(static_input.device))
+    with torch.cuda.stream(stream), mode():
+        for _ in range(warmup):
+            fn(static_input)
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with mode(), torch.cuda.graph(graph, pool=pool, stream=stream):
+        static_output = fn(static_input)
+    torch.cuda.current_stream(static_input.device).wait_stream(stream)
+    return graph, static_output
 
 
 def optimize(model: nn.Module, example_input: Optional[torch.Tensor] = None, *, cuda_graphs: bool = True,

@@ -2,7 +2,7 @@
 write this GPU's tactic table (format: fused_resnet/tuning.py).
 
 For each distinct conv of the model (shape, stride, padding, dilation, groups, residual/ReLU
-epilogue), at each batch and dtype: every tactic of _selector.conv_tactics that its guard lets run
+epilogue), at each batch and dtype: every tactic of the registry (fused_resnet.tactics) that can run
 here is called once (a failure is recorded, not fatal), then all are timed interleaved with CUDA
 events after warm-up (median and IQR of ``--runs`` samples of 10 back-to-back calls, inputs already
 on the GPU, random data, torch.backends.cudnn.benchmark on for the cuDNN tactics). The pick follows
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tactics", default=None, help="comma list: time only these tactics (default: all that run)")
     p.add_argument("--triton-configs", action="store_true",
                    help="also autotune the Triton conv's tile config per shape (FUSED_RESNET_AUTOTUNE=1, "
-                        "as benchmarks/tune.py does) before timing it, and write triton_<gpu>.json beside the "
+                        "per shape) before timing it, and write triton_<gpu>.json beside the "
                         "table")
 
 
@@ -58,13 +58,14 @@ def _out_path(out, tag) -> str:
 
 def tune_shape(s, dt, tactics=None, runs: int = 20, noise_floor=None, progress: bool = True, device: str = "cuda"):
     """Time every runnable candidate tactic on one ConvShape; returns (key, tuning.Entry)."""
-    from . import _selector, tuning
-    from .bench import op_inputs, tactic_call
+    from . import tactics as registry
+    from . import tuning
+    from .profiling import op_inputs, tactic_call
     from .timing import time_interleaved
 
     inp = op_inputs(s, dt, device)
     names, fns, failed = [], [], {}
-    for t in tactics or _selector.conv_tactics(inp.x):
+    for t in tactics or registry.conv_tactics(inp.x):
         fn, why = tactic_call(t, inp)
         if fn is None:
             failed[t] = why
@@ -100,20 +101,19 @@ def main(args) -> int:
         print("python -m fused_resnet tune: needs a CUDA GPU (none is visible to torch here); tactic tables "
               "are per GPU and can only be measured on the GPU they are for.", file=sys.stderr)
         return 2
-    from . import tuning
-    from .bench import distinct_shapes, environment
+    from . import _env, tuning
+    from .profiling import distinct_shapes, environment
     from .triton import configs
     from .verify import DTYPES
 
     torch.backends.cudnn.benchmark = True  # the cuDNN tactics at their strongest (recorded in the table)
     if args.triton_configs:
         os.environ["FUSED_RESNET_AUTOTUNE"] = "1"
-    tag = configs.device_tag()
+    tag = _env.device_tag()
     path = _out_path(args.out, tag)
     entries = {}
     if os.path.exists(path) and tuning.read_meta(path).get("device") == torch.cuda.get_device_name():
-        # Shapes not measured now keep their entries (a format-1 entry stays under its old key: auto
-        # reads it for any padding/epilogue of the shape that has no format-2 entry).
+        # Shapes not measured now keep their entries.
         entries = tuning.read_table(path)
     env = {**environment("cuda"), "cudnn_benchmark": True, "cudnn": torch.backends.cudnn.version()}
     command = "python -m fused_resnet tune" + "".join(

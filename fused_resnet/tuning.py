@@ -1,8 +1,8 @@
-"""Per-GPU tactic tables: which tactic (the exact kernels, see _selector's TACTICS) runs each conv shape.
+"""Per-GPU tactic tables: which tactic (the exact kernels: fused_resnet.tactics) runs each conv shape.
 
 ``fused_resnet/tuned/backend_<gpu>.json`` is written by ``python -m fused_resnet tune`` (fused_resnet/
 tuner.py), which times every candidate tactic that can run each conv shape of a model on that GPU.
-auto follows the table where the tabled tactic can run (_selector._auto_choice); untabled shapes use
+auto follows the table where the tabled tactic can run (_selector.choose); untabled shapes use
 the heuristic (CUTLASS where it runs, else Triton, else eager).
 
 Format 2 (current)::
@@ -17,13 +17,11 @@ Format 2 (current)::
                            "kept_default": false,  # true: fastest beat default by less than noise
                            "times_ms": {tactic: median ms}, "spread_ms": {tactic: IQR ms},
                            "failed": {tactic: why it could not run}}},
-     "choices": {"<format-1 key>": "eager" | "triton" | "cuda"}}   # backend-only view for older readers
+     "converted_from": "..."}   # present in tables converted from format 1 (backend names only)
 
-Keys: ``shape_key(...)`` + ``_p{padding}_d{dilation}_{epilogue}`` (epilogue: relu, res_relu, res, none),
-e.g. ``n32_c64_h56_w56_k256_r1_s1_g1_float16_p0_d1_res_relu``. Format 1 (the older files: "choices"
-only, keyed by ``shape_key``, values are backends) is still read: its entries answer for every
-padding/dilation/epilogue of the shape. The environment variable FUSED_RESNET_TABLE=<path> makes that
-file the table for every GPU (to try a table before committing it).
+Keys: ``tactic_key(...)`` (epilogue: relu, res_relu, res, none), e.g.
+``n32_c64_h56_w56_k256_r1_s1_g1_float16_p0_d1_res_relu``. The environment variable
+FUSED_RESNET_TABLE=<path> makes that file the table for every GPU (to try a table before committing it).
 
 The noise rule (``decide``): a tactic that beats the default by less than the noise threshold is not
 picked; the default is kept and the entry says so (kept_default).
@@ -35,16 +33,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-import torch
+from . import _env
 
 _DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")
 FORMAT = 2
 NOISE_FLOOR = 0.03  # 3%: below this, H100 reruns of the same op bench disagreed on the winner
-
-
-def shape_key(n: int, cin: int, h: int, w: int, cout: int, k: int, stride: int, groups: int, dtype) -> str:
-    """Format-1 key (no padding, dilation or epilogue)."""
-    return f"n{n}_c{cin}_h{h}_w{w}_k{cout}_r{k}_s{stride}_g{groups}_{str(dtype).replace('torch.', '')}"
 
 
 def epilogue(relu: bool, residual: bool) -> str:
@@ -54,7 +47,9 @@ def epilogue(relu: bool, residual: bool) -> str:
 
 def tactic_key(n, cin, h, w, cout, k, stride, groups, dtype, padding: int, dilation: int, relu: bool,
                residual: bool) -> str:
-    return shape_key(n, cin, h, w, cout, k, stride, groups, dtype) + f"_p{padding}_d{dilation}_{epilogue(relu, residual)}"
+    """The table key of one conv, e.g. n32_c64_h56_w56_k256_r1_s1_g1_float16_p0_d1_res_relu."""
+    return (f"n{n}_c{cin}_h{h}_w{w}_k{cout}_r{k}_s{stride}_g{groups}_{str(dtype).replace('torch.', '')}"
+            f"_p{padding}_d{dilation}_{epilogue(relu, residual)}")
 
 
 @dataclass
@@ -107,40 +102,33 @@ def decide(times_ms: dict, spread_ms: dict, default: Optional[str], noise_floor:
 # --- files --------------------------------------------------------------------------------------------
 
 def default_path(tag: Optional[str] = None) -> str:
-    from .triton.configs import device_tag
-
-    return os.path.join(_DIR, f"backend_{tag or device_tag()}.json")
+    return os.path.join(_DIR, f"backend_{tag or _env.device_tag()}.json")
 
 
 def read_table(path: str) -> dict[str, Entry]:
-    """{key: Entry} from a table file of either format (format-1 entries keyed by shape_key)."""
-    with open(path) as f:
-        data = json.load(f)
-    if data.get("format", 1) >= 2:
-        return {k: Entry(**v) for k, v in data.get("tactics", {}).items()}
-    return {k: Entry(v) for k, v in data.get("choices", {}).items()}
+    """{key: Entry} from a table file."""
+    data = _load(path)
+    return {k: Entry(**v) for k, v in data.get("tactics", {}).items()}
 
 
 def read_meta(path: str) -> dict:
+    return {k: v for k, v in _load(path).items() if k != "tactics"}
+
+
+def _load(path: str) -> dict:
     with open(path) as f:
         data = json.load(f)
-    return {k: v for k, v in data.items() if k not in ("tactics", "choices")}
-
-
-def _old_key(key: str) -> str:
-    return key.rsplit("_p", 1)[0]
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: tactic table format {data.get('format', 1)}, this version reads format {FORMAT} "
+                         f"(tune again, or convert it: keys and fields in fused_resnet/tuning.py)")
+    return data
 
 
 def write_table(path: str, entries: dict[str, Entry], *, device: str, env: Optional[dict] = None,
-                command: str = "", noise_floor: float = NOISE_FLOOR) -> str:
-    """Write a format-2 table (plus the backend-only "choices" view older code reads)."""
-    from ._selector import backend_of
-
-    choices: dict[str, str] = {}
-    for k, e in sorted(entries.items()):
-        choices.setdefault(_old_key(k), backend_of(e.tactic))
+                command: str = "", noise_floor: float = NOISE_FLOOR, **meta) -> str:
+    """Write a format-2 table (``meta``: more top-level fields, e.g. where its entries came from)."""
     data = {"format": FORMAT, "device": device, "env": env or {}, "command": command, "noise_floor": noise_floor,
-            "tactics": {k: asdict(e) for k, e in sorted(entries.items())}, "choices": choices}
+            **meta, "tactics": {k: asdict(e) for k, e in sorted(entries.items())}}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -159,34 +147,17 @@ def clear_cache() -> None:
 
 def _table(tag: str) -> dict[str, Entry]:
     """The table auto reads for GPU ``tag`` (FUSED_RESNET_TABLE overrides), loaded once."""
-    path = os.environ.get("FUSED_RESNET_TABLE") or default_path(tag)
+    path = _env.get("FUSED_RESNET_TABLE") or default_path(tag)
     if path not in _cache:
         _cache[path] = read_table(path) if os.path.exists(path) else {}
     return _cache[path]
 
 
-def lookup(x: torch.Tensor, weight: torch.Tensor, groups: int, stride, padding, dilation, relu: bool,
-           residual: bool) -> Optional[Entry]:
-    """This conv's entry in this GPU's table (format 2 key first, then the format-1 key), or None."""
-    from .triton.configs import device_tag
-
-    tab = _table(device_tag())
+def lookup(p) -> Optional[Entry]:
+    """The entry for tactics.Problem ``p`` in this GPU's table, or None."""
+    tab = _table(_env.device_tag(p.x.device))
     if not tab:
         return None
-    n, cin, h, w = x.shape
-    old = shape_key(n, cin, h, w, weight.shape[0], weight.shape[2], stride[0], groups, x.dtype)
-    entry = tab.get(old + f"_p{padding[0]}_d{dilation[0]}_{epilogue(relu, residual)}")
-    return entry if entry is not None else tab.get(old)
-
-
-def preferred_backend(x: torch.Tensor, weight: torch.Tensor, groups: int, stride: int = 1) -> Optional[str]:
-    """Format-1 view: the tabled backend for this conv (any padding/epilogue), or None."""
-    from ._selector import backend_of
-    from .triton.configs import device_tag
-
-    n, cin, h, w = x.shape
-    old = shape_key(n, cin, h, w, weight.shape[0], weight.shape[2], stride, groups, x.dtype)
-    for k, e in _table(device_tag()).items():
-        if k == old or _old_key(k) == old:
-            return backend_of(e.tactic)
-    return None
+    (n, cin, h, w), (cout, _, k, _) = p.x.shape, p.weight.shape
+    return tab.get(tactic_key(n, cin, h, w, cout, k, p.stride[0], p.groups, p.x.dtype, p.padding[0], p.dilation[0],
+                              p.relu, p.residual))

@@ -148,11 +148,11 @@ def run_heuristic_case(monkeypatch, world, shape, dt, cl, scale):
 
 def guards(x, w, groups, scale, stride, padding):
     """{tactic: why it cannot run this conv, or None} for every tactic on x's device."""
-    from fused_resnet import _selector
+    from fused_resnet import _selector, tactics
 
     s = torch.empty(w.shape[0], device=x.device) if scale else None
     return {t: _selector.tactic_guard(t, x, w, groups, s, stride=stride, padding=padding, dilation=1)
-            for t in _selector.conv_tactics(x)}
+            for t in tactics.conv_tactics(x)}
 
 
 def cpu_cases():

@@ -53,7 +53,7 @@ def test_explicit_unavailable_backend_is_a_clear_error():
 
     x = torch.randn(1, 4, 5, 5)
     w = torch.randn(4, 4, 3, 3)
-    if fused_resnet._selector.triton_interpreting():
+    if fused_resnet._env.triton_interpreting():
         pytest.skip("the interpreter runs triton on CPU")
     with pytest.raises(fused_resnet.BackendUnavailableError, match="triton"):
         fused_resnet.ops.fused_conv2d(x, w, backend="triton")

@@ -9,6 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fused_resnet
 from fused_resnet import _ext, _selector
+from fused_resnet.tactics.cutlass import cutlass_reasons
 
 
 @pytest.fixture(scope="session")
@@ -150,12 +151,16 @@ def test_selector_guards_for_cuda(monkeypatch):
     with FakeTensorMode(allow_non_fake_inputs=True):
         x = torch.empty(1, 64, 8, 8, dtype=torch.float16, device="cuda")
         w = torch.empty(64, 64, 3, 3, dtype=torch.float16, device="cuda")
-        assert _selector._cuda_guard(x, w, 1) is None
-        assert "grouped" in _selector._cuda_guard(x, torch.empty(64, 2, 3, 3, dtype=torch.float16, device="cuda"), 32)
-        assert "fp16/bf16" in _selector._cuda_guard(x.float(), w.float(), 1)
+        def why(x, w, groups=1, scale=None):
+            reasons = cutlass_reasons(_selector.problem(x, w, groups, scale))
+            return reasons[0] if reasons else None
+
+        assert why(x, w) is None
+        assert "grouped" in why(x, torch.empty(64, 2, 3, 3, dtype=torch.float16, device="cuda"), 32)
+        assert "fp16/bf16" in why(x.float(), w.float())
         x3 = torch.empty(1, 3, 8, 8, dtype=torch.float16, device="cuda")
-        assert "multiple of 8" in _selector._cuda_guard(x3, torch.empty(64, 3, 7, 7, dtype=torch.float16, device="cuda"), 1)
-        assert "scale" in _selector._cuda_guard(x, w, 1, scale=torch.empty(64, device="cuda"))
+        assert "multiple of 8" in why(x3, torch.empty(64, 3, 7, 7, dtype=torch.float16, device="cuda"))
+        assert "scale" in why(x, w, scale=torch.empty(64, device="cuda"))
     # on a CPU tensor the cuda backend is never usable, and asking for it explicitly raises
     with pytest.raises(fused_resnet.BackendUnavailableError, match="cuda"):
         fused_resnet.ops.fused_conv2d(torch.randn(1, 8, 4, 4), torch.randn(8, 8, 1, 1), backend="cuda")

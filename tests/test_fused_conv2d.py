@@ -120,57 +120,6 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fused_resnet.fused_conv2d.default, args)
 
 
-def test_auto_choice_order():
-    """auto on CUDA: FUSED_RESNET_PREFER (both kernels run) > tuned table (a runnable backend) >
-    CUTLASS > Triton > eager. The table may pick eager (cuDNN) even where a fused kernel runs."""
-    from fused_resnet._selector import _auto_choice
-
-    both, no_cuda, neither = (None, None), ("3 channels", None), ("3 channels", "no triton")
-    assert _auto_choice(*both, "triton", "cuda").backend == "triton"
-    assert _auto_choice(*no_cuda, "cuda", None).backend == "triton"  # prefer needs both
-    assert _auto_choice(*both, "", "triton").backend == "triton"
-    assert _auto_choice(*both, "", "eager").backend == "eager"
-    stem = _auto_choice(*no_cuda, "", "eager")
-    assert stem.backend == "eager" and "tuned table" in stem.reason
-    assert _auto_choice(*no_cuda, "", "cuda").backend == "triton"  # tabled backend cannot run here
-    assert _auto_choice(*both, "", None).backend == "cuda"
-    assert _auto_choice(*no_cuda, "", None, "triton (exact fp32)").reason == "triton (exact fp32)"
-    assert _auto_choice(*neither, "", None).reason == "eager: no triton"
-    # each choice names its tactic; a format-1 table's "eager" is cuDNN conv + pointwise passes
-    assert stem.tactic == "eager:cudnn+pointwise" and _auto_choice(*both, "", None).tactic == "cuda:sm80_large"
-    assert _auto_choice(*both, "", None, cuda_tactic="cuda:sm80_small").tactic == "cuda:sm80_small"
-    assert _auto_choice(*both, "", "eager:cudnn_fused").tactic == "eager:cudnn_fused"
-    assert _auto_choice(*no_cuda, "", None).tactic == "triton"
-
-
-def test_backend_table_picks_fastest_incl_eager(tmp_path):
-    """benchmarks/backend_table.py: the fastest of triton/cuda/eager per shape; conv_bn_relu stands in
-    for eager when fused_eager was not timed; a shape needs two candidates."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "backend_table.py")
-
-    def row(provider, shape, ms):
-        return {"level": "op", "provider": provider, "shape": shape, "batch": 8, "dtype": "fp16",
-                "median_ms": ms, "device": "Test GPU"}
-
-    stem, c3 = "conv1:7x7/2 3->64 224x224", "layer1.0.conv2:3x3/1 64->64 56x56"
-    rows = [row("conv_alone", stem, 0.5), row("conv_bn_relu", stem, 1.0), row("fused_triton", stem, 2.0),
-            row("conv_bn_relu", c3, 0.3), row("fused_triton", c3, 0.2), row("fused_cuda", c3, 0.1),
-            row("fused_cuda", "layer9.0.conv1:1x1/1 64->64 8x8", 0.1)]
-    src = tmp_path / "op.json"
-    src.write_text(json.dumps(rows))
-    out = subprocess.run([sys.executable, script, str(src), "--out", str(tmp_path)],
-                         capture_output=True, text=True, check=True).stdout
-    table = json.loads((tmp_path / "backend_test_gpu.json").read_text())
-    assert table["eager_from"] == "conv_bn_relu", out
-    assert table["choices"] == {"n8_c3_h224_w224_k64_r7_s2_g1_float16": "eager",
-                                "n8_c64_h56_w56_k64_r3_s1_g1_float16": "cuda"}
-
-
 # --- the error rule cannot pass vacuously ----------------------------------------------------------
 
 def test_compare_fails_when_eager_overflowed():

@@ -23,7 +23,7 @@ from fused_resnet.triton.fused_conv2d import _round_to_tf32
 from helpers import CL, assert_matches_torchvision
 
 pytestmark = [pytest.mark.interpreter,
-              pytest.mark.skipif(not fused_resnet._selector.triton_interpreting(),
+              pytest.mark.skipif(not fused_resnet._env.triton_interpreting(),
                                  reason="needs TRITON_INTERPRET=1 (make test sets it)")]
 
 # (N, Cin, H, W, Cout, k, stride, pad, dil, groups)

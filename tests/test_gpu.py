@@ -157,7 +157,8 @@ def test_eager_tactics_on_gpu(tactic, case, dtype, epi):
     and in the residual: NaN must come out where torch.relu keeps it (cuDNN's fused ReLU included;
     this test is the only check of that)."""
     from fused_resnet import _selector
-    from fused_resnet.ops.fused_conv2d import memory_format_of, run_tactic
+    from fused_resnet.ops.fused_conv2d import memory_format_of
+    from fused_resnet.tactics import run as run_tactic
 
     if tactic == "eager:cudnn+epilogue":
         _need_cuda_backend()
@@ -192,7 +193,7 @@ def test_tune_writes_a_table_that_auto_follows(tmp_path, monkeypatch):
     """`tune` on two small shapes writes a format-2 table; with it as the table, auto runs its picks."""
     from fused_resnet import _selector, tuning
     from fused_resnet.__main__ import main
-    from fused_resnet.bench import distinct_shapes, op_inputs
+    from fused_resnet.profiling import distinct_shapes, op_inputs
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
     monkeypatch.delenv("FUSED_RESNET_PREFER", raising=False)
@@ -404,7 +405,7 @@ def test_torch_compile_on_gpu():
 def test_cuda_graphs_of_several_models_in_one_process():
     """The `bench --cuda-graphs` scenario that faulted on the H200 (illegal memory access): several
     models captured one after another in one process, each replayed, checked against eager."""
-    from fused_resnet.bench import _graphed
+    from fused_resnet.bench.model import _graphed
 
     tv = copy.deepcopy(_model("resnet50")).half()
     x = torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.float16)

@@ -12,7 +12,7 @@ from fused_resnet.triton import aot, configs
 import fused_resnet
 
 pytestmark = [pytest.mark.aot,
-              pytest.mark.skipif(fused_resnet._selector.triton_interpreting(),
+              pytest.mark.skipif(fused_resnet._env.triton_interpreting(),
                                  reason="AOT compiles need the real (non-interpreted) kernels")]
 
 

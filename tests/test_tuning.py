@@ -66,17 +66,24 @@ def test_table_round_trip(tmp_path):
     assert data["format"] == 2 and data["device"] == "Test GPU" and data["noise_floor"] == tuning.NOISE_FLOOR
     k = "n32_c64_h56_w56_k256_r1_s1_g1_float16_p0_d1_res_relu"
     assert data["tactics"][k]["tactic"] == "eager:cudnn_fused" and data["tactics"][k]["times_ms"]
-    # older readers: one backend per format-1 key
-    assert data["choices"] == {"n32_c64_h56_w56_k256_r1_s1_g1_float16": "cuda"} or \
-        data["choices"] == {"n32_c64_h56_w56_k256_r1_s1_g1_float16": "eager"}
 
 
-def test_format_1_tables_are_still_read(tmp_path):
-    committed = os.path.join(ROOT, "fused_resnet", "tuned", "backend_nvidia_h100_80gb_hbm3.json")
-    old = tuning.read_table(committed)
-    assert len(old) == 69 and {e.tactic for e in old.values()} <= {"cuda", "triton", "eager"}
-    assert old["n32_c3_h224_w224_k64_r7_s2_g1_float16"].tactic == "eager"
-    assert tuning.read_meta(committed)["device"] == "NVIDIA H100 80GB HBM3"
+def test_committed_tables_are_format_2_with_runnable_tactic_names(tmp_path):
+    """The committed tables (converted from format 1) name registered tactics; a format-1 file is
+    refused with a message, never read as an empty table."""
+    from fused_resnet import tactics
+
+    for name in ("backend_nvidia_h100_80gb_hbm3.json", "backend_nvidia_h200.json"):
+        path = os.path.join(ROOT, "fused_resnet", "tuned", name)
+        table = tuning.read_table(path)
+        assert len(table) >= 264 and {e.tactic for e in table.values()} <= set(tactics.all_names())
+        assert tuning.read_meta(path)["device"].startswith("NVIDIA H")
+    stem = tuning.read_table(os.path.join(ROOT, "fused_resnet", "tuned", "backend_nvidia_h100_80gb_hbm3.json"))
+    assert stem["n32_c3_h224_w224_k64_r7_s2_g1_float16_p3_d1_relu"].tactic == "eager:cudnn+pointwise"
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"device": "Test GPU", "choices": {"n32_c3_h224_w224_k64_r7_s2_g1_float16": "eager"}}))
+    with pytest.raises(ValueError, match="format 1"):
+        tuning.read_table(str(old))
 
 
 # --- auto follows the table where the tactic can run ---------------------------------------------------
@@ -86,6 +93,7 @@ def gpu_world(monkeypatch, tmp_path):
     """Fake CUDA tensors with both GPU backends 'available', and a tactic table at FUSED_RESNET_TABLE."""
     monkeypatch.setattr(_ext, "status", lambda: (True, "test"))
     monkeypatch.setattr(_env, "triton_status", lambda: (True, "test"))
+    monkeypatch.setattr(_env, "sm_count", lambda device=None: 132)  # an H100
     monkeypatch.delenv("FUSED_RESNET_PREFER", raising=False)
     path = tmp_path / "backend_test.json"
     monkeypatch.setenv("FUSED_RESNET_TABLE", str(path))
@@ -117,7 +125,7 @@ def test_auto_follows_a_runnable_tabled_tactic(gpu_world):
     assert (c.backend, c.tactic) == ("eager", "eager:cudnn_fused") and "tuned table" in c.reason, c
     # the key includes the epilogue: the same shape without residual is not tabled -> heuristic
     c = _selector.select_conv(x, w, 1, "auto", residual=False)
-    assert c.backend == "cuda" and c.tactic in _selector.CUDA_SM80_TILES and "tuned table" not in c.reason
+    assert c.backend == "cuda" and c.tactic in ("cuda:sm80_large", "cuda:sm80_small") and "tuned table" not in c.reason
     assert c[:2] == (c.backend, c.reason)  # Choice keeps its first two fields
 
 
@@ -129,7 +137,7 @@ def test_auto_skips_a_tabled_tactic_that_cannot_run(gpu_world, monkeypatch):
     c = _selector.select_conv(x3, w3, 1, "auto", padding=3, residual=True)
     assert c.tactic == "triton" and "cannot run" in c.reason and "multiple of 8" in c.reason  # 3 channels
     c = _selector.select_conv(x, w, 1, "auto", residual=True)  # tabled sm90 kernel on an sm_80 card
-    assert c.backend == "cuda" and c.tactic in _selector.CUDA_SM80_TILES and SM90 in c.reason and "sm_90" in c.reason
+    assert c.backend == "cuda" and c.tactic in ("cuda:sm80_large", "cuda:sm80_small") and SM90 in c.reason and "sm_90" in c.reason
 
 
 def test_auto_reports_a_kept_default(gpu_world):
@@ -137,17 +145,6 @@ def test_auto_reports_a_kept_default(gpu_world):
     gpu_world({_key(x, w): decide({"triton": 0.99, "cuda:sm80_large": 1.0}, {}, "cuda:sm80_large")})
     c = _selector.select_conv(x, w, 1, "auto", residual=True)
     assert c.tactic == "cuda:sm80_large" and "default kept" in c.reason
-
-
-def test_format_1_entries_still_steer_auto(gpu_world, monkeypatch, tmp_path):
-    x, w = _conv(cin=3, cout=64, k=7, hw=224)
-    old = tmp_path / "old.json"
-    old.write_text(json.dumps({"device": "Test GPU", "choices": {tuning.shape_key(32, 3, 224, 224, 64, 7, 1, 1,
-                                                                                 torch.float16): "eager"}}))
-    monkeypatch.setenv("FUSED_RESNET_TABLE", str(old))
-    tuning.clear_cache()
-    c = _selector.select_conv(x, w, 1, "auto", padding=3)
-    assert c.tactic == "eager:cudnn+pointwise" and "tuned table" in c.reason
 
 
 def test_explicit_cuda_takes_the_tabled_cuda_tactic(gpu_world):
@@ -158,12 +155,16 @@ def test_explicit_cuda_takes_the_tabled_cuda_tactic(gpu_world):
     assert _selector.select_conv(x, w, 1, "triton", residual=True).tactic == "triton"
 
 
-def test_sm80_tile_follows_the_kernels_rule():
+def test_sm80_tile_fills_the_gpus_sms_twice(monkeypatch):
+    from fused_resnet.tactics.cutlass import sm80_tile
+
     with FakeTensorMode(allow_non_fake_inputs=True):
-        big, wb = _conv(n=256)  # 256*56*56/128 * 2 tiles >= 264
+        big, wb = _conv(n=8)  # 8*56*56/128 * 2 = 392 tiles of 128x128
         small, ws = _conv(cin=512, cout=512, n=1, hw=7)
-        assert _selector.sm80_tile_tactic(big, wb, (1, 1), (0, 0), (1, 1)) == "cuda:sm80_large"
-        assert _selector.sm80_tile_tactic(small, ws, (1, 1), (0, 0), (1, 1)) == "cuda:sm80_small"
+        for sms, big_tile in ((132, "cuda:sm80_large"), (108, "cuda:sm80_large"), (200, "cuda:sm80_small")):
+            monkeypatch.setattr(_env, "sm_count", lambda device=None, n=sms: n)
+            assert sm80_tile(_selector.problem(big, wb)) == big_tile, sms  # large from 2 waves: 392 >= 2 * SMs
+            assert sm80_tile(_selector.problem(small, ws)) == "cuda:sm80_small"
 
 
 # --- the sm90 adapter, with fakes of branch sm90's API ------------------------------------------------
@@ -183,7 +184,7 @@ def fake_sm90(monkeypatch):
 
 def test_sm90_configs_become_tactics(gpu_world, fake_sm90):
     x, w = _conv()
-    tactics = _selector.conv_tactics(x)
+    tactics = fused_resnet.tactics.conv_tactics(x)
     assert SM90 in tactics and SM90_GEMM in tactics and "eager:cudnn_fused" in tactics
     assert len([t for t in tactics if t.startswith("cuda:sm90_")]) == len(_ext.sm90_configs())
     kw = dict(residual=True)
@@ -201,7 +202,7 @@ def test_sm90_tactics_only_for_cuda_tensors_and_hopper(gpu_world, monkeypatch):
     monkeypatch.setattr(_env, "device_capability", lambda device=None: (8, 0))
     x, w = _conv()
     assert "sm_90" in _selector.tactic_guard(SM90, x, w, 1)  # an A100: refused with the reason
-    assert _selector.conv_tactics(torch.empty(1, 3, 4, 4)) == ("eager:cpu",)
+    assert fused_resnet.tactics.conv_tactics(torch.empty(1, 3, 4, 4)) == ("eager:cpu",)
 
 
 def test_sm90_launch_prepares_once_and_pads_the_stem(monkeypatch):
@@ -226,7 +227,7 @@ def test_sm90_launch_prepares_once_and_pads_the_stem(monkeypatch):
 
 
 def test_run_tactic_passes_the_sm90_config(fake_sm90):
-    from fused_resnet.ops.fused_conv2d import run_tactic
+    from fused_resnet.tactics import run as run_tactic
 
     x = torch.randn(2, 8, 5, 5, dtype=torch.float16).contiguous(memory_format=CL)
     w = torch.randn(16, 8, 1, 1, dtype=torch.float16)
@@ -304,19 +305,18 @@ def test_tune_command_loop_writes_and_updates_the_table(tmp_path, monkeypatch, c
     with the GPU stood in for by CPU tensors and the CPU tactic."""
     from fused_resnet import tuner
     from fused_resnet.__main__ import main
-    from fused_resnet.triton import configs
 
     real = tuner.tune_shape
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
-    monkeypatch.setattr(configs, "device_tag", lambda name=None: "test_gpu")
+    monkeypatch.setattr(_env, "device_tag", lambda device=None: "test_gpu")
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 0)
     monkeypatch.setattr(tuner, "tune_shape", lambda s, dt, tactics, runs, floor: real(
         s, torch.float32, tactics, runs, floor, device="cpu"))
-    import fused_resnet.bench as bench
+    import fused_resnet.profiling as profiling
 
-    monkeypatch.setattr(bench, "environment", lambda device: {"device": "Test GPU", "torch": "t", "triton": "t"})
+    monkeypatch.setattr(profiling, "environment", lambda device: {"device": "Test GPU", "torch": "t", "triton": "t"})
     args = ["tune", "--model", "resnet18", "--batch", "1", "--image-size", "32", "--runs", "2", "--out", str(tmp_path)]
     assert main(args + ["--limit", "2"]) == 0
     path = tmp_path / "backend_test_gpu.json"
@@ -332,4 +332,4 @@ def test_default_tactic_ignores_table_and_prefer(gpu_world, monkeypatch):
     gpu_world({_key(x, w): Entry("eager:cudnn_fused")})
     monkeypatch.setenv("FUSED_RESNET_PREFER", "triton")
     assert _selector.select_conv(x, w, 1, "auto", residual=True).tactic == "triton"  # PREFER wins in auto
-    assert _selector.default_tactic(x, w, 1, residual=True) in _selector.CUDA_SM80_TILES
+    assert _selector.default_tactic(x, w, 1, residual=True) in ("cuda:sm80_large", "cuda:sm80_small")

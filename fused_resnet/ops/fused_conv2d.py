@@ -7,32 +7,25 @@ output's shape. Dtypes: x, weight and residual share one dtype (fp32, fp16, bf16
 be fp32. Every backend accumulates in fp32. The output has x's memory format (channels_last in,
 channels_last out), like torch.nn.functional.conv2d.
 
-Backends and their tactics (chosen per call by fused_resnet._selector; ``run_tactic`` runs one):
-  eager  - PyTorch ops. eager:cpu: oneDNN's fused conv+bias (+ in-place residual sum) primitive with
-           pre-reordered weights for channels_last fp32/bf16 inputs, then an in-place NaN-preserving
-           ReLU; plain conv2d + in-place epilogue otherwise. On CUDA tensors: eager:cudnn+pointwise
-           (cuDNN conv with bias, in-place add_/relu_), eager:cudnn+epilogue (cuDNN conv, then the
-           extension's one-pass bias+residual+ReLU kernel), eager:cudnn_fused (cuDNN's fused
-           conv+bias(+add)+ReLU ops; NaN propagation checked by tests/test_gpu.py only).
-  triton - fused_resnet.triton.fused_conv2d (implicit GEMM, NHWC, fused epilogue).
-  cuda   - the CUTLASS extension (fused_resnet._ext): cuda:sm80_large / cuda:sm80_small (2.x tiles),
-           cuda:sm90_<config> (Hopper 3.x kernels, where the build has them).
+How a call runs: ``_selector.choose`` picks a tactic from the registry (fused_resnet.tactics: the
+eager oneDNN/cuDNN tactics, Triton, the CUTLASS sm80/sm90 kernels), whose ``prepare`` gives the
+launch; ``launch_for`` keeps it beside a folded weight, so the blocks' plans and compiled graphs reuse it.
 The op is registered as ``torch.ops.fused_resnet.fused_conv2d`` (torch.library.custom_op) with a
 fake implementation, so torch.compile(fullgraph=True) traces through it.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 import torch.utils.flop_counter
 
-from .. import _context, _selector, _trace
+from .. import _context, _selector, _trace, tactics
 from .._geometry import IntOrPair, memory_format_of, out_size
 from .._geometry import pair as _pair
-from .._packing import packed, packed_object
+from .._packing import packed_object
+from ..tactics import Problem
 
 # Inductor must hand the op tensors with the strides seen at trace time: the output layout
 # follows the input layout (channels_last in, channels_last out).
@@ -59,101 +52,6 @@ def fused_conv2d_ref(x, weight, bias=None, scale=None, stride=1, padding=0, dila
     return out if upcast else out.to(dtype)
 
 
-# --- eager kernels ----------------------------------------------------------------------------------
-
-def _mkldnn_pointwise():
-    op = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
-    return op if op is not None and torch.backends.mkldnn.is_available() else None
-
-
-@functools.lru_cache(maxsize=None)
-def _mkldnn_dtypes() -> tuple:
-    """Dtypes oneDNN's fused conv takes on this CPU: bf16 needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT,
-    else its weight reorder raises (seen on an AVX2-only CPU); those CPUs run bf16 through conv2d."""
-    return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
-
-
-def _eager_cpu_launch(x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu,
-                      into_residual=False) -> Callable:
-    """run(x, residual) for a CPU tensor: oneDNN's fused conv with pre-reordered weights where it
-    applies (channels_last fp32/bf16, no separate scale), else conv2d + in-place epilogue."""
-    op = _mkldnn_pointwise()
-    cl = torch.channels_last
-    if op is None or scale is not None or x.dtype not in _mkldnn_dtypes() \
-            or not x.is_contiguous(memory_format=cl):
-        return _eager_generic_launch(x, weight, bias, scale, stride, padding, dilation, groups, relu)
-    b = bias.to(x.dtype) if bias is not None else None
-    # Pre-reordered (blocked) weights skip oneDNN's per-call weight reorder, as inductor does.
-    w = packed(weight, ("mkldnn", tuple(stride), tuple(padding), tuple(dilation), groups),
-               lambda t: torch.ops.mkldnn._reorder_convolution_weight(
-                   t.contiguous(memory_format=cl), padding, stride, dilation, groups, list(x.shape)))
-    binary = torch.ops.mkldnn._convolution_pointwise_.binary
-
-    # oneDNN's ReLU post-op maps NaN to 0 (torch.relu keeps NaN), so the ReLU is torch's relu_, in
-    # place on the still-cache-warm output.
-    def run(x, residual):
-        if residual is None:
-            out = op(x, w, b, padding, stride, dilation, groups, "none", [], "")
-        elif into_residual and residual.is_contiguous(memory_format=cl):
-            out = binary(residual, x, w, b, padding, stride, dilation, groups, "add", None, None, [], "")
-        else:
-            # oneDNN's out-of-place conv+add copies the residual into a fresh buffer first; measured on
-            # a (8,64,56,56)->256 1x1 conv: 3.3 ms vs 2.3 ms for conv+bias then in-place add_.
-            out = op(x, w, b, padding, stride, dilation, groups, "none", [], "").add_(residual)
-        return out.relu_() if relu else out
-    return run
-
-
-def _eager_generic_launch(x, weight, bias, scale, stride, padding, dilation, groups, relu) -> Callable:
-    """run(x, residual): conv2d (with the bias when there is no separate scale), then the epilogue
-    in place; the bias and scale are cast to x's dtype once, here."""
-    shape = (1, -1, 1, 1)
-    conv_bias = bias.to(x.dtype) if bias is not None and scale is None else None
-    scale_v = scale.to(x.dtype).reshape(shape) if scale is not None else None
-    bias_v = bias.to(x.dtype).reshape(shape) if bias is not None and scale is not None else None
-    conv = F.conv2d
-
-    def run(x, residual):
-        out = conv(x, weight, conv_bias, stride, padding, dilation, groups)
-        if scale_v is not None:
-            out.mul_(scale_v)
-        if bias_v is not None:
-            out.add_(bias_v)
-        if residual is not None:
-            out.add_(residual)
-        return out.relu_() if relu else out
-    return run
-
-
-def _cudnn_fused_launch(x, weight, bias, stride, padding, dilation, groups, relu) -> Callable:
-    """run(x, residual): cuDNN's fused conv + bias (+ add) + ReLU ops (what TorchScript's
-    optimize_for_inference uses), the bias cast to x's dtype once, here. relu=False has no cuDNN
-    fused op: conv with bias, then the residual added in place."""
-    b = bias.to(x.dtype) if bias is not None else None
-
-    def run(x, residual):
-        if not relu:
-            out = F.conv2d(x, weight, b, stride, padding, dilation, groups)
-            return out.add_(residual) if residual is not None else out
-        if residual is not None:
-            return torch.cudnn_convolution_add_relu(x, weight, residual, 1.0, b, stride, padding, dilation, groups)
-        return torch.cudnn_convolution_relu(x, weight, b, stride, padding, dilation, groups)
-    return run
-
-
-def _cudnn_epilogue_launch(x, weight, bias, stride, padding, dilation, groups, relu) -> Callable:
-    """run(x, residual): cuDNN's conv alone, then one pass of our vectorized bias + residual + ReLU
-    kernel (_ext); the fp32 bias is prepared once, here."""
-    b = bias.float().contiguous() if bias is not None else None
-    cl = torch.channels_last
-
-    def run(x, residual):
-        out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-        res = residual.contiguous(memory_format=cl) if residual is not None else None
-        return torch.ops.fused_resnet._bias_residual_act_cuda(out, b, res, relu)
-    return run
-
-
 class Launch(NamedTuple):
     """One conv's launch, resolved once: ``run(x, residual) -> out`` with the tactic, packed weights,
     bias and output policy bound; ``choice`` says which tactic and why (what explain() reports)."""
@@ -162,72 +60,41 @@ class Launch(NamedTuple):
     choice: _selector.Choice
 
 
-def tactic_launch(tactic, x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu,
-                  into_residual=False) -> Callable:
-    """``run(x, residual) -> out`` for one tactic (a name from _selector's TACTICS), with what depends
-    only on the call's signature prepared now; the caller checked _selector.tactic_guard.
-    stride/padding/dilation are pairs. ``run`` returns the tensor the kernel wrote (the caller fixes
-    the memory format); into_residual=True allows (not requires) writing over the residual."""
-    args = (weight, bias, scale, stride, padding, dilation, groups)
-    if tactic == _selector.TRITON:
-        from ..triton.fused_conv2d import fused_conv2d_triton
-
-        return lambda x, residual: fused_conv2d_triton(x, *args, residual, relu, into_residual=into_residual)
-    if tactic in _selector.CUDA_SM80_TILES:
-        from .. import _ext
-
-        return _ext.cutlass_launch(x, weight, bias, stride, padding, dilation, relu,
-                                   tile=_selector.CUDA_SM80_TILES[tactic])
-    if tactic.startswith(_selector.CUDA_SM90_PREFIX):
-        from .. import _ext
-
-        return _ext.sm90_tactic_launch(tactic, x, weight, bias, stride, padding, dilation, relu)
-    if tactic == _selector.CUDNN_FUSED:
-        return _cudnn_fused_launch(x, weight, bias, stride, padding, dilation, groups, relu)
-    if tactic == _selector.CUDNN_EPILOGUE:
-        return _cudnn_epilogue_launch(x, weight, bias, stride, padding, dilation, groups, relu)
-    if tactic == _selector.EAGER_CPU and x.device.type == "cpu":
-        return _eager_cpu_launch(x, *args, has_residual, relu, into_residual)
-    if tactic in (_selector.EAGER_CPU, _selector.CUDNN_POINTWISE, ""):
-        return _eager_generic_launch(x, *args, relu)
-    raise ValueError(f"unknown fused_conv2d tactic {tactic!r}")
-
-
-def run_tactic(tactic, x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
-               into_residual=False):
-    """Run one tactic once (the tuner times each candidate this way); see tactic_launch."""
-    return tactic_launch(tactic, x, weight, bias, scale, stride, padding, dilation, groups, residual is not None,
-                         relu, into_residual)(x, residual)
-
-
 def resolve(x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu, backend,
             into_residual=False) -> Launch:
     """Everything about a fused conv call that depends only on its signature (shapes, dtype, device,
-    layout, requested backend), not on the tensors' values: the tactic choice, packed weights, the
-    bias in the kernel's dtype. The fused blocks keep the result per input signature (a plan) and
-    call ``run`` on their hot path."""
-    choice = _selector.select_conv(x, weight, groups, backend, scale, stride, padding=padding, dilation=dilation,
-                                   relu=relu, residual=has_residual)
+    layout, requested backend), not on the tensors' values: the tactic (``_selector.choose`` over the
+    registry), then ``Tactic.prepare`` (packed weights, the bias in the kernel's dtype, the config).
+    explain() records the choice. stride/padding/dilation are pairs."""
+    p = Problem(x, weight, tuple(stride), tuple(padding), tuple(dilation), groups, scale is not None, has_residual,
+                relu, into_residual)
+    choice = _selector.choose(p, backend)
     _trace.record(x, weight, stride, padding, dilation, groups, choice)
-    run = tactic_launch(choice.tactic, x, weight, bias, scale, stride, padding, dilation, groups, has_residual,
-                        relu, into_residual)
-    return Launch(run, choice)
+    return Launch(tactics.prepare(choice.tactic, p, weight, bias, scale), choice)
+
+
+def launch_for(x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu, backend,
+               into_residual=False) -> Launch:
+    """The launch for this call: the one launch cache. For a folded weight (stable, see _packing) the
+    resolved launch is kept beside its packed layouts per call signature, and a refold clears both;
+    other weights resolve every call; explain() always resolves (it records every choice). The
+    fused blocks keep the launches they get here in their plans; the registered ops (torch.compile
+    graphs) call this per conv per forward."""
+    args = (x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu, backend, into_residual)
+    if _trace.active():
+        return resolve(*args)
+    key = ("launch", x.shape, x.stride(), x.dtype, x.device, tuple(stride), tuple(padding), tuple(dilation),
+           groups, scale is None, has_residual, relu, backend, into_residual)
+    bound_bias, launch = packed_object(weight, key, lambda _: (bias, resolve(*args)))
+    if bound_bias is not bias:  # the same weight with another bias object: resolve for this one
+        launch = resolve(*args)
+    return launch
 
 
 def _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, backend, into_residual=False):
-    """Resolve and run one call, in x's memory format. This is the registered ops' path (torch.compile
-    graphs call it per conv per forward): for a folded weight (stable, see _packing) the resolved
-    launch is cached beside its packed layouts, which a refold clears; explain() always resolves."""
-    args = (x, weight, bias, scale, stride, padding, dilation, groups, residual is not None, relu, backend,
-            into_residual)
-    if _trace.active():
-        launch = resolve(*args)
-    else:
-        key = ("launch", x.shape, x.stride(), x.dtype, x.device, tuple(stride), tuple(padding), tuple(dilation),
-               groups, scale is None, residual is not None, relu, backend, into_residual)
-        bound_bias, launch = packed_object(weight, key, lambda _: (bias, resolve(*args)))
-        if bound_bias is not bias:  # the same weight with another bias object: resolve for this one
-            launch = resolve(*args)
+    """Run one call in x's memory format (the registered ops' implementation)."""
+    launch = launch_for(x, weight, bias, scale, stride, padding, dilation, groups, residual is not None, relu, backend,
+                        into_residual)
     # (Backends that cannot write into the residual return a new tensor; copying it over the residual
     # would cost a pass over the output for nothing: callers use the returned tensor.)
     return launch.run(x, residual).contiguous(memory_format=memory_format_of(x))
@@ -276,6 +143,13 @@ def _(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu,
     return None
 
 
+def _out_shape(x, weight, stride, padding, dilation) -> tuple:
+    if x.dim() != 4 or weight.dim() != 4:
+        return ()
+    return (x.shape[0], weight.shape[0], out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0]),
+            out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1]))
+
+
 def _validate(x, weight, bias, scale, groups, residual, out_shape):
     if x.dim() != 4:
         raise ValueError(f"fused_conv2d: expected 4D input (N, C, H, W), got {x.dim()}D input of shape {tuple(x.shape)}")
@@ -304,8 +178,7 @@ def _validate(x, weight, bias, scale, groups, residual, out_shape):
 def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
                  scale: Optional[torch.Tensor] = None, stride: IntOrPair = 1, padding: IntOrPair = 0,
                  dilation: IntOrPair = 1, groups: int = 1, residual: Optional[torch.Tensor] = None,
-                 relu: bool = True, backend: Optional[str] = None, _into_residual: bool = False,
-                 _record: Optional[list] = None) -> torch.Tensor:
+                 relu: bool = True, backend: Optional[str] = None, _into_residual: bool = False) -> torch.Tensor:
     """act(conv2d(x, weight) * scale + bias + residual), fused into one kernel where a backend allows.
 
     Args:
@@ -318,8 +191,6 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         backend: "auto" | "eager" | "triton" | "cuda"; None reads use_backend() / FUSED_RESNET_BACKEND.
         _into_residual: (private) the result may be written over ``residual`` (backends that can do so
             avoid an allocation); only for callers that own the residual tensor (the fused blocks).
-        _record: (private) a list the resolved ``Launch`` is appended to (None when this call could not
-            be planned: autograd, torch.compile); the fused blocks build their launch plans with it.
     Returns:
         (N, Cout, OH, OW) tensor in x's dtype and memory format.
     Raises:
@@ -330,12 +201,7 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     eager reference runs instead, so gradients are always correct.
     """
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    if x.dim() == 4 and weight.dim() == 4:
-        out_shape = (x.shape[0], weight.shape[0],
-                     out_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0]),
-                     out_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1]))
-    else:
-        out_shape = ()
+    out_shape = _out_shape(x, weight, stride, padding, dilation)
     _validate(x, weight, bias, scale, groups, residual, out_shape)
     requested = _selector.requested_backend(backend)
     tensors = (x, weight, bias, scale, residual)
@@ -343,8 +209,6 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         _trace.record(x, weight, stride, padding, dilation, groups,
                       _selector.Choice("eager", "eager: autograd (a tensor requires grad; use torch.no_grad() "
                                                 "or torch.inference_mode() for fused kernels)", "eager:autograd"))
-        if _record is not None:
-            _record.append(None)
         return fused_conv2d_ref(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu)
     # torch.export (ONNX, AOTInductor) and torch.jit.trace record plain aten conv/add/relu: programs
     # that run without this package (ONNX Runtime, a loaded AOTInductor package), and that their
@@ -364,10 +228,21 @@ def fused_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     # Eager calls the implementation directly, skipping the custom op's Python-side dispatch, which
     # adds to every conv's host time (batch-1 inference on a GPU is host-bound). Inference tensors may
     # only be written in place inside inference mode.
-    into = (_into_residual and residual is not None
-            and (torch.is_inference_mode_enabled() or not residual.is_inference()))
-    launch = resolve(x, weight, bias, scale, stride, padding, dilation, groups, residual is not None, relu,
-                     requested, into)
-    if _record is not None:
-        _record.append(launch)
-    return launch.run(x, residual).contiguous(memory_format=memory_format_of(x))
+    into = _into_residual and residual is not None and may_write(residual)
+    return _run(x, weight, bias, scale, stride, padding, dilation, groups, residual, relu, requested, into)
+
+
+def plan_conv(x, weight, bias, stride, padding, dilation, groups, residual, relu, backend,
+              into_residual=False) -> Launch:
+    """The planning seam of the fused blocks: the launch for one conv of a planned (eager, no-autograd)
+    call, validated as the op validates; the blocks run ``launch.run(x, residual)`` now and keep the
+    launch in their plan. stride/padding/dilation are pairs; ``backend`` is the requested one."""
+    _validate(x, weight, bias, None, groups, residual, _out_shape(x, weight, stride, padding, dilation))
+    into = into_residual and residual is not None and may_write(residual)
+    return launch_for(x, weight, bias, None, stride, padding, dilation, groups, residual is not None, relu, backend,
+                      into)
+
+
+def may_write(t: torch.Tensor) -> bool:
+    """Whether ``t`` may be written in place here (inference tensors only inside inference mode)."""
+    return torch.is_inference_mode_enabled() or not t.is_inference()

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _selector
+from .. import _env
 from .._geometry import memory_format_of
 
 
@@ -29,6 +29,6 @@ def add_relu_triton(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     numel = x.numel()
     if numel:
-        block = 1024 if _selector.triton_interpreting() else 4096
+        block = 1024 if _env.triton_interpreting() else 4096
         _add_relu_kernel[(triton.cdiv(numel, block),)](x, y, out, numel, BLOCK=block, num_warps=8)
     return out

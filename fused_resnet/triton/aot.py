@@ -17,6 +17,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from .. import _env
+
 _DTYPE = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
 
 
@@ -38,7 +40,7 @@ def _resources(cubin: bytes) -> tuple[int, int]:
         f.flush()
         out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
     regs = int(m.group(1)) if (m := re.search(r"REG:(\d+)", out)) else -1
-    if os.environ.get("FUSED_RESNET_AOT_DEBUG"):
+    if _env.get("FUSED_RESNET_AOT_DEBUG"):
         print(out)
     # STACK is the per-thread stack frame: with no calls in a Triton kernel it is register spills.
     spill = sum(int(v) for v in re.findall(r"(?:STACK|LOCAL):(\d+)", out))

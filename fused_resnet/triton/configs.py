@@ -9,14 +9,14 @@ Under the interpreter one large config is used (each program costs ~50 ms on the
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
+
+from .. import _env
 
 _TABLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tuned")
 
@@ -94,24 +94,12 @@ def shape_key(m: int, cout_g: int, cin_g: int, taps: int, dtype: torch.dtype) ->
     return f"m{m}_n{cout_g}_c{cin_g}_t{taps}_{str(dtype).replace('torch.', '')}"
 
 
-@functools.lru_cache(maxsize=None)
-def _tag_of(index: int) -> str:
-    return device_tag(torch.cuda.get_device_name(index))
-
-
-def device_tag(name: Optional[str] = None) -> str:
-    """File-name form of a GPU name ("NVIDIA H100 80GB HBM3" -> "nvidia_h100_80gb_hbm3")."""
-    if name is None:
-        return _tag_of(torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
 _tables: dict[str, dict[str, Config]] = {}
 
 
 def table(tag: Optional[str] = None) -> dict[str, Config]:
     """The committed tuned table for a GPU (empty if none), loaded once."""
-    tag = tag or device_tag()
+    tag = tag or _env.device_tag()
     if tag not in _tables:
         path = os.path.join(_TABLE_DIR, f"triton_{tag}.json")
         entries = {}
@@ -123,7 +111,7 @@ def table(tag: Optional[str] = None) -> dict[str, Config]:
 
 
 def save_table(tag: Optional[str] = None, path: Optional[str] = None) -> str:
-    tag = tag or device_tag()
+    tag = tag or _env.device_tag()
     path = path or os.path.join(_TABLE_DIR, f"triton_{tag}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     data = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else tag,
@@ -134,7 +122,7 @@ def save_table(tag: Optional[str] = None, path: Optional[str] = None) -> str:
 
 
 def autotune_enabled() -> bool:
-    return os.environ.get("FUSED_RESNET_AUTOTUNE", "0") == "1"
+    return _env.get("FUSED_RESNET_AUTOTUNE", "0") == "1"
 
 
 def get(m: int, cout_g: int, cin_g: int, taps: int, dtype: torch.dtype, interpreting: bool,

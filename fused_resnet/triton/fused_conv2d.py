@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _packing, _selector
+from .. import _env, _packing
 from .._geometry import out_size
 from . import configs
 
@@ -169,7 +169,7 @@ def pack_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
 def _new_output(shape, like: torch.Tensor) -> torch.Tensor:
     """Output buffer (NHWC). A function of its own so tests can poison it."""
     # Allocated channels_last directly: empty(...).contiguous(channels_last) would add a copy kernel
-    # over the whole output per conv (the H200 runs h200-run1..3 still paid it).
+    # over the whole output per conv (benchmarks/NOTES.md: the early H200 runs paid it).
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
@@ -192,7 +192,7 @@ def fused_conv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     if out.numel() == 0:
         return out
     wp = _packing.packed(weight, ("triton", groups), lambda t: pack_weight(t, groups))
-    interp = _selector.triton_interpreting()
+    interp = _env.triton_interpreting()
     f32 = lambda t: t.to(torch.float32).contiguous() if t is not None else None  # noqa: E731
     bias_f, scale_f = f32(bias), f32(scale)
     tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interp
