@@ -10,12 +10,13 @@ See README.md for the backends, numerics and benchmarks.
 """
 from . import ops
 from ._selector import BackendUnavailableError, available_backends, use_backend
-from .blocks import BasicBlock, Bottleneck, ResNet, convert, refresh
+from .blocks import BasicBlock, Bottleneck, ResNet
 from .explain import explain
 from .folding import fold_bn
-from .optimize import OptimizedModel, optimize
 from .models import (resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d,
                      resnext101_32x8d, resnext101_64x4d, wide_resnet50_2, wide_resnet101_2)
+from .optimize import OptimizedModel, optimize
+from .swap import convert, refresh
 
 __version__ = "0.1.0"
 

@@ -100,9 +100,19 @@ def _bump_epoch(*_args) -> None:
     _EPOCH[0] += 1
 
 
-nn.modules.module.register_module_parameter_registration_hook(_bump_epoch)
-nn.modules.module.register_module_buffer_registration_hook(_bump_epoch)
-nn.modules.module.register_module_module_registration_hook(_bump_epoch)
+_INSTALLED = []
+
+
+def install_epoch_hooks() -> None:
+    """Install the process-wide registration hooks that bump the epoch, once: on the first convert()
+    or the first fused call (a module unpickled in a new process), never at import (a process that
+    imports fused_resnet without converting a model keeps PyTorch's hooks untouched)."""
+    if _INSTALLED:
+        return
+    _INSTALLED.append((nn.modules.module.register_module_parameter_registration_hook(_bump_epoch),
+                       nn.modules.module.register_module_buffer_registration_hook(_bump_epoch),
+                       nn.modules.module.register_module_module_registration_hook(_bump_epoch)))
+    _EPOCH[0] += 1  # whatever was read before the hooks existed is re-read
 
 
 def structure_epoch() -> int:

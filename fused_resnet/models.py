@@ -11,7 +11,7 @@ import functools
 
 import torchvision.models as tvm
 
-from .blocks import convert
+from .swap import convert
 
 NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")

@@ -33,7 +33,8 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import folding
-from .blocks import _GLOBAL_HOOKS, _FusedMixin, convert
+from ._fused import _GLOBAL_HOOKS, _FusedMixin
+from .swap import convert
 
 
 class _Structure(NamedTuple):
@@ -161,6 +162,10 @@ class OptimizedModel(nn.Module):
         self._graphs[key] = entry
         self.captures += 1
         return entry
+
+    def _fused_resnet_refresh(self) -> None:
+        """fused_resnet.refresh(): the graphs read the old folds; capture again."""
+        self.drop_graphs()
 
     def drop_graphs(self) -> None:
         """Release every captured graph (the next call of each shape captures again)."""

@@ -32,7 +32,7 @@ from timm.layers import DropBlock2d, DropPath
 from torch import nn
 
 from . import _trace
-from .blocks import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks, _run_layer
+from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks, _run_layer
 from .ops.add_relu import add_relu
 
 _DROPS = (DropPath, DropBlock2d, nn.Identity)

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import torchvision
 
-from .blocks import convert
+from .swap import convert
 from .testing import Comparison, compare, fit_input, randomize_bn
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -54,7 +54,7 @@ def test_plan_is_built_once_then_replayed(count_resolves):
 
 
 def test_plans_evict_the_least_recently_used_signature(count_resolves):
-    from fused_resnet.blocks import _MAX_PLANS
+    from fused_resnet._fused import _MAX_PLANS
 
     tv, fused = _block()
     xs = {n: torch.randn(n, 32, 8, 8) for n in range(1, _MAX_PLANS + 2)}
@@ -339,3 +339,47 @@ def test_optimize_stamp_sees_what_its_graphs_bake_in():
     assert opt._hooked()
     h.remove()
     assert not opt._hooked()
+
+
+def test_module_registration_hooks_install_on_first_convert_not_at_import():
+    """import fused_resnet leaves PyTorch's process-wide hooks alone; convert() (or the first call of
+    a fused module unpickled in a process that never converted) installs the epoch hooks once."""
+    import subprocess
+    import sys
+
+    code = """
+import pickle
+import torch.nn.modules.module as m
+names = ("_global_parameter_registration_hooks", "_global_buffer_registration_hooks",
+         "_global_module_registration_hooks")
+count = lambda: [len(getattr(m, n)) for n in names]
+before = count()
+import fused_resnet, torch, torchvision
+assert count() == before, (before, count())
+blob = pickle.dumps(fused_resnet.convert(torchvision.models.resnet18()).eval())
+assert count() == [n + 1 for n in before], count()
+fused_resnet.convert(torchvision.models.resnet18())
+assert count() == [n + 1 for n in before], count()  # once
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    code2 = """
+import pickle, sys, torch
+import torch.nn.modules.module as m
+import fused_resnet
+model = pickle.loads(sys.stdin.buffer.read())
+assert not m._global_module_registration_hooks
+with torch.no_grad():
+    model(torch.randn(1, 3, 32, 32))
+assert len(m._global_module_registration_hooks) == 1
+model.layer1[0].downsample = torch.nn.Identity()  # a structure edit after the first call is seen
+with torch.no_grad():
+    model(torch.randn(1, 3, 32, 32))
+print("ok")
+"""
+    import pickle
+
+    blob = pickle.dumps(fused_resnet.convert(torchvision.models.resnet18()).eval())
+    out = subprocess.run([sys.executable, "-c", code2], input=blob, capture_output=True, timeout=300)
+    assert out.returncode == 0 and b"ok" in out.stdout, out.stderr[-2000:]

@@ -9,9 +9,9 @@ from typing import Callable, Optional
 
 import torch
 
-from ..blocks import convert
 from ..optimize import capture
 from ..profiling import environment
+from ..swap import convert
 from ..timing import time_interleaved
 from ..verify import DTYPES, build_reference_model, dtype_name
 from .report import Row, _paired

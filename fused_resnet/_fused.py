@@ -1,0 +1,449 @@
+"""The machinery every fused module shares: which (conv, BN) pairs fold, the fold cache, launch plans,
+the invalidation checks of the hot path, the reference-forward fallback, hooks. The model-specific
+classes (torchvision's in blocks.py, timm's in timm_resnet.py) say which convs their forward runs.
+"""
+from __future__ import annotations
+
+import types
+from typing import Iterator, NamedTuple, Optional
+
+import torch
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from . import _context, _selector, _trace, folding
+from ._geometry import memory_format_of
+from .folding import FoldCache, FoldedConv, attr_dicts, fold_conv_bn, source_slots, structure_epoch, tensor_dicts
+from .ops.fused_conv2d import fused_conv2d, plan_conv
+
+CL = torch.channels_last
+
+
+def _foldable(conv, bn) -> Optional[str]:
+    """None if (conv, bn) can be folded into one fused conv, else why not."""
+    if type(conv) is not nn.Conv2d:
+        return f"{type(conv).__name__} is not a plain Conv2d"
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return f"conv padding {conv.padding!r}/{conv.padding_mode} not supported"
+    if isinstance(bn, nn.BatchNorm2d) and type(bn) is nn.BatchNorm2d:
+        return None if bn.track_running_stats else "BatchNorm2d without running statistics"
+    if type(bn) is FrozenBatchNorm2d:
+        return None
+    return f"norm layer {type(bn).__name__} cannot be folded"
+
+
+def _downsample_pair(ds) -> Optional[tuple]:
+    """(conv, bn) of torchvision's Sequential(conv1x1, norm) downsample, else None."""
+    if isinstance(ds, nn.Sequential) and len(ds) == 2 and _foldable(ds[0], ds[1]) is None:
+        return ds[0], ds[1]
+    return None
+
+
+def _input_problem(x: torch.Tensor, conv: nn.Conv2d) -> Optional[str]:
+    if x.dim() != 4:
+        return f"{x.dim()}D input"
+    if x.shape[1] != conv.in_channels:
+        return f"input has {x.shape[1]} channels, expected {conv.in_channels}"
+    if x.dtype != conv.weight.dtype:
+        return f"input dtype {x.dtype} != weight dtype {conv.weight.dtype}"
+    if x.numel() == 0:
+        return "empty input"
+    return None
+
+
+def _conv(x, fc: FoldedConv, name: str, backend, steps, residual=None, relu=True, into_residual=False):
+    """One fused conv of a block: the next launch when replaying a plan; when recording one, the
+    launch the planning seam (ops.fused_conv2d.plan_conv) gives, kept in ``steps.record``; else (autograd,
+    torch.compile, explain, dispatch modes) the op itself."""
+    if steps.replay is not None:
+        return next(steps.replay).run(x, residual)
+    _trace.set_conv(name)
+    if steps.record is None:
+        return fused_conv2d(x, fc.weight, fc.bias, stride=fc.stride, padding=fc.padding, dilation=fc.dilation,
+                            groups=fc.groups, residual=residual, relu=relu, backend=backend,
+                            _into_residual=into_residual)
+    launch = plan_conv(x, fc.weight, fc.bias, fc.stride, fc.padding, fc.dilation, fc.groups, residual, relu,
+                       backend if backend is not None else steps.ambient, into_residual)
+    steps.record.append(launch)
+    return launch.run(x, residual)
+
+
+_GLOBAL_HOOKS = tuple(getattr(nn.modules.module, name) for name in (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def _hook_dicts(m: nn.Module) -> tuple:
+    """The hook dicts of ``m`` whose hooks fire when ``m`` is called (forward, pre, backward)."""
+    return (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
+
+
+def _has_hooks(m: nn.Module, grad: Optional[bool] = None) -> bool:
+    """Does ``m`` have hooks that calling it would run (and that could keep its output)? Backward
+    hooks count when autograd records (``grad``: torch.is_grad_enabled(), if the caller has it)."""
+    if m._forward_hooks or m._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
+        return True
+    if grad is None:
+        grad = torch.is_grad_enabled()
+    return grad and bool(m._backward_hooks or m._backward_pre_hooks or _GLOBAL_HOOKS[2] or _GLOBAL_HOOKS[3])
+
+
+class _Steps(NamedTuple):
+    """How a block's convs run in this call: replay a plan's launches, or resolve each (and record
+    the launches into ``record`` when a plan is being built)."""
+
+    replay: Optional[Iterator]
+    record: Optional[list]
+    n: int  # convs this block runs fused (the downsample's is last, when it is fused)
+    layout: Optional[tuple] = None  # replaying: (output memory format, input is channels_last), from the key
+    ambient: Optional[str] = None  # the requested backend of this forward (use_backend / env), for children
+
+    def enter(self, x: torch.Tensor, donate: bool) -> tuple:
+        """(x in channels_last, whether x may be donated, the memory format to return). A replayed
+        plan knows the input's layout (its strides are part of the key): no torch calls to ask."""
+        if self.layout is not None:
+            fmt, cl = self.layout
+            return (x if cl else x.contiguous(memory_format=CL)), donate and cl, fmt
+        return x.contiguous(memory_format=CL), donate and x.is_contiguous(memory_format=CL), memory_format_of(x)
+
+
+class _Hot(NamedTuple):
+    """What a block's hot path re-reads only when structure_epoch() moved (module attributes are
+    slow); the tensors and hooks themselves are read out of these dicts on every call."""
+
+    epoch: int
+    pairs: tuple  # ((conv, bn), ...) as _fold_pairs() returns them
+    slots: tuple  # where every tensor of every conv and BN sits (folding.source_slots): read each call
+    attrs: tuple  # the convs' and BNs' instance dicts (folding.attr_dicts): geometry and eps, read each call
+    hook_dicts: tuple  # hook dicts of every module the fused path does not call (_skipped_modules)
+    fusable: bool  # the activation is nn.ReLU and every pair folds (else the slow path says why not)
+    containers: tuple  # the _modules dicts of the skipped containers (the downsample Sequential)
+    lens: list  # their lengths: Sequential.insert/pop/del edit _modules without a registration hook
+
+
+class _Plan(NamedTuple):
+    generation: int  # the fold cache generation the launches were built from
+    launches: tuple  # fused_resnet.ops.fused_conv2d.Launch per conv, in call order
+    layout: tuple  # (memory format to return, input is channels_last) for inputs of this key
+
+
+_MAX_PLANS = 16  # input signatures kept per module, least recently used evicted first
+# Derived state: a cache of the parameters, never copied or pickled with the module (a copy refolds).
+_DERIVED = ("_fold_cache", "_plans", "_hot")
+
+
+def _refresh_after_load(module, _incompatible_keys) -> None:
+    # Forced: parameters created under torch.inference_mode() have no version counter, so a copy
+    # into them would not change the stamp.
+    module._refresh_folds(force=True)
+
+
+def _alias(fn, name: str):
+    """``fn`` under another name, so TorchScript compiles it as a method of that name (it compiles
+    a method called from forward under the function's own __name__; torchvision's is "forward")."""
+    alias = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    alias.__qualname__ = name
+    return alias
+
+
+class _FusedMixin:
+    """Shared machinery: which (conv, bn) pairs to fold, the fold cache, launch plans, the fallback.
+
+    The invalidation model (ARCHITECTURE.md): derived state (folded weights, packed layouts, launch
+    plans) depends on every tensor of every folded conv and BN, the conv geometry and BN eps, the
+    modules' classes and train/eval flags, and the hooks of every module the fused path does not
+    call. On every eval call the hot path re-reads the tensors (out of the modules' own dicts) and
+    compares their versions, storage pointers, geometry and eps with the fold's stamp; a hook on a
+    skipped module or a global module hook sends the call to the reference forward, so the hook
+    fires. Module structure (which modules, their classes) is re-read when structure_epoch() moves.
+    PyTorch gives writes through ``.data`` no signal: ``eval()``/``train()`` and
+    ``fused_resnet.refresh(model)`` refold everything. Copies (deepcopy, pickle, torch.load) carry no
+    derived state.
+
+    Launch plans: the first eval call with a given input signature (shape, strides, dtype, device,
+    requested backend, donation, inference mode) resolves every conv as the op does (validation,
+    backend choice, tuned config, packed weights) and keeps the resulting launches; later calls with
+    that signature whose stamp is unchanged run the launches."""
+
+    _fused_backend = None  # set by convert(backend=...): None or a backend name
+    # TorchScript scripts the reference forward (see forward()); these attributes are not part of it.
+    __jit_ignored_attributes__ = ["_fused_backend"]
+
+    def _fold_pairs(self) -> list:
+        raise NotImplementedError
+
+    def _activations(self) -> tuple:
+        """The activation modules the fused path replaces by the epilogue's ReLU."""
+        return (self.relu,)
+
+    def _skipped_modules(self) -> tuple:
+        """The submodules whose forward the fused path replaces (their hooks would not fire)."""
+        return tuple(self.modules())[1:]
+
+    def _hook_problem(self) -> Optional[str]:
+        if _trace.user_hooks(_GLOBAL_HOOKS):
+            return "eager: a global module hook is registered (reference forward, so it fires)"
+        names = {m: n for n, m in self.named_modules()}
+        for m in self._skipped_modules():
+            if _trace.user_hooks(_hook_dicts(m)):
+                return f"eager: hook on {names.get(m, type(m).__name__)} (reference forward, so it fires)"
+        return None
+
+    def _fusion_problem(self, x) -> Optional[str]:
+        """None if this call can take the fused path, else the reason for torchvision's forward."""
+        if self.training:
+            return "eager: training mode"
+        for act in self._activations():
+            if type(act) is not nn.ReLU:
+                return f"eager: activation {type(act).__name__} is not ReLU"
+        pairs = self._fold_pairs()
+        for conv, bn in pairs:
+            why = _foldable(conv, bn)
+            if why:
+                return f"eager: {why}"
+            if bn.training:
+                return "eager: a BatchNorm inside is in training mode"
+        why = self._hook_problem()
+        if why:
+            return why
+        why = _input_problem(x, pairs[0][0])
+        return f"eager: {why} (torchvision's forward)" if why else None
+
+    def __getstate__(self):
+        # deepcopy, pickle, torch.save and cloudpickle: the copy refolds from its own parameters.
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k not in _DERIVED}
+
+    def train(self, mode: bool = True):
+        # eval() and train() are refresh points: everything is refolded on the next call, which also
+        # catches writes through .data (no version bump, nothing else can see them).
+        self.__dict__.pop("_plans", None)
+        self.__dict__.pop("_hot", None)
+        cache = self.__dict__.get("_fold_cache")
+        if cache is not None:
+            cache.invalidate()
+        self._mark_refreshed()
+        return super().train(mode)
+
+    def _fused_resnet_refresh(self) -> None:
+        """fused_resnet.refresh(): refold now, drop the plans."""
+        self._refresh_folds(force=True)
+
+    def _mark_refreshed(self) -> None:
+        """Count a refresh point of this module (optimize() re-captures its graphs after one)."""
+        self.__dict__["_refreshes"] = self.__dict__.get("_refreshes", 0) + 1
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.half()/.cuda(): refold now, into new tensors of the new dtype/device, so a graph
+        # compiled afterwards reads folds that match its parameters.
+        out = super()._apply(fn, *args, **kwargs)
+        self.__dict__.pop("_plans", None)
+        self.__dict__.pop("_hot", None)
+        self._refresh_folds()
+        return out
+
+    def _refresh_folds(self, force: bool = False) -> None:
+        cache = self.__dict__.get("_fold_cache")
+        self.__dict__.pop("_plans", None)
+        self.__dict__.pop("_hot", None)
+        if force:
+            self._mark_refreshed()
+        if cache is not None:
+            if force:
+                cache.invalidate()
+            try:
+                cache.refresh(self._fold_pairs())
+            except (ValueError, RuntimeError, AttributeError):  # no longer foldable: the next forward says why
+                self.__dict__.pop("_fold_cache", None)
+
+    def _folded(self, pairs: list) -> tuple:
+        """Folded convs: cached on the hot path, differentiable when autograd records a graph.
+
+        Under torch.compile / torch.export the cached folded tensors are read as graph inputs (no
+        per-call fold in the graph); a small op refreshes them in place if a parameter changed
+        (export takes them as constants). A module never run eagerly before compiling has no cache
+        yet: its graph folds per call (correct, slower)."""
+        if torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for c, b in pairs for t in (c.weight, c.bias, b.weight, b.bias)):
+            return tuple(fold_conv_bn(c, b) for c, b in pairs)
+        cache = self.__dict__.get("_fold_cache")
+        if torch.compiler.is_compiling():
+            if cache is None or not cache.matches(pairs):
+                return tuple(fold_conv_bn(c, b) for c, b in pairs)
+            if torch.compiler.is_exporting():
+                if cache.stale():
+                    raise RuntimeError(
+                        "fused_resnet: a parameter, BN statistic or conv attribute changed after the folded "
+                        "weights were last computed; run the model once in eager mode, or call "
+                        "fused_resnet.refresh(model), before torch.export, so the exported program holds the "
+                        "current folds")
+            else:
+                torch.ops.fused_resnet._refresh_folds([t for f in cache.value for t in (f.weight, f.bias)],
+                                                      cache.handle)
+            # The geometry as the graph reads it from the modules: the compiler guards on it, so an
+            # edited stride/padding recompiles instead of running the graph traced with the old one.
+            return tuple(f._replace(stride=tuple(c.stride), padding=tuple(c.padding), dilation=tuple(c.dilation),
+                                    groups=c.groups) for f, (c, _) in zip(cache.value, pairs))
+        if cache is None:
+            cache = self.__dict__["_fold_cache"] = FoldCache()
+            if not self.__dict__.get("_load_hook"):
+                self.register_load_state_dict_post_hook(_refresh_after_load)
+                self.__dict__["_load_hook"] = True
+        return cache.refresh(pairs)
+
+    def _hot_state(self, rebuild: bool = False) -> _Hot:
+        folding.install_epoch_hooks()  # (a module unpickled in a new process was never convert()ed there)
+        hot = self.__dict__.get("_hot")
+        if rebuild or hot is None or hot.epoch != structure_epoch():
+            pairs = tuple(self._fold_pairs())
+            ok = all(type(a) is nn.ReLU for a in self._activations()) and all(_foldable(c, b) is None for c, b in pairs)
+            skipped = self._skipped_modules()
+            # Forward and pre-hooks only: a planned call records no autograd graph, where backward
+            # hooks would not fire in the reference forward either (the slow path checks them all).
+            hooks = tuple(d for m in skipped for d in _hook_dicts(m)[:2]) + _GLOBAL_HOOKS[:2]
+            # The skipped containers (the downsample Sequential): their edits without a registration
+            # hook (insert, del, pop) change what folds. (The block's own _modules change through
+            # setattr, which bumps the epoch.)
+            containers = tuple(m._modules for m in skipped if m._modules)
+            hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, source_slots(tensor_dicts(pairs)),
+                                               attr_dicts(pairs), hooks, ok, containers,
+                                               list(map(len, containers)))
+        return hot
+
+    def _plan(self, x, donate: bool, ambient: str) -> tuple:
+        """(plan, key): the launch plan valid for this call, or (None, key to record one under), or
+        (None, None) when this call is not planned (training, explain(), torch.compile, autograd,
+        tracing, dispatch modes, hooks)."""
+        # (Flag reads inlined: this runs once per fused module per forward; see benchmarks/NOTES.md.)
+        if self.training or _trace._records is not None or torch.compiler.is_compiling() \
+                or _context.dispatch_mode_flag():
+            return None, None
+        hot = self.__dict__.get("_hot")
+        if hot is None or hot.epoch != folding._EPOCH[0] or list(map(len, hot.containers)) != hot.lens:
+            hot = self._hot_state(rebuild=True)
+        if not hot.fusable or any(hot.hook_dicts):
+            return None, None
+        try:
+            sources = list(map(dict.__getitem__, *hot.slots))  # the tensors in their slots now (C-level)
+        except KeyError:  # a tensor was deleted from its module since the structure was read
+            self.__dict__.pop("_hot", None)
+            return None, None
+        if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in sources)):
+            return None, None  # autograd records: the differentiable path (gradients for x too)
+        # (A BN switched to training mode changes the stamp: the slow path then says why not.)
+        backend = self._fused_backend if self._fused_backend is not None else ambient
+        key = (x.shape, x.stride(), x.dtype, x.device, backend, donate, torch.is_inference_mode_enabled(),
+               x.is_inference())
+        cache = self.__dict__.get("_fold_cache")
+        plans = self.__dict__.get("_plans")
+        if cache is None or plans is None:
+            return None, key
+        try:
+            current = cache.current(hot.pairs, sources, hot.attrs)
+        except (AttributeError, RuntimeError, KeyError):  # a slot emptied (None), an attribute deleted
+            current = False
+        if not current:
+            # Something the folds depend on changed: the slow path re-validates (geometry, padding
+            # mode, ...) and refolds, which bumps the generation; the plan is then rebuilt, and the
+            # structure re-read.
+            self.__dict__.pop("_hot", None)
+            return None, key
+        plan = plans.get(key)
+        if plan is not None and plan.generation == cache.generation:
+            if len(plans) > 1:  # most recently used last: eviction takes the first
+                plans[key] = plans.pop(key, plan)  # (default: another thread may have moved it)
+            return plan, key
+        return None, key
+
+    def _run_planned(self, x, donate: bool, body, untraced: bool = False, ambient: Optional[str] = None):
+        """Run ``body(x, donate, folded, steps)`` through a launch plan (see the class docstring).
+        ``untraced``/``ambient``: the caller is a fused parent's forward, which already checked for
+        tracers and read the requested backend (use_backend() / FUSED_RESNET_BACKEND) for this forward."""
+        # First: under torch.fx, x is a Proxy that no check may touch; torch.jit.trace records the reference.
+        if not untraced and (not isinstance(x, torch.Tensor) or torch.jit.is_tracing()):
+            return self._fallback(x, _context.tracing_reason(x))
+        if ambient is None:
+            ambient = _selector.requested_backend()
+        plan, key = self._plan(x, donate, ambient)
+        if plan is not None:
+            return body(x, donate, None, _Steps(iter(plan.launches), None, len(plan.launches), plan.layout, ambient))
+        why = self._fusion_problem(x)
+        if why:
+            return self._fallback(x, why)
+        folded = self._folded(self._fold_pairs())
+        # The generation of these folds, read now: another thread may refold while body() runs, and
+        # launches recorded from the old folds must not be filed under the new generation.
+        cache = self.__dict__.get("_fold_cache")
+        generation = cache.generation if cache is not None else None
+        record = [] if key is not None else None
+        out = body(x, donate, folded, _Steps(None, record, len(folded), None, ambient))
+        if record is not None and cache is not None:
+            plans = self.__dict__.setdefault("_plans", {})
+            plans.pop(key, None)
+            # Evict the least recently used; list(plans) and pop(k, None) stay safe when threads
+            # sharing the module edit the dict in between.
+            excess = len(plans) + 1 - _MAX_PLANS
+            for old in list(plans)[:max(excess, 0)]:
+                plans.pop(old, None)
+            plans[key] = _Plan(generation, tuple(record),
+                               (memory_format_of(x), x.is_contiguous(memory_format=CL)))
+        return out
+
+    def _identity(self, x, folded, ds_index: int, donate: bool, steps: _Steps):
+        """(residual tensor, whether this block owns it and may overwrite it)."""
+        if self.downsample is None:
+            return x, donate
+        if steps.n > ds_index:
+            fc = folded[ds_index] if folded is not None else None
+            return _conv(x, fc, "downsample.0", self._fused_backend, steps, relu=False), True
+        return self.downsample(x).contiguous(memory_format=CL), False
+
+    def _fallback(self, x, why: str):
+        if not _trace.active():  # (no context manager: torch.compile cannot graph-break inside one)
+            return super().forward(x)
+        with _trace.fallback(why):
+            return super().forward(x)
+
+
+class _FusedBlock(_FusedMixin):
+    """A residual block's forward through its launch plan; _run_layer calls _forward to donate.
+    Subclasses set ``_reference_forward`` to their base class's forward (``_alias``): TorchScript
+    compiles that one (the branch below is resolved at compile time)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._reference_forward(x)
+        return self._forward(x, donate=False)
+
+    def __prepare_scriptable__(self):
+        _context.warn_once("script", "fused_resnet: torch.jit.script compiles the reference (unfused) forward of "
+                                     "converted blocks: same outputs, no fused kernels (torch.export or "
+                                     "torch.compile keep the folded convs)")
+        return self
+
+    def _forward(self, x: torch.Tensor, donate: bool, untraced: bool = False,
+                 ambient: Optional[str] = None) -> torch.Tensor:
+        """donate=True: the caller hands x over, so the last conv may write its output into it.
+        untraced/ambient: from a fused parent's forward (_run_layer), see _run_planned."""
+        return self._run_planned(x, donate, self._body, untraced, ambient)
+
+
+
+
+def _run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: Optional[str] = None) -> tuple:
+    """Run one ResNet layer, donating each block's input to it when nobody else can hold that tensor:
+    inside the network the last conv can then write over the identity instead of allocating
+    (measured on CPU: a (8,256,56,56) conv+add+ReLU output 6.5 ms fresh vs 3.2 ms in place).
+    ``fresh``: x was made inside the network by a module without hooks. Any module hook (which could
+    keep a reference to its output) makes the next block's input not fresh. Returns (output, fresh)."""
+    grad = torch.is_grad_enabled()
+    if type(layer) is not nn.Sequential or _has_hooks(layer, grad):
+        return layer(x), False
+    for block in layer:
+        if isinstance(block, _FusedMixin) and hasattr(block, "_forward") and not _has_hooks(block, grad):
+            x = block._forward(x, donate=fresh, untraced=True, ambient=ambient)  # checked by the fused parent
+            fresh = True
+        else:
+            x = block(x)
+            fresh = not _has_hooks(block, grad)
+    return x, fresh
+
