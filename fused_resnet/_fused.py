@@ -94,16 +94,7 @@ class _Steps(NamedTuple):
     replay: Optional[Iterator]
     record: Optional[list]
     n: int  # convs this block runs fused (the downsample's is last, when it is fused)
-    layout: Optional[tuple] = None  # replaying: (output memory format, input is channels_last), from the key
     ambient: Optional[str] = None  # the requested backend of this forward (use_backend / env), for children
-
-    def enter(self, x: torch.Tensor, donate: bool) -> tuple:
-        """(x in channels_last, whether x may be donated, the memory format to return). A replayed
-        plan knows the input's layout (its strides are part of the key): no torch calls to ask."""
-        if self.layout is not None:
-            fmt, cl = self.layout
-            return (x if cl else x.contiguous(memory_format=CL)), donate and cl, fmt
-        return x.contiguous(memory_format=CL), donate and x.is_contiguous(memory_format=CL), memory_format_of(x)
 
 
 class _Hot(NamedTuple):
@@ -180,24 +171,32 @@ class _FusedMixin:
         return tuple(self.modules())[1:]
 
     def _hook_problem(self) -> Optional[str]:
+        skipped = self._skipped_modules()
+        if not any(_GLOBAL_HOOKS) and not [m for m in skipped if m._forward_hooks or m._forward_pre_hooks
+                                           or m._backward_hooks or m._backward_pre_hooks]:
+            return None
         if _trace.user_hooks(_GLOBAL_HOOKS):
             return "eager: a global module hook is registered (reference forward, so it fires)"
-        names = {m: n for n, m in self.named_modules()}
-        for m in self._skipped_modules():
+        for m in skipped:
             if _trace.user_hooks(_hook_dicts(m)):
-                return f"eager: hook on {names.get(m, type(m).__name__)} (reference forward, so it fires)"
+                name = next((n for n, sub in self.named_modules() if sub is m), type(m).__name__)
+                return f"eager: hook on {name} (reference forward, so it fires)"
         return None
 
-    def _fusion_problem(self, x) -> Optional[str]:
-        """None if this call can take the fused path, else the reason for torchvision's forward."""
+    def _fusion_problem(self, x, pairs: Optional[tuple] = None, fusable: bool = False) -> Optional[str]:
+        """None if this call can take the fused path, else the reason for torchvision's forward.
+        ``pairs``: _fold_pairs() if the caller has them; ``fusable``: the caller's current structure
+        (_Hot) found the activations ReLU and every pair foldable."""
         if self.training:
             return "eager: training mode"
-        for act in self._activations():
-            if type(act) is not nn.ReLU:
-                return f"eager: activation {type(act).__name__} is not ReLU"
-        pairs = self._fold_pairs()
+        if not fusable:
+            for act in self._activations():
+                if type(act) is not nn.ReLU:
+                    return f"eager: activation {type(act).__name__} is not ReLU"
+        if pairs is None:
+            pairs = self._fold_pairs()
         for conv, bn in pairs:
-            why = _foldable(conv, bn)
+            why = None if fusable else _foldable(conv, bn)
             if why:
                 return f"eager: {why}"
             if bn.training:
@@ -295,15 +294,16 @@ class _FusedMixin:
         hot = self.__dict__.get("_hot")
         if rebuild or hot is None or hot.epoch != structure_epoch():
             pairs = tuple(self._fold_pairs())
-            ok = all(type(a) is nn.ReLU for a in self._activations()) and all(_foldable(c, b) is None for c, b in pairs)
+            ok = not [a for a in self._activations() if type(a) is not nn.ReLU] \
+                and not [p for p in pairs if _foldable(*p) is not None]
             skipped = self._skipped_modules()
             # Forward and pre-hooks only: a planned call records no autograd graph, where backward
             # hooks would not fire in the reference forward either (the slow path checks them all).
-            hooks = tuple(d for m in skipped for d in _hook_dicts(m)[:2]) + _GLOBAL_HOOKS[:2]
+            hooks = tuple([d for m in skipped for d in (m._forward_hooks, m._forward_pre_hooks)]) + _GLOBAL_HOOKS[:2]
             # The skipped containers (the downsample Sequential): their edits without a registration
             # hook (insert, del, pop) change what folds. (The block's own _modules change through
             # setattr, which bumps the epoch.)
-            containers = tuple(m._modules for m in skipped if m._modules)
+            containers = tuple([m._modules for m in skipped if m._modules])
             hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, source_slots(tensor_dicts(pairs)),
                                                attr_dicts(pairs), hooks, ok, containers,
                                                list(map(len, containers)))
@@ -338,7 +338,7 @@ class _FusedMixin:
         if cache is None or plans is None:
             return None, key
         try:
-            current = cache.current(hot.pairs, sources, hot.attrs)
+            current = hot.pairs == cache.pairs and folding.stamp(sources, hot.pairs, hot.attrs) == cache.stamp
         except (AttributeError, RuntimeError, KeyError):  # a slot emptied (None), an attribute deleted
             current = False
         if not current:
@@ -355,7 +355,8 @@ class _FusedMixin:
         return None, key
 
     def _run_planned(self, x, donate: bool, body, untraced: bool = False, ambient: Optional[str] = None):
-        """Run ``body(x, donate, folded, steps)`` through a launch plan (see the class docstring).
+        """Run ``body(x, donate, fmt, folded, steps)`` through a launch plan (see the class docstring):
+        x in channels_last (donate: whether it may be written over), fmt the memory format to return.
         ``untraced``/``ambient``: the caller is a fused parent's forward, which already checked for
         tracers and read the requested backend (use_backend() / FUSED_RESNET_BACKEND) for this forward."""
         # First: under torch.fx, x is a Proxy that no check may touch; torch.jit.trace records the reference.
@@ -364,18 +365,28 @@ class _FusedMixin:
         if ambient is None:
             ambient = _selector.requested_backend()
         plan, key = self._plan(x, donate, ambient)
-        if plan is not None:
-            return body(x, donate, None, _Steps(iter(plan.launches), None, len(plan.launches), plan.layout, ambient))
-        why = self._fusion_problem(x)
+        if plan is not None:  # the plan knows the input's layout (its strides are part of the key)
+            fmt, cl = plan.layout
+            return body(x if cl else x.contiguous(memory_format=CL), donate and cl, fmt, None,
+                        _Steps(iter(plan.launches), None, len(plan.launches), ambient))
+        # The structure _plan just read, where it is still current (a cold call computes it once).
+        hot = self.__dict__.get("_hot")
+        if hot is not None and hot.epoch == folding._EPOCH[0]:
+            pairs, fusable = hot.pairs, hot.fusable
+        else:
+            pairs, fusable = self._fold_pairs(), False
+        why = self._fusion_problem(x, pairs, fusable)
         if why:
             return self._fallback(x, why)
-        folded = self._folded(self._fold_pairs())
+        folded = self._folded(pairs)
         # The generation of these folds, read now: another thread may refold while body() runs, and
         # launches recorded from the old folds must not be filed under the new generation.
         cache = self.__dict__.get("_fold_cache")
         generation = cache.generation if cache is not None else None
         record = [] if key is not None else None
-        out = body(x, donate, folded, _Steps(None, record, len(folded), None, ambient))
+        layout = (memory_format_of(x), x.is_contiguous(memory_format=CL))
+        out = body(x.contiguous(memory_format=CL), donate and layout[1], layout[0], folded,
+                   _Steps(None, record, len(folded), ambient))
         if record is not None and cache is not None:
             plans = self.__dict__.setdefault("_plans", {})
             plans.pop(key, None)
@@ -384,8 +395,7 @@ class _FusedMixin:
             excess = len(plans) + 1 - _MAX_PLANS
             for old in list(plans)[:max(excess, 0)]:
                 plans.pop(old, None)
-            plans[key] = _Plan(generation, tuple(record),
-                               (memory_format_of(x), x.is_contiguous(memory_format=CL)))
+            plans[key] = _Plan(generation, tuple(record), layout)
         return out
 
     def _identity(self, x, folded, ds_index: int, donate: bool, steps: _Steps):
@@ -439,8 +449,9 @@ def _run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: 
     if type(layer) is not nn.Sequential or _has_hooks(layer, grad):
         return layer(x), False
     for block in layer:
-        if isinstance(block, _FusedMixin) and hasattr(block, "_forward") and not _has_hooks(block, grad):
-            x = block._forward(x, donate=fresh, untraced=True, ambient=ambient)  # checked by the fused parent
+        if isinstance(block, _FusedBlock) and not _has_hooks(block, grad):
+            # untraced: the fused parent checked for tracers; its forward's requested backend is passed on
+            x = block._run_planned(x, fresh, block._body, True, ambient)
             fresh = True
         else:
             x = block(x)

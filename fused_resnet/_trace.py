@@ -33,7 +33,11 @@ def recording():
 
 def user_hooks(hook_dicts) -> bool:
     """Does any of these hook dicts hold a hook that is not explain()'s own?"""
-    return any(k not in own_hooks for d in hook_dicts for k in d)
+    for d in hook_dicts:
+        for k in d:
+            if k not in own_hooks:
+                return True
+    return False
 
 
 def current_name(suffix: str = "") -> str:

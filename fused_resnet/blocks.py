@@ -31,8 +31,7 @@ class BasicBlock(_FusedBlock, tvr.BasicBlock):
         ds = _downsample_pair(self.downsample)
         return pairs + [ds] if ds else pairs
 
-    def _body(self, x, donate, folded, steps):
-        x, donate, fmt = steps.enter(x, donate)
+    def _body(self, x, donate, fmt, folded, steps):
         be = self._fused_backend
         f = folded or (None,) * steps.n
         out = _conv(x, f[0], "conv1", be, steps)
@@ -51,8 +50,7 @@ class Bottleneck(_FusedBlock, tvr.Bottleneck):
         ds = _downsample_pair(self.downsample)
         return pairs + [ds] if ds else pairs
 
-    def _body(self, x, donate, folded, steps):
-        x, donate, fmt = steps.enter(x, donate)
+    def _body(self, x, donate, fmt, folded, steps):
         be = self._fused_backend
         f = folded or (None,) * steps.n
         out = _conv(x, f[0], "conv1", be, steps)
@@ -88,8 +86,7 @@ class ResNet(_FusedMixin, tvr.ResNet):
         with _trace.fallback(why):
             return super()._forward_impl(x)
 
-    def _body(self, x, donate, folded, steps):
-        x = steps.enter(x, False)[0]
+    def _body(self, x, donate, fmt, folded, steps):
         x = _conv(x, folded[0] if folded else None, "conv1", self._fused_backend, steps)
         x = self.maxpool(x)
         fresh = not _has_hooks(self.maxpool)

@@ -20,12 +20,6 @@ from ._packing import invalidate, mark_stable, version
 BatchNorm = Union[nn.BatchNorm2d, FrozenBatchNorm2d]
 
 
-def _bn_tensors(bn: BatchNorm):
-    weight = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
-    bias = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_var)
-    return weight, bias, bn.running_mean, bn.running_var
-
-
 def fold_bn(conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor], bn: BatchNorm):
     """Fold an inference-mode BatchNorm2d / FrozenBatchNorm2d into the conv before it.
 
@@ -39,11 +33,14 @@ def fold_bn(conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor], bn: Ba
     """
     if isinstance(bn, nn.BatchNorm2d) and not bn.track_running_stats:
         raise ValueError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
-    return _fold(conv_weight, conv_bias, *_bn_tensors(bn), bn.eps)
+    var = bn.running_var
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(var)  # affine=False
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(var)
+    return _fold(conv_weight, conv_bias, gamma, beta, bn.running_mean, var, bn.eps)
 
 
 def _fold(conv_weight, conv_bias, gamma, beta, mean, var, eps: float):
-    gamma, beta, mean, var = (t.double() for t in (gamma, beta, mean, var))
+    gamma, beta, mean, var = gamma.double(), beta.double(), mean.double(), var.double()
     scale = gamma * torch.rsqrt(var + eps)
     bias = beta - mean * scale
     if conv_bias is not None:
@@ -70,7 +67,7 @@ def tensor_dicts(pairs) -> tuple:
     keep these dict objects and read the tensors out of them on every call: functional_call,
     torch.func and stateless reparametrization swap tensors by writing these dicts directly, with no
     hook or version bump, so a tensor read once and kept would miss them."""
-    return tuple(d for conv, bn in pairs for m in (conv, bn) for d in (m._parameters, m._buffers))
+    return tuple([d for conv, bn in pairs for m in (conv, bn) for d in (m._parameters, m._buffers)])
 
 
 def sources_of(dicts: tuple) -> list:
@@ -86,13 +83,13 @@ def source_slots(dicts: tuple) -> tuple:
     reads them with ``list(map(dict.__getitem__, *slots))``: the same tensors, C-level. A slot emptied
     since gives None or KeyError, which the caller treats as a change."""
     slots = [(d, k) for d in dicts for k, t in d.items() if t is not None]
-    return tuple(d for d, _ in slots), tuple(k for _, k in slots)
+    return tuple([d for d, _ in slots]), tuple([k for _, k in slots])
 
 
 # Bumped whenever any module anywhere registers a parameter, buffer or submodule (assignment,
 # load_state_dict(assign=True), module replacement): while it is unchanged, a module's (conv, bn)
 # pairs and their source tensors are the same objects as last time, so the hot path may reuse
-# them instead of re-reading ~30 attributes per block. Tensor contents are checked by _stamp.
+# them instead of re-reading ~30 attributes per block. Tensor contents are checked by stamp().
 _EPOCH = [0]
 
 
@@ -121,12 +118,12 @@ def structure_epoch() -> int:
 
 
 def attr_dicts(pairs) -> tuple:
-    """(conv instance dicts, BN instance dicts) of ``pairs``: _stamp reads the geometry and eps out of
+    """(conv instance dicts, BN instance dicts) of ``pairs``: stamp() reads the geometry and eps out of
     them directly (an attribute lookup on an nn.Module walks its class hierarchy first)."""
-    return tuple(vars(conv) for conv, _ in pairs), tuple(vars(bn) for _, bn in pairs)
+    return tuple([vars(conv) for conv, _ in pairs]), tuple([vars(bn) for _, bn in pairs])
 
 
-def _stamp(sources, pairs, dicts: Optional[tuple] = None) -> tuple:
+def stamp(sources, pairs, dicts: Optional[tuple] = None) -> tuple:
     """Changes whenever the folded result or the conv's geometry could: _version moves on every
     in-place write (load_state_dict, optimizer steps, running-stat updates); data_ptr moves on .to(),
     .half(), ``.data = ...`` and parameter replacement (the cache keeps the old tensors alive, so a
@@ -175,29 +172,24 @@ class FoldCache:
     def __init__(self) -> None:
         self.generation = 0
         self.value: Optional[tuple[FoldedConv, ...]] = None
-        self._pairs: Optional[tuple] = None
-        self._stamp: Optional[tuple] = None
+        self.pairs: Optional[tuple] = None  # the (conv, bn) modules the cached folds were made from
+        self.stamp: Optional[tuple] = None  # stamp() of their tensors then
         self._sources: list = []
         self.handle = next(_HANDLES)  # names this cache in the compiled-graph refresh op
         _CACHES[self.handle] = self
 
     def invalidate(self) -> None:
         """Refold on the next refresh even if no source looks changed (writes through ``.data``)."""
-        self._stamp = None
+        self.stamp = None
 
     def stale(self) -> bool:
         """Has a source tensor of the last fold been written or moved since? (Reads the stored
         tensors themselves, not module attributes: usable while torch.export swaps those for fakes.)"""
-        return self._stamp is None or _stamp(self._sources, self._pairs) != self._stamp
-
-    def current(self, pairs: tuple, sources: list, dicts: tuple) -> bool:
-        """Were the cached folds made from exactly these modules and ``sources`` (their tensors as
-        read now), unchanged since? ``dicts``: attr_dicts(pairs)."""
-        return pairs == self._pairs and _stamp(sources, pairs, dicts) == self._stamp
+        return self.stamp is None or stamp(self._sources, self.pairs) != self.stamp
 
     def matches(self, pairs) -> bool:
         """Built for these very modules (folded tensors usable as compiled-graph inputs)?"""
-        return self.value is not None and self._pairs == tuple(pairs)
+        return self.value is not None and self.pairs == tuple(pairs)
 
     def refresh(self, pairs, in_place_only: bool = False, sources: Optional[list] = None) -> tuple[FoldedConv, ...]:
         """The folded pairs, refolded first if a source changed. ``sources``: the pairs' tensors
@@ -205,16 +197,15 @@ class FoldCache:
         pairs = tuple(pairs)
         if sources is None:
             sources = sources_of(tensor_dicts(pairs))
-        stamp = _stamp(sources, pairs)
-        if stamp == self._stamp and pairs == self._pairs:
+        new_stamp = stamp(sources, pairs)
+        if new_stamp == self.stamp and pairs == self.pairs:
             return self.value
         with torch.inference_mode(False), torch.no_grad():  # in this order: inference_mode(False) turns grad mode on
-            new = tuple(fold_conv_bn(c, b) for c, b in pairs)
-            old = self.value if pairs == self._pairs else None
-            same = old is not None and all(
-                (o.weight.shape, o.weight.dtype, o.weight.device, o.bias.shape, o.bias.device)
-                == (n.weight.shape, n.weight.dtype, n.weight.device, n.bias.shape, n.bias.device)
-                for o, n in zip(old, new))
+            new = tuple([fold_conv_bn(c, b) for c, b in pairs])
+            old = self.value if pairs == self.pairs else None
+            same = old is not None and [
+                (o.weight.shape, o.weight.dtype, o.weight.device, o.bias.shape, o.bias.device) for o in old] == [
+                (n.weight.shape, n.weight.dtype, n.weight.device, n.bias.shape, n.bias.device) for n in new]
             if same:
                 for o, n in zip(old, new):
                     invalidate(o.weight)  # its packed layouts are remade from the new values
@@ -228,7 +219,7 @@ class FoldCache:
                     "compile again) after .to()/.half() or replacing parameters")
         for folded in new:
             mark_stable(folded.weight)  # packed layouts of it may be cached
-        self.value, self._pairs, self._stamp = new, pairs, stamp
+        self.value, self.pairs, self.stamp = new, pairs, new_stamp
         self._sources = sources
         self.generation += 1
         return new
@@ -242,8 +233,8 @@ def _refresh_folds(folded: List[torch.Tensor], handle: int) -> None:
     checks when nothing changed) runs before them, so a compiled model never uses stale folds and
     never refolds per call."""
     cache = _CACHES.get(handle)
-    if cache is not None and cache._pairs is not None:
-        cache.refresh(cache._pairs, in_place_only=True)
+    if cache is not None and cache.pairs is not None:
+        cache.refresh(cache.pairs, in_place_only=True)
         # Write through the arguments too: a compile backend that does not re-inplace mutations
         # (aot_eager) hands this op copies and copies them back over the cache after the graph.
         current = [t for f in cache.value for t in (f.weight, f.bias)]

@@ -43,7 +43,7 @@ class _Structure(NamedTuple):
     epoch: int
     tensor_dicts: tuple  # every module's _parameters and _buffers
     modules: tuple  # (id, type) of every module: a replaced module (even one without tensors) shows
-    attrs: tuple  # (conv instance dicts, BN instance dicts): geometry, eps, BN mode (folding._stamp)
+    attrs: tuple  # (conv instance dicts, BN instance dicts): geometry, eps, BN mode (folding.stamp)
     hooks: tuple  # every module's forward and pre-hook dicts
     fused: tuple  # the converted modules (their refresh counters)
 
@@ -97,7 +97,7 @@ class OptimizedModel(nn.Module):
         tensors = folding.sources_of(st.tensor_dicts)
         # Not the epoch itself: it moves whenever any module anywhere registers a parameter (building
         # an unrelated model), which must not re-capture these graphs; identities catch replacements.
-        return (tuple(map(id, tensors)), folding._stamp(tensors, (), st.attrs), st.modules,
+        return (tuple(map(id, tensors)), folding.stamp(tensors, (), st.attrs), st.modules,
                 sum(m.__dict__.get("_refreshes", 0) for m in st.fused))
 
     def _hooked(self) -> bool:

@@ -85,7 +85,7 @@ class _TimmMixin(_FusedMixin):
     def _structure_problem(self) -> Optional[str]:
         return None
 
-    def _fusion_problem(self, x) -> Optional[str]:
+    def _fusion_problem(self, x, pairs=None, fusable: bool = False) -> Optional[str]:
         if self.training:
             return "eager: training mode"
         if _forced is not None:
@@ -96,7 +96,7 @@ class _TimmMixin(_FusedMixin):
         why = self._structure_problem()
         if why:
             return f"eager: {why}"
-        why = super()._fusion_problem(x)
+        why = super()._fusion_problem(x, pairs, fusable)
         return why.replace("torchvision's forward", "timm's forward") if why else None
 
     def _grad_params(self):
@@ -121,8 +121,7 @@ class _TimmBlock(_TimmMixin, _FusedBlock):
     def _structure_problem(self) -> Optional[str]:
         return _drop_problem(self.drop_block) or _drop_problem(self.drop_path)
 
-    def _body(self, x, donate, folded, steps):
-        x, donate, fmt = steps.enter(x, donate)
+    def _body(self, x, donate, fmt, folded, steps):
         f = folded or (None,) * steps.n
         n = steps.n - (1 if self._ds_folds() else 0)  # convs of the main path
         be = self._fused_backend
@@ -245,8 +244,7 @@ class ResNet(_TimmMixin, tr.ResNet):
         with _trace.fallback(why), _force_eager(why if self.grad_checkpointing else None):
             return super().forward_features(x)
 
-    def _body(self, x, donate, folded, steps):
-        x, _, fmt = steps.enter(x, False)
+    def _body(self, x, donate, fmt, folded, steps):
         stem = self._stem()
         f = folded or (None,) * steps.n
         for fc, (_, _, _, name) in zip(f, stem):

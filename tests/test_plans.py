@@ -383,3 +383,34 @@ print("ok")
     blob = pickle.dumps(fused_resnet.convert(torchvision.models.resnet18()).eval())
     out = subprocess.run([sys.executable, "-c", code2], input=blob, capture_output=True, timeout=300)
     assert out.returncode == 0 and b"ok" in out.stdout, out.stderr[-2000:]
+
+
+def _package_calls(fn) -> int:
+    """Python function calls made inside the fused_resnet package while fn() runs (a profile hook)."""
+    import os
+    import sys
+
+    pkg = os.path.dirname(fused_resnet.__file__) + os.sep
+    calls = [0]
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code.co_filename.startswith(pkg):
+            calls[0] += 1
+    sys.setprofile(hook)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls[0]
+
+
+def test_python_calls_per_resnet50_forward():
+    """The host cost budget in Python calls inside the package (ResNet-50, CPU, benchmarks/NOTES.md):
+    a planned forward replays launches (<= 250 calls: 53 convs), a cold one resolves each conv once
+    (<= 2,000)."""
+    model = fused_resnet.convert(torchvision.models.resnet50()).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        cold = _package_calls(lambda: model(x))
+        planned = _package_calls(lambda: model(x))
+    assert planned <= 250 and cold <= 2000, (planned, cold)

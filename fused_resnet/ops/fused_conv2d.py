@@ -69,7 +69,8 @@ def resolve(x, weight, bias, scale, stride, padding, dilation, groups, has_resid
     p = Problem(x, weight, tuple(stride), tuple(padding), tuple(dilation), groups, scale is not None, has_residual,
                 relu, into_residual)
     choice = _selector.choose(p, backend)
-    _trace.record(x, weight, stride, padding, dilation, groups, choice)
+    if _trace._records is not None:  # explain() is recording
+        _trace.record(x, weight, stride, padding, dilation, groups, choice)
     return Launch(tactics.prepare(choice.tactic, p, weight, bias, scale), choice)
 
 
@@ -81,7 +82,7 @@ def launch_for(x, weight, bias, scale, stride, padding, dilation, groups, has_re
     fused blocks keep the launches they get here in their plans; the registered ops (torch.compile
     graphs) call this per conv per forward."""
     args = (x, weight, bias, scale, stride, padding, dilation, groups, has_residual, relu, backend, into_residual)
-    if _trace.active():
+    if _trace._records is not None:  # explain() is recording: it sees every choice made
         return resolve(*args)
     key = ("launch", x.shape, x.stride(), x.dtype, x.device, tuple(stride), tuple(padding), tuple(dilation),
            groups, scale is None, has_residual, relu, backend, into_residual)
@@ -237,7 +238,8 @@ def plan_conv(x, weight, bias, stride, padding, dilation, groups, residual, relu
     """The planning seam of the fused blocks: the launch for one conv of a planned (eager, no-autograd)
     call, validated as the op validates; the blocks run ``launch.run(x, residual)`` now and keep the
     launch in their plan. stride/padding/dilation are pairs; ``backend`` is the requested one."""
-    _validate(x, weight, bias, None, groups, residual, _out_shape(x, weight, stride, padding, dilation))
+    _validate(x, weight, bias, None, groups, residual,
+              _out_shape(x, weight, stride, padding, dilation) if residual is not None else ())
     into = into_residual and residual is not None and may_write(residual)
     return launch_for(x, weight, bias, None, stride, padding, dilation, groups, residual is not None, relu, backend,
                       into)

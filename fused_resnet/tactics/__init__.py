@@ -73,7 +73,7 @@ def _unknown(name: str) -> str:
 
 
 def prepare(name: str, p: Problem, weight, bias, scale) -> Callable:
-    tactic = get(name)
+    tactic = _REGISTRY.get(name) or get(name)
     if tactic is None:
         raise ValueError(f"unknown fused_conv2d tactic {name!r}")
     return tactic.prepare(p, weight, bias, scale)

@@ -23,6 +23,7 @@ _CL = torch.channels_last
 _EPILOGUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+@functools.lru_cache(maxsize=None)
 def _mkldnn_pointwise():
     op = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
     return op if op is not None and torch.backends.mkldnn.is_available() else None
