@@ -65,18 +65,11 @@ int run_conv(const ConvParams& a, cudaStream_t stream) {
   return static_cast<int>(st);
 }
 
-inline bool use_large_tile(const ConvParams& a, int tile) {
-  if (tile != kTileAuto) return tile == kTileLarge;
-  // Enough 128x128 tiles to fill ~2 waves of a 132-SM H100; else the small tile.
-  long long tiles = ((long long)a.n * a.p * a.q + 127) / 128 * ((a.k + 127) / 128);
-  return tiles >= 264;
-}
-
 template <typename Element>
 int dispatch_conv(const ConvParams& a, int tile, cudaStream_t stream) {
   using cutlass::epilogue::thread::Identity;
   using cutlass::epilogue::thread::ReLu;
-  if (use_large_tile(a, tile)) {
+  if (tile == kTileLarge) {  // chosen in Python (fused_resnet/tactics/cutlass.py: sm80_tile)
     return a.relu ? run_conv<Element, ReLu<float>, TileLarge>(a, stream)
                   : run_conv<Element, Identity<float>, TileLarge>(a, stream);
   }

@@ -18,7 +18,7 @@ struct ConvParams {
   bool relu;
 };
 
-enum ConvTile : int { kTileAuto = 0, kTileLarge = 1, kTileSmall = 2 };
+enum ConvTile : int { kTileLarge = 1, kTileSmall = 2 };  // the caller picks (no auto rule here)
 
 // Each returns 0 on success, else a cutlass::Status value (>0) or -1 for an unsupported request.
 int conv2d_cutlass_f16(const ConvParams& p, int tile, cudaStream_t stream);

@@ -47,50 +47,71 @@ void check_nhwc(const at::Tensor& t, const char* name) {
               "fused_resnet: ", name, " must be channels_last contiguous (NHWC)");
 }
 
-// x: [N, C, H, W] channels_last; w: [K, C, R, S] channels_last (= KRSC in memory); bias fp32 [K].
-at::Tensor conv2d_cutlass(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
-                          const c10::optional<at::Tensor>& residual, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef dilation, bool relu, int64_t tile) {
+// What both CUTLASS conv bindings check and allocate (``who`` names the op in every message; ``aligned``
+// says what needs channels in multiples of 8): x [N, C, H, W] and w [K, C, R, S] channels_last (= KRSC
+// in memory), fp16/bf16 of one dtype, an fp32 bias [K], all on one device; no groups; the output size
+// as torch computes it; 32-bit indexing; a residual of the output's shape and dtype. Returns the kernel
+// parameters and the channels_last output.
+struct ConvLaunch {
+  ConvParams params;
+  at::Tensor out;
+};
+
+ConvLaunch conv_launch(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                       const c10::optional<at::Tensor>& residual, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, bool relu, const char* who, const char* aligned) {
   check_nhwc(x, "input");
   check_nhwc(w, "weight");
-  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16,
-              "fused_resnet CUTLASS conv: fp16/bf16 only, got ", x.scalar_type());
-  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "fused_resnet CUTLASS conv: weight dtype ", w.scalar_type(),
-              " != input dtype ", x.scalar_type());
+  TORCH_CHECK(x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16, who, ": fp16/bf16 only, got ",
+              x.scalar_type());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type(), who, ": weight dtype ", w.scalar_type(), " != input dtype ",
+              x.scalar_type());
   TORCH_CHECK(bias.is_cuda() && bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == w.size(0),
-              "fused_resnet CUTLASS conv: bias must be a contiguous fp32 CUDA tensor of ", w.size(0), " elements");
+              who, ": bias must be a contiguous fp32 CUDA tensor of ", w.size(0), " elements");
+  TORCH_CHECK(x.device() == w.device() && x.device() == bias.device(), who,
+              ": input, weight and bias must be on one device");
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3);
   const int64_t k = w.size(0), r = w.size(2), s = w.size(3);
-  TORCH_CHECK(w.size(1) == c, "fused_resnet CUTLASS conv: grouped convs are not supported (weight has ", w.size(1),
+  TORCH_CHECK(w.size(1) == c, who, ": grouped convs are not supported (weight has ", w.size(1),
               " input channels, input has ", c, ")");
-  TORCH_CHECK(c % 8 == 0 && k % 8 == 0, "fused_resnet CUTLASS conv: channels must be multiples of 8 (alignment), got ",
-              c, " -> ", k);
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "stride/padding/dilation: 2 ints");
-  const char* who = "fused_resnet CUTLASS conv";
+  TORCH_CHECK(c % 8 == 0 && k % 8 == 0, who, ": channels must be multiples of 8 (", aligned, "), got ", c, " -> ", k);
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, who, ": stride/padding/dilation: 2 ints");
   const int64_t p = conv_out_size(h, r, stride[0], padding[0], dilation[0], who);
   const int64_t q = conv_out_size(wd, s, stride[1], padding[1], dilation[1], who);
   check_residual_device(residual, x, who);
-  TORCH_CHECK(n * std::max(h * wd * c, p * q * k) < (int64_t(1) << 31), "fused_resnet CUTLASS conv: tensor too large");
-  c10::cuda::CUDAGuard guard(x.device());
+  TORCH_CHECK(n * std::max(h * wd * c, p * q * k) < (int64_t(1) << 31), who, ": tensor too large");
   at::Tensor out = at::empty({n, k, p, q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const void* res_ptr = nullptr;
   if (residual.has_value()) {
     check_nhwc(*residual, "residual");
     TORCH_CHECK(residual->sizes() == out.sizes() && residual->scalar_type() == x.scalar_type(),
-                "fused_resnet CUTLASS conv: residual must match the output's shape and dtype");
+                who, ": residual must match the output's shape and dtype");
     res_ptr = residual->data_ptr();
   }
-  if (out.numel() == 0) return out;
   ConvParams prm{x.data_ptr(), w.data_ptr(), bias.data_ptr<float>(), res_ptr, out.data_ptr(),
                  (int)n, (int)h, (int)wd, (int)c, (int)k, (int)r, (int)s, (int)p, (int)q,
                  (int)padding[0], (int)padding[1], (int)stride[0], (int)stride[1], (int)dilation[0], (int)dilation[1],
                  relu};
+  return {prm, out};
+}
+
+// CUTLASS 2.x (sm_80+): ``tile`` is kTileLarge or kTileSmall; the Python side picks it
+// (fused_resnet/tactics/cutlass.py: sm80_tile, from the GPU's SM count).
+at::Tensor conv2d_cutlass(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias,
+                          const c10::optional<at::Tensor>& residual, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, bool relu, int64_t tile) {
+  TORCH_CHECK(tile == kTileLarge || tile == kTileSmall, "fused_resnet CUTLASS conv: tile must be ", kTileLarge,
+              " (128x128) or ", kTileSmall, " (small), got ", tile);
+  c10::cuda::CUDAGuard guard(x.device());
+  ConvLaunch call = conv_launch(x, w, bias, residual, stride, padding, dilation, relu, "fused_resnet CUTLASS conv",
+                                "alignment");
+  if (call.out.numel() == 0) return call.out;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  int st = x.scalar_type() == at::kHalf ? conv2d_cutlass_f16(prm, (int)tile, stream)
-                                        : conv2d_cutlass_bf16(prm, (int)tile, stream);
+  int st = x.scalar_type() == at::kHalf ? conv2d_cutlass_f16(call.params, (int)tile, stream)
+                                        : conv2d_cutlass_bf16(call.params, (int)tile, stream);
   TORCH_CHECK(st == 0, "fused_resnet CUTLASS conv failed: ", cutlass_status_string(st));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  return call.out;
 }
 
 // Hopper kernels (csrc/conv2d_sm90.cu + generated csrc/sm90/): same tensors and math as
@@ -109,18 +130,7 @@ at::Tensor conv2d_sm90_op(const at::Tensor& x, const at::Tensor& w, const at::Te
   const int dtype = x.scalar_type() == at::kHalf ? kSm90F16 : kSm90BF16;
   TORCH_CHECK(cfg->dtype == dtype, "fused_resnet sm90 conv: config ", cfg->name, " is for ",
               cfg->dtype == kSm90F16 ? "float16" : "bfloat16", ", the input is ", x.scalar_type());
-  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "fused_resnet sm90 conv: weight dtype ", w.scalar_type(),
-              " != input dtype ", x.scalar_type());
-  TORCH_CHECK(bias.is_cuda() && bias.scalar_type() == at::kFloat && bias.is_contiguous() && bias.numel() == w.size(0),
-              "fused_resnet sm90 conv: bias must be a contiguous fp32 CUDA tensor of ", w.size(0), " elements");
-  TORCH_CHECK(x.device() == w.device() && x.device() == bias.device(),
-              "fused_resnet sm90 conv: input, weight and bias must be on one device");
-  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3);
-  const int64_t k = w.size(0), r = w.size(2), s = w.size(3);
-  TORCH_CHECK(w.size(1) == c, "fused_resnet sm90 conv: grouped convs are not supported (weight has ", w.size(1),
-              " input channels, input has ", c, ")");
-  TORCH_CHECK(c % 8 == 0 && k % 8 == 0, "fused_resnet sm90 conv: channels must be multiples of 8 (TMA), got ", c,
-              " -> ", k);
+  const int64_t r = w.size(2), s = w.size(3);
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "stride/padding/dilation: 2 ints");
   if (cfg->kind == kSm90Gemm)
     TORCH_CHECK(r == 1 && s == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 && padding[1] == 0,
@@ -137,11 +147,6 @@ at::Tensor conv2d_sm90_op(const at::Tensor& x, const at::Tensor& w, const at::Te
     TORCH_CHECK(lower >= -128 && lower <= 127 && upper >= -128 && upper <= 127,
                 who, ": padding ", padding[i], " / dilation ", dilation[i], " outside TMA im2col's corner range");
   }
-  const int64_t p = conv_out_size(h, r, stride[0], padding[0], dilation[0], who);
-  const int64_t q = conv_out_size(wd, s, stride[1], padding[1], dilation[1], who);
-  check_residual_device(residual, x, who);
-  TORCH_CHECK(p > 0 && q > 0, who, ": empty output (", p, "x", q, ")");
-  TORCH_CHECK(n * std::max(h * wd * c, p * q * k) < (int64_t(1) << 31), "fused_resnet sm90 conv: tensor too large");
   c10::cuda::CUDAGuard guard(x.device());
   int major = 0, minor = 0;
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, x.get_device());
@@ -150,19 +155,9 @@ at::Tensor conv2d_sm90_op(const at::Tensor& x, const at::Tensor& w, const at::Te
               "sm_90 GPUs (H100/H200); this device is sm_", major, minor);
   TORCH_CHECK(sm90_compiled(), "fused_resnet sm90 conv: this library was built without sm_90a code "
               "(needs -gencode=arch=compute_90a,code=sm_90a)");
-  at::Tensor out = at::empty({n, k, p, q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const void* res_ptr = nullptr;
-  if (residual.has_value()) {
-    check_nhwc(*residual, "residual");
-    TORCH_CHECK(residual->sizes() == out.sizes() && residual->scalar_type() == x.scalar_type(),
-                "fused_resnet sm90 conv: residual must match the output's shape and dtype");
-    res_ptr = residual->data_ptr();
-  }
-  if (out.numel() == 0) return out;
-  ConvParams prm{x.data_ptr(), w.data_ptr(), bias.data_ptr<float>(), res_ptr, out.data_ptr(),
-                 (int)n, (int)h, (int)wd, (int)c, (int)k, (int)r, (int)s, (int)p, (int)q,
-                 (int)padding[0], (int)padding[1], (int)stride[0], (int)stride[1], (int)dilation[0], (int)dilation[1],
-                 relu};
+  ConvLaunch call = conv_launch(x, w, bias, residual, stride, padding, dilation, relu, who, "TMA");
+  TORCH_CHECK(call.params.p > 0 && call.params.q > 0, who, ": empty output (", call.params.p, "x", call.params.q, ")");
+  if (call.out.numel() == 0) return call.out;
   // Workspace (if a kernel asks for one) from torch's caching allocator, freed after the launch is
   // enqueued: the allocator reuses it only for work ordered after it on this stream.
   struct Workspace {
@@ -175,10 +170,10 @@ at::Tensor conv2d_sm90_op(const at::Tensor& x, const at::Tensor& w, const at::Te
                         return w->held.back().data_ptr();
                       },
                       &ws};
-  int st = fused_resnet::conv2d_sm90(prm, (int)config, dtype, &alloc, c10::cuda::getCurrentCUDAStream());
+  int st = fused_resnet::conv2d_sm90(call.params, (int)config, dtype, &alloc, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(st == 0, "fused_resnet sm90 conv (", cfg->name, "): ", cutlass_status_string(st));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  return call.out;
 }
 
 at::Tensor bias_residual_act_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& bias,

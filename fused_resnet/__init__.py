@@ -8,7 +8,7 @@
 
 See README.md for the backends, numerics and benchmarks.
 """
-from . import ops
+from . import ops, tactics
 from ._selector import BackendUnavailableError, available_backends, use_backend
 from .blocks import BasicBlock, Bottleneck, ResNet
 from .explain import explain

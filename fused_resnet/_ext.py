@@ -178,7 +178,7 @@ def pack_krsc(weight: torch.Tensor) -> torch.Tensor:
     return weight.contiguous(memory_format=torch.channels_last)
 
 
-def cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile: int = 0):
+def cutlass_launch(x, weight, bias, stride, padding, dilation, relu, tile: int):
     """run(x, residual) -> out for the CUTLASS conv, with the packed (KRSC) weight and the fp32 bias
     prepared once (the selector's "cuda" backend; a separate scale is never passed here)."""
     from ._packing import packed
