@@ -3,7 +3,7 @@
 FUSED_RESNET_BUILD_CUDA=1 builds the CUDA extension (csrc/) ahead of time into fused_resnet/_C*.so;
 use `FUSED_RESNET_BUILD_CUDA=1 pip install --no-build-isolation -e .` so the installed torch and the
 nvidia-cutlass headers are visible. Without it, the extension is JIT-built on first GPU use when a
-CUDA toolchain is present (fused_resnet/_ext.py).
+CUDA toolchain is present (fused_resnet/_ext/loader.py).
 """
 import os
 
@@ -25,7 +25,7 @@ if os.environ.get("FUSED_RESNET_BUILD_CUDA") == "1":
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     ext_modules = [CUDAExtension(
         "fused_resnet._C",
-        sources=[os.path.join("csrc", s) for s in srcs["sources"]()],
+        sources=[os.path.join("csrc", s) for s in srcs["source_files"]()],
         include_dirs=srcs["include_dirs"](cutlass),
         extra_compile_args={"cxx": ["-O3"], "nvcc": srcs["cuda_flags"]()},
     )]

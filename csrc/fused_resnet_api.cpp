@@ -1,5 +1,5 @@
 // Torch bindings of the CUDA kernels: input checks with clear messages, launch on the current
-// stream, launch check. The op schemas are defined in Python (fused_resnet/_ext.py, with their fake
+// stream, launch check. The op schemas are defined in Python (fused_resnet/_ext/schemas.py, with their fake
 // implementations); this file only registers the CUDA implementations.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -1,4 +1,4 @@
-"""The CUDA extension's sources and nvcc flags, shared by the JIT build (fused_resnet/_ext.py) and the
+"""The CUDA extension's sources and nvcc flags, shared by the JIT build (fused_resnet/_ext/loader.py) and the
 ahead-of-time build (setup.py, which loads this file by path: plain Python, no torch import).
 
 Two cubins: sm_80 (the CUTLASS 2.x kernels; runs on Ampere, Ada and Hopper) and sm_90a (Hopper's
@@ -33,7 +33,7 @@ def sm90_enabled() -> bool:
     return os.environ.get("FUSED_RESNET_SM90", "1") != "0"
 
 
-def sources() -> list:
+def source_files() -> list:
     """Every csrc/-relative source of the extension, in build order."""
     sm90 = sm90_sources()
     return BASE_SOURCES + (sm90 if sm90_enabled() else [s for s in sm90 if s.endswith("sm90_registry.cu")])
@@ -54,7 +54,7 @@ def digest() -> str:
     """sha256 over every file the library is built from (csrc/**, this file's flags and lists): a
     library built ahead (benchmarks/prebuild_extension.py) records it, and is used only by a tree
     whose digest is the same, so a library built from older kernels never runs under newer code."""
-    h = hashlib.sha256(repr((sources(), cuda_flags())).encode())
+    h = hashlib.sha256(repr((source_files(), cuda_flags())).encode())
     for path in sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)):
         if path.endswith((".cu", ".cuh", ".cpp", ".h", ".hpp")):  # sources only, no caches or strays
             h.update(os.path.relpath(path, CSRC).encode() + b"\0")

@@ -161,7 +161,7 @@ def op_inputs(s: ConvShape, dt: torch.dtype, device: str) -> OpInputs:
     xs = [x] + [torch.randn_like(x) for _ in range(sets - 1)]
     w = (torch.randn(s.cout, s.cin // s.groups, s.k, s.k, device=device, dtype=dt) * 0.05).contiguous(memory_format=cl)
     # As in a converted model: the weight's packed layouts are cached, not rebuilt per call.
-    # (Runs before this fix, h200-run2/run3, repacked the weight on every fused call.)
+    # (Without this, the op bench repacked the weight on every fused call: benchmarks/NOTES.md.)
     mark_stable(w)
     bias = torch.randn(s.cout, device=device)
     res = torch.randn(s.n, s.cout, s.oh, s.ow, device=device, dtype=dt).contiguous(memory_format=cl) if s.residual else None

@@ -116,11 +116,11 @@ def test_sm90_generated_files_in_sync():
 
 def test_build_or_skip_paths(monkeypatch):
     monkeypatch.setenv("CUTLASS_INCLUDE", "/nonexistent")
-    monkeypatch.setattr(_ext, "cutlass_include", lambda: None)
+    monkeypatch.setattr(_ext.loader, "cutlass_include", lambda: None)
     assert "CUTLASS headers not found" in _ext.toolchain_problem()
-    monkeypatch.setattr(_ext, "_state", {})
+    monkeypatch.setattr(_ext.loader, "_state", {})
     monkeypatch.setenv("FUSED_RESNET_JIT", "0")
-    ok, why = _ext._load()
+    ok, why = _ext.loader._load()
     assert not ok and "FUSED_RESNET_JIT=0" in why
 
 
@@ -128,9 +128,9 @@ def test_a_prebuilt_library_that_does_not_load_is_reported_not_raised(monkeypatc
     # e.g. a wheel's library built for another torch: dlopen fails; auto must go on without it.
     bad = tmp_path / "_C.cpython-311-x86_64-linux-gnu.so"
     bad.write_bytes(b"not an ELF file")
-    monkeypatch.setattr(_ext.glob, "glob", lambda pattern: [str(bad)])
+    monkeypatch.setattr(_ext.loader.glob, "glob", lambda pattern: [str(bad)])
     monkeypatch.setenv("FUSED_RESNET_JIT", "0")
-    ok, why = _ext._load()
+    ok, why = _ext.loader._load()
     assert not ok and "does not load with torch" in why and "FUSED_RESNET_JIT=0" in why
 
 
@@ -186,7 +186,7 @@ def test_ahead_of_time_build_with_setup_py(tmp_path):
     r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    check = ("import torch; from fused_resnet import _ext; ok, why = _ext._load(); print(why); "
+    check = ("import torch; from fused_resnet import _ext; ok, why = _ext.loader._load(); print(why); "
              "assert ok and 'prebuilt' in why; "
              "assert torch._C._dispatch_has_kernel_for_dispatch_key('fused_resnet::_conv2d_cutlass', 'CUDA'); "
              "assert torch._C._dispatch_has_kernel_for_dispatch_key('fused_resnet::_conv2d_sm90', 'CUDA')")

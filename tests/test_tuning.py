@@ -178,7 +178,7 @@ def fake_sm90(monkeypatch):
     def op(x, weight, bias, residual, stride, padding, dilation, relu, config):  # the op's schema
         calls.append(config)
         return torch.zeros(x.shape[0], weight.shape[0], x.shape[2], x.shape[3], dtype=x.dtype)
-    monkeypatch.setattr(_ext, "_sm90_op", lambda: op)
+    monkeypatch.setattr(_ext.sm90, "_sm90_op", lambda: op)
     return calls
 
 
@@ -211,7 +211,7 @@ def test_sm90_launch_prepares_once_and_pads_the_stem(monkeypatch):
     def op(x, weight, bias, residual, stride, padding, dilation, relu, config):
         seen.append((x, weight, bias, residual, stride, padding, dilation, relu, config))
         return x
-    monkeypatch.setattr(_ext, "_sm90_op", lambda: op)
+    monkeypatch.setattr(_ext.sm90, "_sm90_op", lambda: op)
     x = torch.randn(2, 3, 9, 9, dtype=torch.float16)  # NCHW, 3 channels: the stem
     w = torch.randn(16, 3, 7, 7, dtype=torch.float16)
     run = _ext.sm90_launch(x, w, torch.randn(16, dtype=torch.float64), 2, 3, 1, True, "conv_f16_ws_128x128x64_c1x1")
