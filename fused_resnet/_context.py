@@ -5,7 +5,7 @@ running one need something they can represent:
 
   torch.fx symbolic_trace, create_feature_extractor -> the reference forward (torchvision's / timm's)
   torch.jit.trace                                    -> the reference forward, with a one-time warning
-  torch.jit.script                                   -> the reference forward, compiled (blocks.py)
+  torch.jit.script                                   -> the reference forward, compiled (_fused.py)
   torch.export, ONNX (dynamo), AOTInductor           -> folded convs as plain aten conv/add/relu
   a TorchDispatchMode (FlopCounterMode, ...)         -> the registered custom op (it has a FLOP formula)
 

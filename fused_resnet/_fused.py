@@ -58,7 +58,11 @@ def _conv(x, fc: FoldedConv, name: str, backend, steps, residual=None, relu=True
     if steps.replay is not None:
         return next(steps.replay).run(x, residual)
     _trace.set_conv(name)
-    if steps.record is None:
+    if steps.record is None or (residual is not None and residual.requires_grad and torch.is_grad_enabled()):
+        # (A residual that needs gradients, e.g. from a downsample that does not fold and trains:
+        # the op runs the differentiable reference, and this call is not kept as a plan.)
+        if steps.record is not None:
+            steps.record.append(None)
         return fused_conv2d(x, fc.weight, fc.bias, stride=fc.stride, padding=fc.padding, dilation=fc.dilation,
                             groups=fc.groups, residual=residual, relu=relu, backend=backend,
                             _into_residual=into_residual)
@@ -369,8 +373,10 @@ class _FusedMixin:
             fmt, cl = plan.layout
             return body(x if cl else x.contiguous(memory_format=CL), donate and cl, fmt, None,
                         _Steps(iter(plan.launches), None, len(plan.launches), ambient))
-        # The structure _plan just read, where it is still current (a cold call computes it once).
-        hot = self.__dict__.get("_hot")
+        # The structure _plan validated in this call (key is set only then: containers, stamp or a
+        # fresh read), so a cold call computes it once; otherwise (training, explain, torch.compile,
+        # autograd, hooks) everything is re-read and re-checked here.
+        hot = self.__dict__.get("_hot") if key is not None else None
         if hot is not None and hot.epoch == folding._EPOCH[0]:
             pairs, fusable = hot.pairs, hot.fusable
         else:
@@ -387,7 +393,7 @@ class _FusedMixin:
         layout = (memory_format_of(x), x.is_contiguous(memory_format=CL))
         out = body(x.contiguous(memory_format=CL), donate and layout[1], layout[0], folded,
                    _Steps(None, record, len(folded), ambient))
-        if record is not None and cache is not None:
+        if record is not None and cache is not None and None not in record:
             plans = self.__dict__.setdefault("_plans", {})
             plans.pop(key, None)
             # Evict the least recently used; list(plans) and pop(k, None) stay safe when threads

@@ -80,7 +80,7 @@ def _records_grad(x, params) -> bool:
 
 
 class _TimmMixin(_FusedMixin):
-    """What timm's classes share: per-call checks before blocks.py's (folds, input) checks."""
+    """What timm's classes share: per-call checks before _fused.py's (folds, input) checks."""
 
     def _structure_problem(self) -> Optional[str]:
         return None

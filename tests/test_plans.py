@@ -414,3 +414,45 @@ def test_python_calls_per_resnet50_forward():
         cold = _package_calls(lambda: model(x))
         planned = _package_calls(lambda: model(x))
     assert planned <= 250 and cold <= 2000, (planned, cold)
+
+
+def test_cold_paths_that_skip_the_plan_recheck_the_structure():
+    """A call that is not planned (grad mode on, explain recording) must not trust a structure read by
+    an earlier call: edits the registration epoch does not see (padding_mode, a container's del)
+    still send it to the reference forward, and the result stays torchvision's."""
+    x = torch.randn(2, 32, 8, 8)
+    tv, fused = _block()
+    with torch.no_grad():
+        fused(x)  # plans, reads the structure
+    for m in (tv, fused):
+        m.conv1.padding_mode = "reflect"  # not foldable: torchvision's forward must run
+    out = fused(x)  # grad mode on, parameters require grad: not planned
+    torch.testing.assert_close(out, tv(x), rtol=1e-5, atol=1e-5)
+    tv, fused = _block()
+    with torch.no_grad():
+        fused(x)
+        for m in (tv, fused):
+            del m.downsample[1]  # the BN is gone: nothing may fold it into the downsample conv any more
+        report = fused_resnet.explain(fused, x)
+        assert "downsample" not in {r.name.split(".")[-2] for r in report.rows if r.fused and "." in r.name}
+        torch.testing.assert_close(fused(x), tv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_residual_that_needs_gradients_is_not_planned():
+    """A downsample that does not fold and trains (GroupNorm, parameters requiring grad) while the
+    block's own convs are frozen: the conv taking that residual runs the differentiable op, no plan
+    is kept, and the downsample's gradients are torchvision's."""
+    torch.manual_seed(0)
+    ds = nn.Sequential(nn.Conv2d(32, 64, 1, stride=2, bias=False), nn.GroupNorm(4, 64))
+    tv = randomize_bn(tvr.Bottleneck(32, 16, stride=2, downsample=ds)).eval()
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    for m in (tv, fused):
+        for name, p in m.named_parameters():
+            p.requires_grad_(name.startswith("downsample"))
+    x = torch.randn(2, 32, 8, 8)
+    grads = []
+    for m in (tv, fused):
+        m(x).square().sum().backward()
+        grads.append(m.downsample[0].weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+    assert not fused.__dict__.get("_plans")

@@ -1,4 +1,4 @@
-"""Measured tactics on CPU: the tactic table (format 2, and format 1 still read), the noise rule, auto
+"""Measured tactics on CPU: the tactic table (format 2, and format-1 files refused), the noise rule, auto
 following a tabled tactic only where it can run, explain() showing tactics, the sm90 adapter with
 fakes, the `tune` command's refusal without a GPU, and the op bench's bound arithmetic. The
 tactics' kernels run in tests/test_gpu.py (test_every_tactic_on_gpu, test_tune_*)."""
