@@ -8,7 +8,7 @@
 
 See README.md for the backends, numerics and benchmarks.
 """
-from . import ops, tactics
+from . import ops, tactics  # noqa: F401  (fused_resnet.tactics: the registry)
 from ._selector import BackendUnavailableError, available_backends, use_backend
 from .blocks import BasicBlock, Bottleneck, ResNet
 from .explain import explain

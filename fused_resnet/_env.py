@@ -11,6 +11,7 @@ import functools
 import importlib.util
 import os
 import re
+
 import torch
 
 # name -> what it does (``python -m fused_resnet info`` lists them; _sources.py and setup.py, which run

@@ -2,7 +2,6 @@
 even where the extension is not built; csrc/fused_resnet_api.cpp registers the CUDA implementations."""
 from __future__ import annotations
 
-
 import torch
 
 from .._geometry import out_size

@@ -1,9 +1,7 @@
 """The CUTLASS 2.x fused conv (sm_80+): the packed weight, the launch."""
 from __future__ import annotations
 
-
 import torch
-
 
 
 def pack_krsc(weight: torch.Tensor) -> torch.Tensor:

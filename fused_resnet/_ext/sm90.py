@@ -11,7 +11,6 @@ from .. import _env, _sm90_configs
 from .._geometry import out_size
 from .sm80 import pack_krsc
 
-
 _SM90_DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16"}
 
 
