@@ -172,11 +172,11 @@ def test_every_tactic_on_gpu(tactic, case, dtype, epi):
         res = torch.randn(n, cout, oh, ow, device="cuda").contiguous(memory_format=CL)
         res[n - 1, 0, oh // 2, ow // 2] = float("nan")
     kw = dict(stride=s, padding=p, dilation=d, groups=g)
-    ref = fused_conv2d_ref(x, wt, b, residual=res, relu=relu, upcast=True, **kw)
     xd, wd, rd = x.to(dt), wt.to(dt), res.to(dt) if res is not None else None
     why = _selector.tactic_guard(tactic, xd, wd, g, stride=s, padding=p, dilation=d, relu=relu, residual=residual)
     if why is not None:
         pytest.skip(why)
+    ref = fused_conv2d_ref(x, wt, b, residual=res, relu=relu, upcast=True, **kw)
     with torch.no_grad():
         out = tactics.run(tactic, xd, wd, b, None, [s, s], [p, p], [d, d], g, rd, relu)
         out = out.contiguous(memory_format=memory_format_of(xd))
