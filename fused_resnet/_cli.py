@@ -86,6 +86,14 @@ def check_environment() -> None:
     prefer = os.environ.get("FUSED_RESNET_PREFER", "")
     if prefer not in ("", "cuda", "triton"):
         raise UsageError(f"FUSED_RESNET_PREFER={prefer!r}: expected cuda, triton or empty")
+    table = os.environ.get("FUSED_RESNET_TABLE", "")
+    if table:
+        from . import tuning
+
+        try:
+            tuning.read_meta(table)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"FUSED_RESNET_TABLE={table!r}: {str(e).splitlines()[0]}") from None
 
 
 def check_backend_for_device(backend, device: str) -> None:

@@ -168,6 +168,16 @@ def test_bad_environment_value_exit_2(monkeypatch, capsys):
     assert "FUSED_RESNET_PREFER" in _usage_error(["info"], capsys)
 
 
+def test_bad_tactic_table_exit_2(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("FUSED_RESNET_TABLE", str(tmp_path / "missing.json"))
+    assert "FUSED_RESNET_TABLE" in _usage_error(["info"], capsys)
+    old = tmp_path / "old.json"
+    old.write_text('{"device": "Test GPU", "choices": {}}')
+    monkeypatch.setenv("FUSED_RESNET_TABLE", str(old))
+    err = _usage_error(["info"], capsys)
+    assert "FUSED_RESNET_TABLE" in err and "format 1" in err
+
+
 def test_verify_where_nothing_fuses_does_not_pass(capsys):
     try:
         rc = main(["verify", "--model", "alexnet", "--image-size", "64", "--batch", "1", "--device", "cpu"])
