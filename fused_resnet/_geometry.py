@@ -23,6 +23,11 @@ def pair(v: IntOrPair) -> List[int]:
     return v
 
 
+def pair_tuple(v: IntOrPair) -> tuple:
+    """``pair(v)`` as a tuple (hashable: tactic problems, cache keys)."""
+    return tuple(pair(v))
+
+
 def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     """Output length of a conv along one axis (input size, kernel, stride, padding, dilation)."""
     return (size + 2 * p - d * (k - 1) - 1) // s + 1

@@ -25,6 +25,7 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 
 from . import _env, _ext, tactics, tuning
+from ._geometry import pair_tuple
 from .tactics import Problem
 
 BACKENDS = ("auto", "eager", "triton", "cuda")
@@ -94,14 +95,10 @@ def available_backends() -> tuple[str, ...]:
     return tuple(name for name, (ok, _) in backend_status().items() if ok)
 
 
-def _pair2(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[-1]))
-
-
 def problem(x: torch.Tensor, weight: torch.Tensor, groups: int = 1, scale=None, *, stride=1, padding=0, dilation=1,
             relu: bool = True, residual: bool = False, into_residual: bool = False) -> Problem:
     """The tactics' view of one fused_conv2d call."""
-    return Problem(x, weight, _pair2(stride), _pair2(padding), _pair2(dilation), groups, scale is not None,
+    return Problem(x, weight, pair_tuple(stride), pair_tuple(padding), pair_tuple(dilation), groups, scale is not None,
                    bool(residual), bool(relu), into_residual)
 
 

@@ -8,7 +8,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from .. import _env, _sm90_configs
-from .._geometry import out_size
+from .._geometry import out_size, pair_tuple
 from .sm80 import pack_krsc
 
 _SM90_DTYPES = {torch.float16: "f16", torch.bfloat16: "bf16"}
@@ -28,13 +28,9 @@ def sm90_config_index(name: str) -> int:
     raise KeyError(f"no sm90 config {name!r}; known: {[c.name for c in _sm90_configs.CONFIGS]}")
 
 
-def _pair(v) -> tuple:
-    return (int(v), int(v)) if isinstance(v, int) else tuple(int(e) for e in v)
-
-
 def _is_pointwise(r, s, stride, padding) -> bool:
     """A 1x1, stride-1, unpadded conv: a plain GEMM over NHWC pixels (dilation is moot for 1x1)."""
-    return r == 1 and s == 1 and _pair(stride) == (1, 1) and _pair(padding) == (0, 0)
+    return r == 1 and s == 1 and pair_tuple(stride) == (1, 1) and pair_tuple(padding) == (0, 0)
 
 
 def sm90_problem(x, weight, stride=1, padding=0, dilation=1, groups=1, *, check_device: bool = True) -> Optional[str]:
@@ -51,7 +47,7 @@ def sm90_problem(x, weight, stride=1, padding=0, dilation=1, groups=1, *, check_
     k, _, r, s = weight.shape
     if k % 8:
         return f"sm90: output channels must be a multiple of 8 for TMA (got {k})"
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair_tuple(stride), pair_tuple(padding), pair_tuple(dilation)
     why = sm90_im2col_problem((sh, sw), (ph, pw), (dh, dw), (r, s))
     if why:
         return why
@@ -101,7 +97,7 @@ def default_sm90_config(n, c, h, w, k, r, s, stride=1, padding=0, dilation=1, dt
     else 128x128;
     other convs -> the implicit-GEMM conv, 128x128 likewise, else 64x128 (batch-1 layer3/4)."""
     dt = _SM90_DTYPES[dtype]
-    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    (sh, sw), (ph, pw), (dh, dw) = pair_tuple(stride), pair_tuple(padding), pair_tuple(dilation)
     m = n * out_size(h, r, sh, ph, dh) * out_size(w, s, sw, pw, dw)
 
     def tiles(tm, tn):
@@ -154,7 +150,7 @@ def sm90_launch(x, weight, bias, stride=1, padding=0, dilation=1, relu=True, con
     wk = _aligned16(wk)
     b = _aligned16(bias.float().contiguous() if bias is not None
                    else torch.zeros(k, device=x.device, dtype=torch.float32))
-    geometry = [list(_pair(stride)), list(_pair(padding)), list(_pair(dilation))]
+    geometry = [list(pair_tuple(stride)), list(pair_tuple(padding)), list(pair_tuple(dilation))]
     relu, config = bool(relu), int(config)
     op, cl = _sm90_op(), torch.channels_last
 
