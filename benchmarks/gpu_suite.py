@@ -79,7 +79,8 @@ PHASES = [
           [Step("build", "ext_build")]),
     Phase("info", 15, 40, "versions, GPU, backends (FUSED_RESNET_JIT=0: reports, never builds)",
           [Step("info", "info", env={"FUSED_RESNET_JIT": "0"})]),
-    Phase("sm90", 60, 90, "Hopper kernels alone: every config once (health), then their GPU tests",
+    Phase("sm90", 75, 110, "Hopper kernels alone: every config once (health), then their GPU tests "
+                           "(the registry's sm90 cases included)",
           [Step("script", "sm90_health", ["benchmarks/sm90_health.py"], env={"CUDA_LAUNCH_BLOCKING": "1"}),
            Step("pytest", "sm90", ["sm90"])]),
     Phase("nan", 30, 60, "every registered eager/CUTLASS sm80 tactic vs float64, NaN kept where torch.relu keeps it "
