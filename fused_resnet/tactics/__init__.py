@@ -46,10 +46,9 @@ def conv_tactics(x: torch.Tensor) -> tuple:
     """The name of every tactic that exists for a conv on x's device (whether each can run a given
     call is its ``why_not``): CPU tensors run eager:cpu; CUDA tensors the cuDNN-based eager tactics,
     Triton, the CUTLASS sm80 tiles and whatever sm90 configs the extension offers."""
-    names = tuple(_all())
     if x.device.type != "cuda":
         return (EAGER_CPU,)
-    return tuple(n for n in names if n != EAGER_CPU)
+    return tuple(n for n in _all() if n != EAGER_CPU)
 
 
 def all_names() -> tuple:
