@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup ext demo test bench clean gpu-prebuild gpu-dry-run
+.PHONY: setup ext demo test test-compat bench clean gpu-image-venv gpu-prebuild gpu-dry-run
 
 # Building the CUDA extension needs no GPU: nvcc for sm_80/sm_90 without querying a device.
 export CUDA_HOME ?= /usr/local/cuda
@@ -44,21 +44,39 @@ test: setup ext
 bench: setup
 	$(BIN)/python -m fused_resnet bench --device cpu --model resnet50 --batch 8 --out benchmarks/results/cpu_resnet50 --plot benchmarks/results/cpu_resnet50.png
 
-# The CUDA extension prebuilt for the GPU machine's torch (it has nvcc but building there costs its
-# device time), into .gpu-prebuilt/ (ignored; take it along with the tree): a venv with that torch,
-# its own TORCH_EXTENSIONS_DIR, the library named for the torch version the GPU machine reports, its
-# source digest (the suite uses it only for the same sources), and the CUTLASS headers for the JIT
-# fallback. Tens of minutes on 2 cores; rebuild after any change under csrc/.
-GPU_TORCH ?= 2.11.0
-GPU_TORCH_VERSION ?= 2.11.0+cu130
-gpu-prebuild: setup
-	$(PY) -m venv .gpu-prebuilt/venv
-	.gpu-prebuilt/venv/bin/pip install -q --no-deps torch==$(GPU_TORCH) numpy ninja nvidia-cutlass==4.2.0.0 \
-	  typing-extensions sympy mpmath filelock jinja2 MarkupSafe networkx fsspec setuptools
-	rm -rf .gpu-prebuilt/cutlass_include
-	cp -r "$$($(BIN)/python -c 'import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), "source", "include"))')" .gpu-prebuilt/cutlass_include
-	TORCH_EXTENSIONS_DIR=$(CURDIR)/.gpu-prebuilt/torch_extensions .gpu-prebuilt/venv/bin/python \
-	  benchmarks/prebuild_extension.py .gpu-prebuilt/_C-torch$(GPU_TORCH_VERSION).so
+# The GPU machine's versions (requirements-gpu-image.txt) in one venv outside the tree, built once per
+# machine (a CUDA build of torch 2.11: ~5 GB, ~2 minutes from the registry here) and rebuilt when the
+# requirements change. It serves the compatibility lane and the prebuilt library.
+GPU_IMAGE_VENV ?= $(HOME)/.cache/fused_resnet/venv-gpu-image
+gpu-image-venv:
+	@if cmp -s requirements-gpu-image.txt $(GPU_IMAGE_VENV)/requirements.txt 2>/dev/null; then \
+	  echo "GPU-image venv: $(GPU_IMAGE_VENV) (up to date)"; \
+	else \
+	  echo "GPU-image venv: building $(GPU_IMAGE_VENV) (torch 2.11 CUDA build, a few minutes) ..."; \
+	  rm -rf $(GPU_IMAGE_VENV) && $(PY) -m venv $(GPU_IMAGE_VENV) && \
+	  $(GPU_IMAGE_VENV)/bin/pip install -q -r requirements-gpu-image.txt && \
+	  cp requirements-gpu-image.txt $(GPU_IMAGE_VENV)/requirements.txt; \
+	fi
+
+# The compatibility lane: the invalidation/frontend/plan tests and the Triton interpreter tests on the
+# GPU machine's versions, on this CPU (the package from this tree, not installed).
+test-compat: gpu-image-venv
+	@$(GPU_IMAGE_VENV)/bin/python -c "import torch, torchvision, triton, numpy; print('compatibility lane: torch', torch.__version__, 'torchvision', torchvision.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
+	PYTHONPATH=$(CURDIR) $(GPU_IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_workflows.py tests/test_frontends.py tests/test_plans.py
+	PYTHONPATH=$(CURDIR) TRITON_INTERPRET=1 $(GPU_IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m interpreter tests
+
+# What a GPU window carries (benchmarks/gpu_window.py): .gpu-prebuilt/ = the CUDA extension built here
+# for the GPU machine's torch (it has nvcc, but building there costs its device time), the digest of
+# the sources it was built from (the suite installs it only for the same sources) and the CUTLASS
+# headers a JIT build there would need. Built against those carried headers, in the GPU-image venv,
+# with its objects in .gpu-build/ (ignored, not carried: a rebuild after a csrc/ change recompiles
+# only what changed). Rebuild after any change under csrc/.
+gpu-prebuild: gpu-image-venv
+	rm -rf .gpu-prebuilt && mkdir -p .gpu-prebuilt
+	$(GPU_IMAGE_VENV)/bin/python benchmarks/gpu_window.py stage-headers
+	CUTLASS_INCLUDE=$(CURDIR)/.gpu-prebuilt/cutlass/include TORCH_EXTENSIONS_DIR=$(CURDIR)/.gpu-build \
+	  $(GPU_IMAGE_VENV)/bin/python benchmarks/prebuild_extension.py --out-dir .gpu-prebuilt
+	$(GPU_IMAGE_VENV)/bin/python benchmarks/gpu_window.py plan
 
 # Rehearse the GPU suite on this CPU: every phase's commands at tiny sizes, packed as a real run.
 gpu-dry-run: setup

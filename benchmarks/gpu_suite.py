@@ -15,14 +15,20 @@ so the suite:
   rows) and this GPU's tactic table (backend_<gpu>.json, written by the tune phase and used by every
   phase after it). At most 8 files.
 - takes the library prebuilt for the GPU machine's torch along (`make gpu-prebuild`; used only when
-  its source digest matches this tree's), else JIT-builds it under a timeout from carried CUTLASS
-  headers.
+  its source digest matches this tree's) and installs it before the first phase, so every phase
+  loads it; else the build phase JIT-builds it under its cap from the carried CUTLASS headers and
+  the phases after it load that build. No other phase ever builds (FUSED_RESNET_JIT=0).
+- exits 0 only when every principal phase ran and no step failed (1 otherwise), and says which.
 - keeps a faulting Hopper config out of tune and the op bench: sm90_health.py runs every config
   once; the ones not reported ok go into FUSED_RESNET_SM90_EXCLUDE for the later phases.
 
---dry-run runs every phase on the CPU with stand-ins at tiny sizes (bench: resnet18 32x32 batch 1 on
-CPU; pytest: --collect-only of each selection, which must not be empty; GPU-only programs: their
-argument parsing), packs exactly as a real run would, and checks what would come back.
+--dry-run first copies exactly what a window carries (tracked files and the carry paths, see
+benchmarks/gpu_window.py) into a scratch tree, prints the device command, the carry and its bytes,
+checks every csrc/ translation unit against the carried CUTLASS headers alone ("jit headers: ok"),
+then runs from that copy every phase on the CPU with stand-ins at tiny sizes (bench: resnet18 32x32
+batch 1 on CPU; pytest: --collect-only of each selection, which must not be empty; GPU-only
+programs: their argument parsing), packs exactly as a real run would, and checks what would come
+back.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import argparse
 import glob
 import json
 import os
+import runpy
 import shlex
 import shutil
 import signal
@@ -39,6 +46,8 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
+
+import gpu_window
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -144,10 +153,11 @@ class Suite:
         self.env["PYTHONPATH"] = ROOT + (os.pathsep + self.env["PYTHONPATH"] if self.env.get("PYTHONPATH") else "")
         self.env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
         self.env.setdefault("MAX_JOBS", str(os.cpu_count() or 8))
-        self.env.setdefault("FUSED_RESNET_GIT_SHA", _git_sha())
-        cutlass = os.path.join(ROOT, ".gpu-prebuilt", "cutlass_include")
+        self.env["FUSED_RESNET_GIT_SHA"] = gpu_window.git_sha(ROOT)  # (.git does not travel: passed in)
+        cutlass = gpu_window.carried_include(ROOT)
         if os.path.isdir(cutlass):  # carried headers for the JIT fallback (the GPU machine has no wheel)
             self.env.setdefault("CUTLASS_INCLUDE", cutlass)
+        self.env["FUSED_RESNET_JIT"] = "0"  # only the build phase builds (Suite.build)
         self.log_path = os.path.join(self.out, "suite.log")
         open(self.log_path, "w").close()
 
@@ -259,34 +269,35 @@ class Suite:
                 "print('arguments ok' if not bad else f'unknown providers {bad}'); sys.exit(2 if bad else 0)")
         return self.run([PY, "-c", code, cmd, *argv], log, 60)
 
-    def build(self, timeout: float, log: str) -> int:
-        """Use the prebuilt library when it matches this tree; else JIT-build under the cap."""
-        if self.dry:
-            return self.run([PY, "-c", "import fused_resnet._ext as e; print(e.status())"], log, timeout,
-                            {"FUSED_RESNET_JIT": "0"})
-        code = ("import sys, torch; from fused_resnet import _sources; v = torch.__version__; "
-                "print(v); print(_sources.digest())")
-        try:
-            out = subprocess.run([PY, "-c", code], cwd=ROOT, env=self.env, capture_output=True, text=True,
-                                 timeout=min(120, timeout)).stdout
-        except subprocess.TimeoutExpired:
-            out = ""
-        torch_v, digest = (out.split() + ["", ""])[:2]
-        pre = os.path.join(ROOT, ".gpu-prebuilt", f"_C-torch{torch_v}.so")
-        if os.path.isfile(pre):
+    def install_prebuilt(self) -> None:
+        """Before the first phase: the prebuilt library whose recorded source digest is this tree's ->
+        fused_resnet/_C.so, which every phase's processes load (no torch import here: no time spent)."""
+        digest = runpy.run_path(os.path.join(ROOT, "fused_resnet", "_sources.py"))["digest"]()
+        libs = sorted(glob.glob(os.path.join(ROOT, gpu_window.PREBUILT, "_C-torch*.so")))
+        for lib in libs:
             try:
-                with open(pre + ".digest") as f:
+                with open(lib + ".digest") as f:
                     recorded = f.read().strip()
             except OSError:
-                recorded = ""
-            if recorded and recorded == digest:
-                shutil.copy(pre, os.path.join(ROOT, "fused_resnet", "_C.so"))
-                self.say(f"prebuilt library for torch {torch_v} matches this tree: using it")
-            else:
-                self.say(f"prebuilt {os.path.basename(pre)} was built from other sources: JIT build instead")
-        else:
-            self.say(f"no prebuilt library for torch {torch_v} (make gpu-prebuild): JIT build")
-        return self.run([PY, "-c", "import fused_resnet._ext as e; print(e.status())"], log, timeout)
+                continue
+            if recorded == digest:
+                shutil.copy(lib, os.path.join(ROOT, "fused_resnet", "_C.so"))
+                self.say(f"prebuilt {os.path.basename(lib)} matches this tree's sources: installed for every phase")
+                return
+        self.say(f"prebuilt {', '.join(map(os.path.basename, libs))} built from other sources" if libs else
+                 "no prebuilt library (make gpu-prebuild)")
+        self.say("  the build phase JIT-builds under its cap; later phases load that build")
+
+    def build(self, timeout: float, log: str) -> int:
+        """Load the installed library; if it does not load (or there is none), JIT-build it under the
+        cap from the carried headers and install the result for the phases after this one."""
+        if self.dry:
+            return self.run([PY, "-c", "import fused_resnet._ext as e; print(e.status())"], log, timeout)
+        code = ("import shutil, sys; import fused_resnet._ext as e; ok, why = e.status(); print(ok, why); "
+                "from torch.utils import cpp_extension as c; "
+                "ok and 'JIT-built' in why and shutil.copy(c._get_build_directory('fused_resnet_cuda', False) "
+                "+ '/fused_resnet_cuda.so', 'fused_resnet/_C.so'); sys.exit(0 if ok else 1)")
+        return self.run([PY, "-c", code], log, timeout, {"FUSED_RESNET_JIT": "1"})
 
     # --- the run -----------------------------------------------------------------------------------
     def plan(self, phases: list) -> int:
@@ -301,19 +312,22 @@ class Suite:
                  f"all selected phases: {total}")
         return principal
 
-    def execute(self, phases: list) -> int:
-        failures = 0
+    def execute(self, phases: list) -> dict:
+        """Run the phases; returns {phase name: failed steps} for the phases that ran."""
+        ran = {}
+        self.install_prebuilt()
         for phase in phases:
             if phase.cap_s > self.left() and not self.dry:
                 self.say(f"phase {phase.name} skipped: {self.left():.0f} s left, its cap is {phase.cap_s} s")
                 continue
+            failures = ran[phase.name] = 0
             t0 = time.monotonic()
             deadline = t0 + phase.cap_s
             self.say(f"phase {phase.name}: {phase.what}")
             for st in phase.steps:
                 rc = self.step(phase, st, deadline)
                 self.say(f"  {st.name} exit {rc}: {self.tail(f'{st.name}.log')[:300]}")
-                failures += rc != 0
+                failures = ran[phase.name] = failures + (rc != 0)
                 if st.name == "sm90_health":
                     self.exclude_failed_sm90()
                 if time.monotonic() > deadline:
@@ -325,15 +339,14 @@ class Suite:
                     self.env["FUSED_RESNET_TABLE"] = tables[0]
             self.say(f"phase {phase.name} done in {time.monotonic() - t0:.0f} s (predicted {phase.predict_s})")
             self.pack()
-        return failures
+        return ran
 
     def exclude_failed_sm90(self) -> None:
         lines = self.tail("sm90_health.log", 10_000).split(" | ")
         if self.dry or any(ln.startswith("sm90 health:") for ln in lines):  # no sm_90 GPU or no library
             return
         ok = {ln.split()[1].rstrip(":") for ln in lines if ln.startswith("ok ")}
-        code = "from fused_resnet import _sm90_configs as c; print(' '.join(x.name for x in c.CONFIGS))"
-        names = subprocess.run([PY, "-c", code], cwd=ROOT, env=self.env, capture_output=True, text=True).stdout.split()
+        names = [c.name for c in runpy.run_path(os.path.join(ROOT, "fused_resnet", "_sm90_configs.py"))["CONFIGS"]]
         excluded = [n for n in names if n not in ok]
         if excluded:
             self.env["FUSED_RESNET_SM90_EXCLUDE"] = ",".join(excluded)
@@ -366,14 +379,6 @@ def _cpu_stand_in(args: list) -> list:
                  "timm,fused_resnet" if timm else "torchvision,fused_resnet")
     return ["--device", "cpu", "--level", level, "--model", "timm/resnet18" if timm else "resnet18",
             "--image-size", "32", "--batch", "1", "--dtype", "fp32", "--runs", "1", "--providers", providers]
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def check_out_dir(out: str) -> list:
@@ -409,11 +414,45 @@ def select(only: str, skip: str, with_: str) -> list:
     return chosen
 
 
+def rehearse_window(argv: list, out_dir: str) -> int:
+    """The dry run's first half: copy exactly what a window carries into a scratch tree (staging the
+    CUTLASS headers if this tree has none yet), print the device command, the carry and its bytes,
+    check the JIT build's headers there, then run the rehearsal from the copy (no .git: the sha is
+    passed in as on the GPU machine). Returns the rehearsal's exit status."""
+    if not os.path.isdir(gpu_window.carried_include(ROOT)):
+        print(f"staging the CUTLASS headers into {gpu_window.HEADERS} (make gpu-prebuild does this too) ...",
+              flush=True)
+        gpu_window.stage_headers(ROOT)
+    rc = gpu_window.plan(ROOT)
+    scratch = tempfile.mkdtemp(prefix="gpu_window_")
+    try:
+        t0 = time.monotonic()
+        nbytes = gpu_window.scratch_copy(scratch, ROOT)
+        print(f"scratch tree: {nbytes} bytes copied in {time.monotonic() - t0:.0f} s (tracked files + carry)",
+              flush=True)
+        t0 = time.monotonic()
+        n, errors = gpu_window.check_headers(scratch, jobs=os.cpu_count() or 2)
+        for e in errors:
+            print(f"jit headers: FAIL {e}")
+        print(f"jit headers: {'ok' if not errors else 'FAIL'} ({n} translation units, "
+              f"{time.monotonic() - t0:.0f} s)", flush=True)
+        env = {**os.environ, "FUSED_RESNET_GIT_SHA": gpu_window.git_sha(ROOT)}
+        inner = [PY, os.path.join(scratch, "benchmarks", "gpu_suite.py"), "--in-window", *argv,
+                 os.path.abspath(out_dir)]
+        rc_inner = subprocess.run(inner, cwd=scratch, env=env).returncode
+        return 1 if rc or errors or rc_inner else 0
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="gpu_suite", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("out_dir", help="where the results go (what comes back: at most 8 files)")
-    ap.add_argument("--dry-run", action="store_true", help="on a CPU: every phase's commands, tiny, no timing")
+    ap.add_argument("out_dir", help='where the results go: "$OUT" on the GPU machine (only it comes back: '
+                                    "at most 8 files)")
+    ap.add_argument("--dry-run", action="store_true", help="on a CPU: every phase's commands, tiny, no timing, "
+                                                           "from a copy of what a window carries")
+    ap.add_argument("--in-window", action="store_true", help=argparse.SUPPRESS)  # the dry run's inner run
     ap.add_argument("--only", default="", help="comma list of phases to run")
     ap.add_argument("--skip", default="", help="comma list of phases to leave out")
     ap.add_argument("--with", dest="with_", default="", help="optional phases to add: memcheck, ncu, compile_max")
@@ -421,22 +460,28 @@ def main(argv=None) -> int:
                     help=f"device seconds for the whole run (default {DEFAULT_BUDGET_S})")
     args = ap.parse_args(argv)
     phases = select(args.only, args.skip, args.with_)
+    if args.dry_run and not args.in_window:
+        passed = [a for a in (argv if argv is not None else sys.argv[1:]) if a != args.out_dir]
+        return rehearse_window(passed, args.out_dir)
     suite = Suite(args.out_dir, args.budget_s, args.dry_run)
     planned = suite.plan(phases)
-    failures = suite.execute(phases)
+    ran = suite.execute(phases)
     suite.pack()
     problems = check_out_dir(suite.out)
     for p in problems:
         suite.say(f"OUT_DIR: {p}")
-    suite.say(f"done: {failures} step(s) failed; OUT_DIR holds "
-              f"{', '.join(sorted(os.listdir(suite.out)))}")
-    if args.dry_run:
+    principal = [p.name for p in phases if p.name in PRINCIPAL]
+    missing = [n for n in principal if n not in ran]
+    failed = [n for n, f in ran.items() if f]
+    suite.say(f"done: {sum(ran.values())} step(s) failed; OUT_DIR holds {', '.join(sorted(os.listdir(suite.out)))}")
+    suite.say(f"principal phases: {len(principal) - len(missing)} of {len(principal)} ran"
+              + (f"; not run: {', '.join(missing)}" if missing else "")
+              + (f"; phases with failed steps: {', '.join(failed)}" if failed else ""))
+    if args.dry_run and planned > DEFAULT_BUDGET_S:
         # The dry run's verdict: every command ran (or parsed), the plan fits, what comes back fits.
-        if planned > DEFAULT_BUDGET_S:
-            suite.say(f"DRY RUN FAIL: planned {planned} s > {DEFAULT_BUDGET_S} s")
-            return 1
-        return 1 if failures or problems else 0
-    return 0
+        suite.say(f"DRY RUN FAIL: planned {planned} s > {DEFAULT_BUDGET_S} s")
+        return 1
+    return 1 if missing or failed or problems else 0
 
 
 if __name__ == "__main__":

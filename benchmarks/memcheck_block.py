@@ -1,6 +1,7 @@
 """One fused Bottleneck (fp16; Triton, then CUTLASS where built) and add_relu, small, then every
 Hopper (sm90) kernel config once on a small conv it accepts (on an sm_90 GPU): the target of
 `compute-sanitizer --tool memcheck` in gpu_suite.sh. Exits non-zero on a numerical mismatch."""
+import argparse
 import copy
 import sys
 
@@ -10,6 +11,7 @@ import torchvision.models.resnet as tvr
 import fused_resnet
 from fused_resnet.testing import compare, randomize_bn
 
+argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
 torch.manual_seed(0)
 ds = torch.nn.Sequential(tvr.conv1x1(64, 256, 2), torch.nn.BatchNorm2d(256))
 tv = randomize_bn(tvr.Bottleneck(64, 64, 2, ds)).eval().cuda().half()

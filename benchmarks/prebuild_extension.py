@@ -1,13 +1,13 @@
 """Build the CUDA extension ahead of time for the torch this interpreter runs, into one file.
 
-    python benchmarks/prebuild_extension.py OUT.so        (`make gpu-prebuild` runs it for the GPU machine)
+    python benchmarks/prebuild_extension.py --out-dir DIR   (`make gpu-prebuild` runs it for the GPU machine)
 
 A GPU machine with no time to spare (the GPU suite's build phase costs minutes of device time) can
-load a library built elsewhere, on a CPU-only machine with nvcc: `make gpu-prebuild` installs the GPU
-machine's torch build into its own venv (the library uses torch's C++ API only, no Python API, so
-the Python minor version does not matter) and writes `.gpu-prebuilt/_C-torch<version>.so`.
-OUT.so.digest records the sources it was built from (fused_resnet/_sources.digest); the GPU suite
-copies the library to fused_resnet/_C.so only when its tree has the same digest. The package loads
+load a library built elsewhere, on a CPU-only machine with nvcc: `make gpu-prebuild` runs this in a
+venv of the GPU machine's torch (the library uses torch's C++ API only, no Python API, so the Python
+minor version does not matter) and writes `DIR/_C-torch<torch.__version__>.so` with
+`DIR/_C-torch<version>.so.digest`, the sources it was built from (fused_resnet/_sources.digest); the
+GPU suite installs the library as fused_resnet/_C.so only when its tree has the same digest. The package loads
 a fused_resnet/_C*.so before building; one made for another torch fails to load, is reported by
 ``fused_resnet._ext.status()`` and the JIT build runs instead.
 
@@ -20,16 +20,27 @@ import argparse
 import os
 import shutil
 import sys
+import threading
 import time
 import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _progress(done: threading.Event, t0: float, total: int) -> None:
+    """A line a minute while ninja compiles: objects finished so far (the build prints nothing itself)."""
+    from torch.utils import cpp_extension
+
+    folder = cpp_extension._get_build_directory("fused_resnet_cuda", verbose=False)
+    while not done.wait(60):
+        objs = [n for n in os.listdir(folder) if n.endswith(".o")] if os.path.isdir(folder) else []
+        print(f"  ... {time.time() - t0:.0f} s, {len(objs)} of {total} objects compiled", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("out", help="where to write the library (name it _C.so when placing it in fused_resnet/)")
+    p.add_argument("--out-dir", required=True, help="folder for _C-torch<version>.so and its .digest")
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel compile jobs (MAX_JOBS)")
     args = p.parse_args()
     os.environ.setdefault("MAX_JOBS", str(args.jobs))
@@ -47,12 +58,19 @@ def main() -> int:
           f"{len(_ext.SOURCES)} sources, minutes per Hopper source on few cores ...", flush=True)
     t0 = time.time()
     digest = _sources.digest()
-    lib = _ext.build(verbose=False)
-    shutil.copyfile(lib, args.out)
-    with open(args.out + ".digest", "w") as f:  # the sources it was built from (_sources.digest)
+    done = threading.Event()
+    threading.Thread(target=_progress, args=(done, t0, len(_ext.SOURCES)), daemon=True).start()
+    try:
+        lib = _ext.build(verbose=False)
+    finally:
+        done.set()
+    os.makedirs(args.out_dir, exist_ok=True)
+    out = os.path.join(args.out_dir, f"_C-torch{torch.__version__}.so")
+    shutil.copyfile(lib, out)
+    with open(out + ".digest", "w") as f:  # the sources it was built from (_sources.digest)
         f.write(digest + "\n")
-    print(f"built in {time.time() - t0:.0f} s -> {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB), "
-          f"sources {digest[:12]} in {args.out}.digest")
+    print(f"built in {time.time() - t0:.0f} s -> {out} ({os.path.getsize(out) / 1e6:.1f} MB), "
+          f"sources {digest[:12]} in {out}.digest")
     return 0
 
 

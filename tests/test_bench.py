@@ -89,6 +89,15 @@ def test_gpu_suite_dry_run(tmp_path):
                        capture_output=True, text=True, timeout=900, cwd=ROOT,
                        env={**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    # What the window is told and carries: the command writes under "$OUT" with the sha passed in, one
+    # carry path (no venv), under 60 MiB with the tree, and the JIT build's headers all there.
+    cmd = re.search(r"^device command: (.*)$", r.stdout, re.M)
+    assert cmd and '"$OUT"' in cmd.group(1) and "FUSED_RESNET_GIT_SHA=" in cmd.group(1), r.stdout[:2000]
+    assert re.search(r"^carry: \.gpu-prebuilt$", r.stdout, re.M), r.stdout[:2000]
+    nbytes = re.search(r"^carry bytes: (\d+)", r.stdout, re.M)
+    assert nbytes and int(nbytes.group(1)) < 60 * 2 ** 20
+    assert re.search(r"^jit headers: ok \(16 translation units", r.stdout, re.M), r.stdout[:3000]
+    assert "principal phases: 9 of 9 ran" in r.stdout
     m = re.search(r"planned device seconds: (\d+)", r.stdout)
     assert m and int(m.group(1)) <= 560, r.stdout[:3000]
     for phase in ("build", "info", "sm90", "nan", "tune", "op", "model256", "b1", "graphs"):
@@ -98,3 +107,33 @@ def test_gpu_suite_dry_run(tmp_path):
     with tarfile.open(out / "raw.tar.gz") as tar:
         names = tar.getnames()
     assert "raw/op.json" in names and "raw/sm90.log" in names, names
+
+
+def test_jit_header_check_fails_without_tools_util(tmp_path):
+    """The dry run's header check is a real check: CUTLASS's include/ alone (without tools/util/include)
+    does not preprocess an sm90 conv source for sm_90a (cutlass/util/packed_stride.hpp)."""
+    import shutil
+
+    import pytest
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_window
+
+    if not os.path.exists(os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        pytest.skip("no nvcc")
+    cutlass = pytest.importorskip("cutlass_library")
+    shutil.copytree(os.path.join(os.path.dirname(cutlass.__file__), "source", "include"), tmp_path / "include")
+    n, errors = gpu_window.check_headers(ROOT, include=str(tmp_path / "include"), only=("conv_f16_ws_128",))
+    assert n == 1 and errors and "packed_stride.hpp" in " ".join(errors), errors
+    shutil.copytree(os.path.join(os.path.dirname(cutlass.__file__), "source", "tools", "util", "include"),
+                    tmp_path / "tools" / "util" / "include")
+    assert gpu_window.check_headers(ROOT, include=str(tmp_path / "include"), only=("conv_f16_ws_128",)) == (1, [])
+
+
+def test_carry_refuses_a_venv(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import gpu_window
+
+    (tmp_path / gpu_window.PREBUILT / "venv").mkdir(parents=True)
+    (tmp_path / gpu_window.PREBUILT / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    assert any("venv" in p for p in gpu_window.carry_problems(str(tmp_path)))
