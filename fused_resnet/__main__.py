@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="side-by-side benchmarks against the baselines (JSON/CSV/PNG)",
                        description="Time fused_resnet against torchvision eager (NCHW, channels_last), "
                                    "torch.compile (inductor freezing, default and max-autotune) and TorchScript "
-                                   "freeze+optimize_for_inference, interleaved on the same inputs, with "
+                                   "freeze+optimize_for_inference, on CPU also ONNX Runtime and OpenVINO (the "
+                                   "model exported to ONNX; optional packages, skipped with the reason when "
+                                   "missing), interleaved on the same inputs, with "
                                    "roofline columns. See benchmarks/README.md.")
     add_arguments(b)
 

@@ -137,3 +137,50 @@ def test_carry_refuses_a_venv(tmp_path):
     (tmp_path / gpu_window.PREBUILT / "venv").mkdir(parents=True)
     (tmp_path / gpu_window.PREBUILT / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
     assert any("venv" in p for p in gpu_window.carry_problems(str(tmp_path)))
+
+
+# --- runtimes outside torch (ONNX Runtime, OpenVINO): optional providers ----------------------------
+
+def test_onnxruntime_provider_row():
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from fused_resnet.bench.model import run_model_bench
+
+    rows = run_model_bench("resnet18", 1, "fp32", "cpu", ["torchvision", "onnxruntime"], runs=2, image_size=32,
+                           progress=False)
+    ort_row = next(r for r in rows if r.provider == "onnxruntime")
+    assert ort_row.median_ms > 0 and ort_row.ratio_paired > 0 and ort_row.baseline == "torchvision"
+
+
+def test_external_provider_skip_reasons(monkeypatch):
+    import importlib.util
+
+    from fused_resnet.bench import external
+    from fused_resnet.bench.model import provider_available
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("onnxruntime", "openvino") else real(n, *a))
+    assert "onnxruntime is not installed" in provider_available("onnxruntime", "cpu")
+    assert "openvino is not installed" in provider_available("openvino", "cpu")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object())
+    assert external.external_available("onnxruntime", "cpu") is None
+    assert "CPU only" in external.external_available("onnxruntime", "cuda")
+
+
+def test_external_correctness_gate_rejects_a_wrong_output():
+    import pytest
+    import torch
+    import torchvision
+
+    from fused_resnet.bench.external import check_against
+
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert check_against("same", lambda t: m(t), m, x) < 1e-6
+    with pytest.raises(AssertionError, match="differs from the reference"):
+        check_against("off", lambda t: m(t) * 1.001, m, x)
+    with pytest.raises(AssertionError):
+        check_against("nan", lambda t: m(t).index_fill(1, torch.tensor([3]), float("nan")), m, x)

@@ -1,5 +1,6 @@
 """Model-level benchmark: whole models per provider (torchvision eager, torch.compile, TorchScript,
-fused_resnet per backend, optimize()), timed interleaved on the same inputs."""
+fused_resnet per backend, optimize(); on CPU also ONNX Runtime and OpenVINO), timed interleaved on
+the same inputs."""
 from __future__ import annotations
 
 import copy
@@ -14,13 +15,15 @@ from ..profiling import environment
 from ..swap import convert
 from ..timing import time_interleaved
 from ..verify import DTYPES, build_reference_model, dtype_name
+from .external import EXTERNAL_PROVIDERS, build_external, check_against, external_available
 from .report import Row, _paired
 from .roofline import roofline
 
 # "timm"/"timm_cl" are the eager baselines' names for timm models (--model timm/NAME): the model's own
 # forward, as "torchvision"/"torchvision_cl" are for torchvision models.
 MODEL_PROVIDERS = ("torchvision", "torchvision_cl", "timm", "timm_cl", "compile", "compile_max", "torchscript",
-                   "fused_eager", "fused_triton", "fused_cuda", "fused_resnet", "fused_compile", "optimized")
+                   "fused_eager", "fused_triton", "fused_cuda", "fused_resnet", "fused_compile", "optimized",
+                   *EXTERNAL_PROVIDERS)
 _EAGER = {"torchvision": "torchvision", "torchvision_cl": "torchvision_cl", "timm": "torchvision",
           "timm_cl": "torchvision_cl"}
 
@@ -68,6 +71,10 @@ def build_provider(name: str, tv_model: torch.nn.Module, example: torch.Tensor) 
         fn, x = torch.compile(model), example
         with torch.no_grad():
             fn(x)
+    elif name in EXTERNAL_PROVIDERS:
+        # the reference model (BN unfolded) exported to ONNX: each runtime folds and fuses on its own
+        fn, x = build_external(name, tv_model, example), example
+        fn(x)
     elif name.startswith("fused_"):
         # fused_cuda: auto preferring the CUTLASS kernels (convs they cannot run, e.g. the 3-channel
         # stem or grouped convs, go to triton), so a whole model can run it.
@@ -102,6 +109,8 @@ def provider_available(name: str, device: str) -> Optional[str]:
     """None if the provider can run on this device, else why not."""
     from .. import _selector
 
+    if name in EXTERNAL_PROVIDERS:
+        return external_available(name, device)
     status = _selector.backend_status()
     if name == "fused_triton" and not (status["triton"][0] and device.startswith("cuda")):
         return "triton backend needs a CUDA GPU"
@@ -153,6 +162,12 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         except Exception as e:  # a baseline that cannot build here is reported, not fatal
             print(f" failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}", flush=True)
             continue
+        if name in EXTERNAL_PROVIDERS:  # the bench's correctness gate for runtimes outside torch
+            try:
+                check_against(name, fn, tv, inputs[0], tol=1e-4 if dt == torch.float32 else 2e-2)
+            except AssertionError as e:
+                print(f" failed: {e}", flush=True)
+                continue
         xs = [x.contiguous(memory_format=torch.channels_last) if x0.is_contiguous(memory_format=torch.channels_last)
               and not x0.is_contiguous() else x for x in inputs]
         if progress:
@@ -200,7 +215,7 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         rows.append(Row(name, model, "model", f"3x{image_size}x{image_size}", batch, dtype,
                         "channels_last" if name not in ("torchvision", "timm", "fused_resnet", "fused_eager",
                                                         "fused_triton", "fused_cuda", "fused_compile",
-                                                        "optimized") else "nchw-in",
+                                                        "optimized", *EXTERNAL_PROVIDERS) else "nchw-in",
                         cuda_graphs or (name == "optimized" and device.startswith("cuda")), t.median_s * 1e3,
                         t.spread_s * 1e3, t.runs, batch / t.median_s,
                         base / t.median_s, names[0], b, roof["gflop"], tflops, gbps,
