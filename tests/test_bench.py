@@ -152,6 +152,7 @@ def test_onnxruntime_provider_row():
                            progress=False)
     ort_row = next(r for r in rows if r.provider == "onnxruntime")
     assert ort_row.median_ms > 0 and ort_row.ratio_paired > 0 and ort_row.baseline == "torchvision"
+    assert {r.provider: r.nan_exact for r in rows} == {"torchvision": "yes", "onnxruntime": "yes"}
 
 
 def test_external_provider_skip_reasons(monkeypatch):
@@ -184,3 +185,18 @@ def test_external_correctness_gate_rejects_a_wrong_output():
         check_against("off", lambda t: m(t) * 1.001, m, x)
     with pytest.raises(AssertionError):
         check_against("nan", lambda t: m(t).index_fill(1, torch.tensor([3]), float("nan")), m, x)
+
+
+def test_nan_placement_check_catches_a_dropped_nan():
+    import torch
+    import torchvision
+
+    from fused_resnet.bench.external import nan_input, nan_placement_matches
+
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert nan_input(x).isnan().sum() == 1 and nan_input(x).isinf().sum() == 1
+    assert nan_placement_matches(m, m, x)
+    assert not nan_placement_matches(lambda t: m(torch.nan_to_num(t, nan=0.0)), m, x)  # NaN dropped, Inf kept
+    assert not nan_placement_matches(lambda t: m(torch.nan_to_num(t, nan=float("nan"), posinf=0.0)), m, x)

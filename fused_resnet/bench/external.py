@@ -115,3 +115,24 @@ def check_against(name: str, fn: Callable, ref_model: torch.nn.Module, x: torch.
     if not err <= tol:
         raise AssertionError(f"{name}: output differs from the reference (max rel error {err:.2e} > {tol:.0e})")
     return err
+
+
+def nan_input(x: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` with one NaN pixel in image 0 and one +Inf pixel in the last image (both in
+    image 0 at batch 1): where a runtime's fused ReLU or pooling drops NaN, the outputs say so."""
+    x = x.clone()
+    n, c, h, w = x.shape
+    x[0, c // 2, h // 3, w // 3] = float("nan")
+    x[n - 1, 0, (2 * h) // 3, (2 * w) // 3] = float("inf")
+    return x
+
+
+def nan_placement_matches(fn: Callable, ref_model: torch.nn.Module, x: torch.Tensor, x_in=None) -> bool:
+    """True if fn places NaN and +-Inf in its output exactly where the reference model does, for
+    ``nan_input(x)`` (``x_in``: that input in the layout fn takes, if not NCHW)."""
+    xn = nan_input(x)
+    with torch.no_grad():
+        ref = ref_model(xn)
+        out = fn(xn if x_in is None else x_in(xn)).to(ref.dtype)
+    return bool(torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+                and torch.equal(out[out.isinf()], ref[ref.isinf()]))

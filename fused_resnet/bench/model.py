@@ -15,7 +15,7 @@ from ..profiling import environment
 from ..swap import convert
 from ..timing import time_interleaved
 from ..verify import DTYPES, build_reference_model, dtype_name
-from .external import EXTERNAL_PROVIDERS, build_external, check_against, external_available
+from .external import EXTERNAL_PROVIDERS, build_external, check_against, external_available, nan_placement_matches
 from .report import Row, _paired
 from .roofline import roofline
 
@@ -148,7 +148,7 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
     inputs = [torch.randn(batch, 3, image_size, image_size, device=device, dtype=dt) for _ in range(3)]
     env = env or environment(device)
     graphs = cuda_graphs and device.startswith("cuda")
-    fns, names, builds, timings = [], [], [], []
+    fns, names, builds, timings, nan_exact = [], [], [], [], {}
     for name in providers:
         why = provider_available(name, device)
         if why:
@@ -172,6 +172,12 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
               and not x0.is_contiguous() else x for x in inputs]
         if progress:
             print(f" {build_s:.1f}s", flush=True)
+        if not device.startswith("cuda"):
+            # NaN/+-Inf placement against the reference (one extra forward; CPU: cheap, no graphs)
+            to_cl = (lambda t: t.contiguous(memory_format=torch.channels_last)) if xs[0] is not inputs[0] else None
+            nan_exact[name] = "yes" if nan_placement_matches(fn, tv, inputs[0], to_cl) else "no"
+            if progress and nan_exact[name] == "no":
+                print(f"  {name}: NaN/Inf not placed as the reference places them", flush=True)
         if graphs:
             # Each provider captured, timed alone and released before the next is built. The fault
             # this once avoided (replaying a graph after another model's capture) is explained in
@@ -221,6 +227,6 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
                         base / t.median_s, names[0], b, roof["gflop"], tflops, gbps,
                         tflops / peaks["peak_tflops"] if peaks else 0.0,
                         gbps / peaks["peak_gbps"] if peaks else 0.0, torch.backends.cudnn.benchmark, env=env,
-                        **_paired(timings[0], t, graphs)))
+                        nan_exact=nan_exact.get(name, ""), **_paired(timings[0], t, graphs)))
     return rows
 

@@ -42,6 +42,9 @@ class Row:
     # were not timed in the same rounds (--cuda-graphs). On a noisy machine this is the ratio to quote.
     ratio_paired: float = 0.0
     ratio_paired_iqr: float = 0.0
+    # CPU: "yes" if NaN and +-Inf land in the output where the reference model puts them for an input
+    # with one NaN and one +Inf pixel ("no": e.g. a fused ReLU that maps NaN to 0); "" not checked
+    nan_exact: str = ""
 
 
 
@@ -59,13 +62,13 @@ def print_table(rows: list[Row]) -> None:
         return
     head = f"{'provider':16s} {'level':5s} {'shape':34s} {'batch':>5s} {'dtype':5s} {'graphs':6s} " \
            f"{'median ms':>10s} {'±IQR':>7s} {'items/s':>9s} {'vs ' + rows[0].baseline:>18s} " \
-           f"{'paired ±IQR':>13s} {'TFLOP/s':>8s}"
+           f"{'paired ±IQR':>13s} {'TFLOP/s':>8s} {'NaN ok':>6s}"
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r.provider:16s} {r.level:5s} {r.shape[:34]:34s} {r.batch:5d} {r.dtype:5s} {str(r.graphs):6s} "
               f"{r.median_ms:10.3f} {r.spread_ms:7.3f} {r.items_per_s:9.1f} {r.ratio_vs_baseline:17.2f}x "
-              f"{_paired_text(r):>13s} {r.tflops:8.2f}")
+              f"{_paired_text(r):>13s} {r.tflops:8.2f} {r.nan_exact or '-':>6s}")
 
 
 def _paired_text(r: Row) -> str:
