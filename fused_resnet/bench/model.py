@@ -175,7 +175,10 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         if not device.startswith("cuda"):
             # NaN/+-Inf placement against the reference (one extra forward; CPU: cheap, no graphs)
             to_cl = (lambda t: t.contiguous(memory_format=torch.channels_last)) if xs[0] is not inputs[0] else None
-            nan_exact[name] = "yes" if nan_placement_matches(fn, tv, inputs[0], to_cl) else "no"
+            try:
+                nan_exact[name] = "yes" if nan_placement_matches(fn, tv, inputs[0], to_cl) else "no"
+            except Exception as e:  # a runtime that refuses non-finite input: reported, still timed
+                nan_exact[name] = f"error: {type(e).__name__}"
             if progress and nan_exact[name] == "no":
                 print(f"  {name}: NaN/Inf not placed as the reference places them", flush=True)
         if graphs:
