@@ -272,7 +272,7 @@ class _FusedMixin:
         if torch.compiler.is_compiling():
             if cache is None or not cache.matches(pairs):
                 return tuple(fold_conv_bn(c, b) for c, b in pairs)
-            if torch.compiler.is_exporting():
+            if _context.exporting():
                 if cache.stale():
                     raise RuntimeError(
                         "fused_resnet: a parameter, BN statistic or conv attribute changed after the folded "
