@@ -4,6 +4,7 @@ classes (torchvision's in blocks.py, timm's in timm_resnet.py) say which convs t
 """
 from __future__ import annotations
 
+import operator
 import types
 from typing import Iterator, NamedTuple, Optional
 
@@ -174,10 +175,26 @@ class _FusedMixin:
         """The submodules whose forward the fused path replaces (their hooks would not fire)."""
         return tuple(self.modules())[1:]
 
+    def _skipped_hook_dicts(self, skipped: tuple) -> tuple:
+        """The hook dicts (_hook_dicts) of the ``skipped`` modules, for _hook_problem.
+
+        Read out of a tuple this module keeps (built in eager calls and by convert()) while it was
+        built for these very modules: torch.compile guards on the length of a dict reached that way
+        on every version. An empty hook dict read as a module attribute is a constant to torch
+        2.11's dynamo, with no guard (skip_nnmodule_hook_guards, on by default; 2.14 guards its
+        length), so a hook registered after compiling would not recompile the graph that skips it."""
+        refs = self.__dict__.get("_hook_refs")
+        if refs is not None and len(refs[0]) == len(skipped) and all(map(operator.is_, refs[0], skipped)):
+            return refs[1]
+        dicts = tuple([d for m in skipped for d in _hook_dicts(m)])
+        if not torch.compiler.is_compiling():
+            self.__dict__["_hook_refs"] = (skipped, dicts)
+        return dicts
+
     def _hook_problem(self) -> Optional[str]:
         skipped = self._skipped_modules()
-        if not any(_GLOBAL_HOOKS) and not [m for m in skipped if m._forward_hooks or m._forward_pre_hooks
-                                           or m._backward_hooks or m._backward_pre_hooks]:
+        # (len(), not any(dicts): dynamo guards on the length of a dict len() reads, not on one any() tests.)
+        if not any(map(len, _GLOBAL_HOOKS)) and not any(map(len, self._skipped_hook_dicts(skipped))):
             return None
         if _trace.user_hooks(_GLOBAL_HOOKS):
             return "eager: a global module hook is registered (reference forward, so it fires)"
