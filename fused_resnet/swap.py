@@ -52,7 +52,7 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
             module._fused_backend = backend
             for key in _DERIVED:
                 module.__dict__.pop(key, None)
-            module._skipped_hook_dicts(module._skipped_modules())  # before any torch.compile (see there)
+            module._keep_hook_dicts()  # before any torch.compile (see _hook_problem)
     return model
 
 
