@@ -125,6 +125,8 @@ def check_headers(root: str = ROOT, include: str = None, jobs: int = 2, only: tu
     tus = [tu for tu in tus if not only or any(o in tu for o in only)]
     cuda_home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
     nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    if not os.path.exists(nvcc):
+        return len(tus), [f"nvcc not found at {nvcc} (set CUDA_HOME): the headers cannot be checked"]
     incs = sources["include_dirs"](include)
     base = [f"-I{d}" for d in [os.path.join(root, "csrc")] + incs[1:]]
     torch_incs = [f"-I{d}" for d in cpp.include_paths("cuda")] + [f"-I{sysconfig.get_paths()['include']}",

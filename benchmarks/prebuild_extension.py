@@ -5,7 +5,7 @@
 A GPU machine with no time to spare (the GPU suite's build phase costs minutes of device time) can
 load a library built elsewhere, on a CPU-only machine with nvcc: `make gpu-prebuild` runs this in a
 venv of the GPU machine's torch (the library uses torch's C++ API only, no Python API, so the Python
-minor version does not matter) and writes `DIR/_C-torch<torch.__version__>.so` with
+minor version does not matter) and writes `DIR/_C-torch<version>.so` (`2.11.0-cu130`) with
 `DIR/_C-torch<version>.so.digest`, the sources it was built from (fused_resnet/_sources.digest); the
 GPU suite installs the library as fused_resnet/_C.so only when its tree has the same digest. The package loads
 a fused_resnet/_C*.so before building; one made for another torch fails to load, is reported by
@@ -65,7 +65,8 @@ def main() -> int:
     finally:
         done.set()
     os.makedirs(args.out_dir, exist_ok=True)
-    out = os.path.join(args.out_dir, f"_C-torch{torch.__version__}.so")
+    # ("+" left out of the name: 2.11.0+cu130 -> 2.11.0-cu130; plain names travel everywhere)
+    out = os.path.join(args.out_dir, f"_C-torch{torch.__version__.replace('+', '-')}.so")
     shutil.copyfile(lib, out)
     with open(out + ".digest", "w") as f:  # the sources it was built from (_sources.digest)
         f.write(digest + "\n")

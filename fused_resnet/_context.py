@@ -30,9 +30,19 @@ def fx_tracing() -> bool:
     return _fx_flag() and not torch.compiler.is_compiling()  # (the flag first: it is almost always False)
 
 
+# Compatibility shim, torch 2.11: its dynamo folds torch.compiler.is_exporting() to True in every
+# trace, torch.compile included (pytorch/pytorch#176347; fixed upstream by #176499, which reads the
+# flag below instead; 2.14 has the fix). The flag is what is_exporting() returns in eager code on
+# every version from 2.11 to 2.14: torch.export sets it for strict and non-strict tracing, and
+# torch.compile reads it as a global it guards on. Without this, a compiled model took the export
+# branches: plain aten convs instead of the fused op, and folds checked instead of refreshed.
+_is_exporting = ((lambda: torch.compiler._is_exporting_flag) if hasattr(torch.compiler, "_is_exporting_flag")
+                 else torch.compiler.is_exporting)
+
+
 def exporting() -> bool:
-    """torch.export (and what is built on it: ONNX dynamo export, AOTInductor)."""
-    return torch.compiler.is_exporting()
+    """torch.export (and what is built on it: ONNX dynamo export, AOTInductor); False under torch.compile."""
+    return _is_exporting()
 
 
 def in_dispatch_mode() -> bool:

@@ -4,6 +4,7 @@ classes (torchvision's in blocks.py, timm's in timm_resnet.py) say which convs t
 """
 from __future__ import annotations
 
+import operator
 import types
 from typing import Iterator, NamedTuple, Optional
 
@@ -174,10 +175,31 @@ class _FusedMixin:
         """The submodules whose forward the fused path replaces (their hooks would not fire)."""
         return tuple(self.modules())[1:]
 
+    def _keep_hook_dicts(self, skipped: Optional[tuple] = None) -> None:
+        """Keep (skipped modules, their hook dicts) for _hook_problem under torch.compile: by convert()
+        and when the hot path re-reads the structure (plain eager calls only: torch.export's
+        non-strict tracer runs the forward on stand-ins for the modules)."""
+        skipped = self._skipped_modules() if skipped is None else skipped
+        self.__dict__["_hook_refs"] = (skipped, tuple([d for m in skipped for d in (
+            m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)]))
+
     def _hook_problem(self) -> Optional[str]:
         skipped = self._skipped_modules()
-        if not any(_GLOBAL_HOOKS) and not [m for m in skipped if m._forward_hooks or m._forward_pre_hooks
-                                           or m._backward_hooks or m._backward_pre_hooks]:
+        if torch.compiler.is_dynamo_compiling():
+            # An empty hook dict read as a module attribute is a constant to torch 2.11's dynamo, with
+            # no guard (skip_nnmodule_hook_guards, on by default; 2.14 guards its length), so a hook
+            # registered after compiling would not recompile the graph that skips it. The same dicts
+            # read out of the tuple _keep_hook_dicts kept are guarded on every version, with len():
+            # dynamo guards on the length len() reads, not on a dict any() tests.
+            refs = self.__dict__.get("_hook_refs")
+            if refs is not None and len(refs[0]) == len(skipped) and all(map(operator.is_, refs[0], skipped)):
+                dicts = refs[1]
+            else:
+                dicts = tuple([d for m in skipped for d in _hook_dicts(m)])
+            if not any(map(len, _GLOBAL_HOOKS)) and not any(map(len, dicts)):
+                return None
+        elif not any(_GLOBAL_HOOKS) and not [m for m in skipped if m._forward_hooks or m._forward_pre_hooks
+                                             or m._backward_hooks or m._backward_pre_hooks]:
             return None
         if _trace.user_hooks(_GLOBAL_HOOKS):
             return "eager: a global module hook is registered (reference forward, so it fires)"
@@ -272,7 +294,7 @@ class _FusedMixin:
         if torch.compiler.is_compiling():
             if cache is None or not cache.matches(pairs):
                 return tuple(fold_conv_bn(c, b) for c, b in pairs)
-            if torch.compiler.is_exporting():
+            if _context.exporting():
                 if cache.stale():
                     raise RuntimeError(
                         "fused_resnet: a parameter, BN statistic or conv attribute changed after the folded "
@@ -311,6 +333,7 @@ class _FusedMixin:
             hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, source_slots(tensor_dicts(pairs)),
                                                attr_dicts(pairs), hooks, ok, containers,
                                                list(map(len, containers)))
+            self._keep_hook_dicts(skipped)
         return hot
 
     def _plan(self, x, donate: bool, ambient: str) -> tuple:

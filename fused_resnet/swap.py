@@ -52,6 +52,7 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
             module._fused_backend = backend
             for key in _DERIVED:
                 module.__dict__.pop(key, None)
+            module._keep_hook_dicts()  # before any torch.compile (see _hook_problem)
     return model
 
 

@@ -193,6 +193,23 @@ def test_export_graph_holds_no_per_call_fold():
         torch.testing.assert_close(ep.module()(x), tv(x), rtol=1e-4, atol=1e-4)
 
 
+def test_compiled_model_after_an_eager_forward_has_no_graph_break():
+    # torch 2.11 broke the graph once per fused module here (its dynamo answered is_exporting() True
+    # under torch.compile, so the traced path read the stamp's attrgetter("_version")).
+    tv = random_model(torchvision.models.resnet18)
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fused(x)  # the fold caches exist: the graph reads them and refreshes them with the op
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(fused)(x)
+    assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
+    assert explanation.graph_count == 1
+    ops = [str(n.target) for gm in explanation.graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert sum("fused_conv2d" in o for o in ops) == 20, ops  # the fused op, not the export path's aten convs
+    assert sum("_refresh_folds" in o for o in ops) == 9, ops  # one per fused module: stem + 8 blocks
+
+
 @pytest.mark.slow
 def test_inductor_compile_matches_and_refreshes():
     tv = random_model(torchvision.models.resnet18)

@@ -81,6 +81,12 @@ def heuristic(m: int, cout_g: int, cin_g: int, taps: int, dtype: torch.dtype) ->
         bm, bn, bk, warps, stages = 32, min(bn, 64), 64, 4, 4
     if dtype == torch.float32:
         bk = min(bk, 32)  # fp32 tiles take twice the shared memory
+    if flat:
+        # The flattened K walk (the 7x7 stem) decodes (kh, kw, ci) per element: with 64-wide K tiles it
+        # spills on sm_80/sm_90 under triton 3.6 (255 registers, 40/80 B), with 32-wide it does not
+        # (3.6 and 3.8). 147 = 3x49 pads to 160 instead of 192, and the H100/H200 tuning runs chose
+        # 32 for the large-batch stem as well (fused_resnet/tuned, benchmarks/NOTES.md).
+        bk = min(bk, 32)
     return Config(bm, bn, min(bk, kmax), 8, warps, stages, flat)
 
 
