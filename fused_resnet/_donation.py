@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._fused import _FusedBlock, _has_hooks
+from ._fused import CL, _FusedBlock, _has_hooks
 
 MIN_BYTES = 1 << 20  # a tensor smaller than this is never donated (NOTES.md: what donation gains)
 _storage_use_count = torch._C._storage_Use_Count
@@ -63,17 +63,28 @@ def _count(x, refs: int) -> int:
 _REFS, _REFS_INLINE, _STORAGE_REFS = _calibrate()
 
 
+def observed(module: nn.Module, x: torch.Tensor, fmt) -> torch.Tensor:
+    """Call a module that can observe its input or output (a hooked one, one that is not a fused
+    block) with x in torchvision's memory format ``fmt`` at this point; the result back in
+    channels_last for the fused blocks after it."""
+    if fmt is not CL and x.dim() == 4:
+        x = module(x.contiguous(memory_format=fmt))
+        return x.contiguous(memory_format=CL) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
+    return module(x)
+
+
 def run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: Optional[str] = None,
-              amp=None) -> tuple:
+              amp=None, fmt=CL) -> tuple:
     """Run one ResNet layer, donating each block's input to it when ``sole_owner`` says nobody else
     holds that tensor (measured on CPU: a (8,256,56,56) conv+add+ReLU output 6.5 ms fresh vs 3.2 ms
     in place). ``fresh``: the caller checked x with sole_owner. ``ambient``/``amp``: the requested
-    backend and autocast dtype of this forward. Returns (output, fresh)."""
+    backend and autocast dtype of this forward; ``fmt``: torchvision's memory format of x (what
+    hooked and other modules get: ``observed``). Returns (output, fresh)."""
     # The caller's variable still holds the layer's input: a block that wrote over it (donated) or
     # returned it (an Identity) returns that object, with that one reference more.
     first = id(x)
     if type(layer) is not nn.Sequential or _has_hooks(layer):
-        x = layer(x)
+        x = observed(layer, x, fmt)
         return x, not torch.compiler.is_compiling() and sys.getrefcount(x) == _REFS_INLINE + (id(x) == first) \
             and sole_owner(x, _REFS)
     check = not torch.compiler.is_compiling()
@@ -83,7 +94,7 @@ def run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: O
             # dtype are passed on
             x = block._run_planned(x, fresh, block._body, True, ambient, amp)
         else:
-            x = block(x)
+            x = observed(block, x, fmt)
         # sole_owner, inline (C calls only: this runs per block on the hot path)
         fresh = check and sys.getrefcount(x) == _REFS_INLINE + (id(x) == first) and x.is_cpu and x.nbytes >= MIN_BYTES \
             and _storage_use_count(x.untyped_storage()._cdata) == _STORAGE_REFS

@@ -20,8 +20,8 @@ import torch
 import torchvision.models.resnet as tvr
 
 from . import _trace
-from ._donation import run_layer, sole_owner
-from ._fused import _alias, _conv, _downsample_pair, _FusedBlock, _FusedMixin
+from ._donation import observed, run_layer, sole_owner
+from ._fused import _alias, _conv, _downsample_pair, _FusedBlock, _FusedMixin, _has_hooks
 
 
 class BasicBlock(_FusedBlock, tvr.BasicBlock):
@@ -81,6 +81,9 @@ class ResNet(_FusedMixin, tvr.ResNet):
     def _skipped_modules(self) -> tuple:
         return (self.conv1, self.bn1, self.relu)  # the rest is called as modules: their hooks fire
 
+    def _out_format(self, x) -> tuple:
+        return self._layer_formats(x, (self.conv1,))  # (the logits have none; hooked layers see these)
+
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self._reference_forward_impl(x)
@@ -97,10 +100,10 @@ class ResNet(_FusedMixin, tvr.ResNet):
 
     def _body(self, x, donate, fmt, folded, steps):
         x = _conv(x, folded[0] if folded else None, "conv1", self._fused_backend, steps)
-        x = self.maxpool(x)
+        x = observed(self.maxpool, x, fmt[0]) if _has_hooks(self.maxpool) else self.maxpool(x)
         fresh = not torch.compiler.is_compiling() and sole_owner(x, sys.getrefcount(x))  # (kept elsewhere? _donation)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x, fresh = run_layer(layer, x, fresh, steps.ambient, steps.amp)
+        for layer, layer_fmt in zip((self.layer1, self.layer2, self.layer3, self.layer4), fmt):
+            x, fresh = run_layer(layer, x, fresh, steps.ambient, steps.amp, layer_fmt)
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
 

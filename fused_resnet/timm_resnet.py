@@ -33,8 +33,8 @@ from timm.layers import DropBlock2d, DropPath
 from torch import nn
 
 from . import _trace
-from ._donation import run_layer, sole_owner
-from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin
+from ._donation import observed, run_layer, sole_owner
+from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks
 from .ops.add_relu import add_relu
 
 _DROPS = (DropPath, DropBlock2d, nn.Identity)
@@ -215,10 +215,10 @@ class ResNet(_TimmMixin, tr.ResNet):
     def _activations(self):
         return tuple(a for _, _, a, _ in self._stem())
 
-    def _main_convs(self):
-        """The stem's convs and every block's main path: forward_features returns the activation."""
-        return tuple(c for c, _, _, _ in self._stem()) + tuple(
-            c for m in self.modules() if isinstance(m, _TimmBlock) for c in m._main_convs())
+    def _out_format(self, x) -> tuple:
+        """torchvision's rule, timm's modules: the formats after the stem and each layer; the last
+        one is forward_features' (see _FusedMixin._layer_formats)."""
+        return self._layer_formats(x, tuple(c for c, _, _, _ in self._stem()))
 
     def _grad_params(self):
         return (t for c, b in self._fold_pairs() for t in (c.weight, c.bias, b.weight, b.bias) if t is not None)
@@ -260,11 +260,11 @@ class ResNet(_TimmMixin, tr.ResNet):
         for fc, (_, _, _, name) in zip(f, stem):
             x = _conv(x, fc, name, self._fused_backend, steps)
         if stem[-1][3] != "maxpool.0":
-            x = self.maxpool(x)
+            x = observed(self.maxpool, x, fmt[0]) if _has_hooks(self.maxpool) else self.maxpool(x)
         fresh = not torch.compiler.is_compiling() and sole_owner(x, sys.getrefcount(x))  # (kept elsewhere? _donation)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x, fresh = run_layer(layer, x, fresh, steps.ambient, steps.amp)
-        return x.contiguous(memory_format=fmt)
+        for layer, layer_fmt in zip((self.layer1, self.layer2, self.layer3, self.layer4), fmt):
+            x, fresh = run_layer(layer, x, fresh, steps.ambient, steps.amp, layer_fmt)
+        return x.contiguous(memory_format=fmt[-1])
 
 
 SWAPS = {tr.BasicBlock: BasicBlock, tr.Bottleneck: Bottleneck, tr.ResNet: ResNet}
