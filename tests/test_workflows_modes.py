@@ -46,8 +46,11 @@ def _hook_relu(m, store, how="same"):
     (block.act2 if hasattr(block, "act2") else block.relu).register_forward_hook(_keep(store, "relu", how))
 
 
-def _hook_bn2(m, store):
-    m.layer1[0].bn2.register_forward_hook(_keep(store, "bn2"))
+def _hook_last_bn(m, store):
+    # torchvision adds the identity into the last BN's output and applies the ReLU in place: the
+    # tensor the hook keeps is the block's output
+    block = m.layer1[0]
+    (block.bn3 if hasattr(block, "bn3") else block.bn2).register_forward_hook(_keep(store, "bn"))
 
 
 def _hook_layer1(m, store):
@@ -80,7 +83,7 @@ DONATION = {
     "hook_relu": lambda m, s: _hook_relu(m, s),
     "hook_relu_detach": lambda m, s: _hook_relu(m, s, "detach"),
     "hook_relu_view": lambda m, s: _hook_relu(m, s, "view"),
-    "hook_bn2": _hook_bn2,
+    "hook_last_bn": _hook_last_bn,
     "hook_layer1": _hook_layer1,
     "wrapper_stores_output": _wrap_block,
     "hook_pool_then_identity": _hook_pool_identity,
@@ -117,7 +120,10 @@ def test_kept_activations_not_overwritten(case, block):
 
 @pytest.mark.parametrize("case", ["hook_relu", "hook_relu_detach", "wrapper_stores_output"])
 def test_kept_activations_timm(case):
-    ref, fused = _pair(_timm_model(block="basic"))
+    timm_resnet = pytest.importorskip("timm.models.resnet")
+    torch.manual_seed(0)
+    ref = timm_resnet.ResNet(timm_resnet.BasicBlock, [2, 1, 1, 1], num_classes=10)
+    ref, fused = _pair(randomize_bn(ref, torch.Generator().manual_seed(0)).eval())
     ref_store, fused_store = {}, {}
     DONATION[case](ref, ref_store)
     DONATION[case](fused, fused_store)
@@ -220,19 +226,25 @@ def _models(family="torchvision"):
 TANGENT = torch.randn(X.shape, generator=torch.Generator().manual_seed(9))
 
 
+@pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("family", ["torchvision", "timm"])
-def test_jvp(family):
+def test_jvp(family, frozen):
     ref, fused = _models(family)
+    if frozen:  # parameters without requires_grad: no autograd path would catch it
+        ref.requires_grad_(False), fused.requires_grad_(False)
     p_ref, t_ref = torch.func.jvp(ref, (X,), (TANGENT,))
     p, t = torch.func.jvp(fused, (X,), (TANGENT,))
     assert _off(p, p_ref) < TOL and _off(t, t_ref) < TOL
 
 
-def test_forward_ad_dual():
+@pytest.mark.parametrize("frozen", [False, True])
+def test_forward_ad_dual(frozen):
     import torch.autograd.forward_ad as fwAD
 
     ref, fused = _models()
-    with fwAD.dual_level():
+    if frozen:
+        ref.requires_grad_(False), fused.requires_grad_(False)
+    with fwAD.dual_level(), torch.no_grad():
         out_ref = fwAD.unpack_dual(ref(fwAD.make_dual(X, TANGENT)))
         out = fwAD.unpack_dual(fused(fwAD.make_dual(X, TANGENT)))
     assert out.tangent is not None
