@@ -17,13 +17,15 @@ returned and before anything else runs:
   ``detach()``/``.data`` aliases and other tensors over the same memory;
 - it is a CPU tensor of at least ``MIN_BYTES``: below that, or on a GPU (caching allocator, no page
   faults), a fresh output costs no more than writing in place, and the checks are not worth their
-  host time (NOTES.md).
+  host time (benchmarks/NOTES.md).
 
 Under torch.compile nothing is donated: reference counts there are the tracer's, and a mutation of
 a tensor someone keeps would be replayed faithfully by the compiled graph. The call sites read
 ``not torch.compiler.is_compiling() and sole_owner(x, sys.getrefcount(x))``.
 
-``run_layer`` is the one place blocks are handed donated inputs.
+``run_layer`` is the one place blocks are handed donated inputs; it also gives modules that could
+observe an activation (hooked ones, modules that are not fused blocks) torchvision's memory format
+there (``observed``, ``layer_formats``).
 """
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._fused import CL, _FusedBlock, _has_hooks
+from ._fused import CL, _FusedBlock, _FusedMixin, _has_hooks
+from ._geometry import memory_format_of, suggests_channels_last
 
-MIN_BYTES = 1 << 20  # a tensor smaller than this is never donated (NOTES.md: what donation gains)
+MIN_BYTES = 1 << 20  # a tensor smaller than this is never donated (benchmarks/NOTES.md, "Donation")
 _storage_use_count = torch._C._storage_Use_Count
 
 
@@ -61,6 +64,21 @@ def _count(x, refs: int) -> int:
 
 
 _REFS, _REFS_INLINE, _STORAGE_REFS = _calibrate()
+
+
+def layer_formats(model: nn.Module, x: torch.Tensor, stem: tuple) -> tuple:
+    """For a ResNet's body (computed when a plan is built): the memory format torchvision's
+    activations have after the stem and after each layer (channels_last from the first conv whose
+    input or weight is). The body runs channels_last inside; modules it calls that could observe an
+    activation get it in these formats (``observed``). The last one is the returned features'."""
+    cur, out = memory_format_of(x), []
+    for convs in (stem,) + tuple(
+            tuple(c for b in (layer if type(layer) is nn.Sequential else ()) if isinstance(b, _FusedMixin)
+                  for c in b._main_convs()) for layer in (model.layer1, model.layer2, model.layer3, model.layer4)):
+        if cur is not CL and any(suggests_channels_last(c.weight) for c in convs):
+            cur = CL
+        out.append(cur)
+    return tuple(out)
 
 
 def observed(module: nn.Module, x: torch.Tensor, fmt) -> torch.Tensor:

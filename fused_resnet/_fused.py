@@ -212,21 +212,6 @@ class _FusedMixin:
             return CL
         return fmt
 
-    def _layer_formats(self, x, stem: tuple) -> tuple:
-        """For a ResNet's body: the memory format torchvision's activations have after the stem and
-        after each layer (channels_last from the first conv whose input or weight is). The body runs
-        channels_last inside; modules it calls that could observe an activation (hooked ones, modules
-        that are not fused blocks) get it in these formats (_donation.run_layer). The last one is
-        the format of the features returned."""
-        cur, out = memory_format_of(x), []
-        for convs in (stem,) + tuple(
-                tuple(c for b in (layer if type(layer) is nn.Sequential else ()) if isinstance(b, _FusedMixin)
-                      for c in b._main_convs()) for layer in (self.layer1, self.layer2, self.layer3, self.layer4)):
-            if cur is not CL and any(suggests_channels_last(c.weight) for c in convs):
-                cur = CL
-            out.append(cur)
-        return tuple(out)
-
     def _fusion_problem(self, x, pairs: Optional[tuple] = None, fusable: bool = False,
                         amp: Optional[torch.dtype] = None) -> Optional[str]:
         """None if this call can take the fused path, else the reason for torchvision's forward.

@@ -20,7 +20,7 @@ import torch
 import torchvision.models.resnet as tvr
 
 from . import _trace
-from ._donation import observed, run_layer, sole_owner
+from ._donation import layer_formats, observed, run_layer, sole_owner
 from ._fused import _alias, _conv, _downsample_pair, _FusedBlock, _FusedMixin, _has_hooks
 
 
@@ -82,7 +82,7 @@ class ResNet(_FusedMixin, tvr.ResNet):
         return (self.conv1, self.bn1, self.relu)  # the rest is called as modules: their hooks fire
 
     def _out_format(self, x) -> tuple:
-        return self._layer_formats(x, (self.conv1,))  # (the logits have none; hooked layers see these)
+        return layer_formats(self, x, (self.conv1,))  # (the logits have none; hooked layers see these)
 
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():

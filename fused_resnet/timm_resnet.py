@@ -33,7 +33,7 @@ from timm.layers import DropBlock2d, DropPath
 from torch import nn
 
 from . import _trace
-from ._donation import observed, run_layer, sole_owner
+from ._donation import layer_formats, observed, run_layer, sole_owner
 from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks
 from .ops.add_relu import add_relu
 
@@ -217,8 +217,8 @@ class ResNet(_TimmMixin, tr.ResNet):
 
     def _out_format(self, x) -> tuple:
         """torchvision's rule, timm's modules: the formats after the stem and each layer; the last
-        one is forward_features' (see _FusedMixin._layer_formats)."""
-        return self._layer_formats(x, tuple(c for c, _, _, _ in self._stem()))
+        one is forward_features' (see _donation.layer_formats)."""
+        return layer_formats(self, x, tuple(c for c, _, _, _ in self._stem()))
 
     def _grad_params(self):
         return (t for c, b in self._fold_pairs() for t in (c.weight, c.bias, b.weight, b.bias) if t is not None)
