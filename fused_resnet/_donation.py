@@ -72,11 +72,18 @@ def layer_formats(model: nn.Module, x: torch.Tensor, stem: tuple) -> tuple:
     input or weight is). The body runs channels_last inside; modules it calls that could observe an
     activation get it in these formats (``observed``). The last one is the returned features'."""
     cur, out = memory_format_of(x), []
-    for convs in (stem,) + tuple(
-            tuple(c for b in (layer if type(layer) is nn.Sequential else ()) if isinstance(b, _FusedMixin)
-                  for c in b._main_convs()) for layer in (model.layer1, model.layer2, model.layer3, model.layer4)):
-        if cur is not CL and any(suggests_channels_last(c.weight) for c in convs):
-            cur = CL
+    for convs in (stem, model.layer1, model.layer2, model.layer3, model.layer4):
+        if cur is not CL:  # (plain loops: this runs on every cold forward; a contiguous weight never
+            for c in convs:  # suggests channels_last)
+                if isinstance(c, _FusedMixin):
+                    weights = [m.weight for m in c._main_convs()]
+                elif isinstance(c, nn.Conv2d):
+                    weights = [c.weight]
+                else:
+                    continue
+                if [w for w in weights if not w.is_contiguous() and suggests_channels_last(w)]:
+                    cur = CL
+                    break
         out.append(cur)
     return tuple(out)
 

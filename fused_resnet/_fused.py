@@ -208,8 +208,10 @@ class _FusedMixin:
         """The memory format torchvision's forward returns for input x: x's, or channels_last when a
         conv weight on the way suggests it (PyTorch's rule: input or weight channels_last)."""
         fmt = memory_format_of(x)
-        if fmt is not CL and any(suggests_channels_last(c.weight) for c in self._main_convs()):
-            return CL
+        if fmt is not CL:
+            for c in self._main_convs():  # (a contiguous weight never suggests channels_last)
+                if not c.weight.is_contiguous() and suggests_channels_last(c.weight):
+                    return CL
         return fmt
 
     def _fusion_problem(self, x, pairs: Optional[tuple] = None, fusable: bool = False,
