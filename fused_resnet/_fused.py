@@ -166,7 +166,7 @@ class _FusedMixin:
     derived state.
 
     Launch plans: the first eval call with a given input signature (shape, strides, dtype, device,
-    requested backend, donation, inference mode) resolves every conv as the op does (validation,
+    requested backend, donation, inference mode, autocast dtype) resolves every conv as the op does (validation,
     backend choice, tuned config, packed weights) and keeps the resulting launches; later calls with
     that signature whose stamp is unchanged run the launches."""
 
