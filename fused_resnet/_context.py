@@ -7,9 +7,14 @@ running one need something they can represent:
   torch.jit.trace                                    -> the reference forward, with a one-time warning
   torch.jit.script                                   -> the reference forward, compiled (_fused.py)
   torch.export, ONNX (dynamo), AOTInductor           -> folded convs as plain aten conv/add/relu
-  a TorchDispatchMode (FlopCounterMode, ...)         -> the registered custom op (it has a FLOP formula)
+  a TorchDispatchMode (FlopCounterMode, ...)         -> the registered custom op (it has a FLOP formula),
+                                                        with folds made for that call only
+  torch.func transforms (vmap, grad, jvp, jacfwd, functional_call under vmap), forward-mode AD,
+  FakeTensorMode / make_fx / functionalization, tensor subclass inputs
+                                                     -> the reference forward, nothing cached (mode_problem)
 
-Each check here is a flag read: they run on every fused forward.
+Each check here is a flag read: they run on every fused forward (mode_problem once per forward, at
+the top-level fused module).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import warnings
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _fwad
 import torch.fx._symbolic_trace as _fx
 from torch.utils import _python_dispatch
 
@@ -57,6 +63,44 @@ if isinstance(getattr(_python_dispatch, "_is_in_torch_dispatch_mode", None), boo
         return _python_dispatch._is_in_torch_dispatch_mode
 else:  # pragma: no cover - older/newer torch
     dispatch_mode_flag = in_dispatch_mode
+
+
+_functorch_active = torch._C._are_functorch_transforms_active
+
+
+def mode_problem(x: torch.Tensor) -> Optional[str]:
+    """Why this forward must run the reference forward because of the mode it runs in, or None.
+
+    The fused op runs plain tensors in eager PyTorch (and under torch.compile/export, checked
+    elsewhere). It has no batching rule, no forward-mode derivative, and its caches (folds, packed
+    weights, plans) must never hold tensors a mode made: under torch.func transforms (vmap, grad, jvp,
+    jacfwd, per-sample gradients, model ensembles), forward-mode AD (a dual level is active), a
+    tracing dispatch mode (FakeTensorMode, make_fx, functionalization) or with a tensor subclass as
+    input, the reference forward runs and nothing is cached. Flag reads first: on the common path
+    this is one type check, one C call and one module global."""
+    if type(x) is not torch.Tensor:
+        return f"eager: input is a {type(x).__name__}, a tensor subclass (reference forward)"
+    if _functorch_active():
+        return "eager: a torch.func transform (vmap, grad, jvp, jacfwd, ...) is active (reference forward)"
+    if _fwad._current_level >= 0:
+        return "eager: forward-mode AD (a dual level is active; reference forward)"
+    if dispatch_mode_flag():
+        mode = _tracing_mode()
+        if mode is not None:
+            return f"eager: {mode} is active (reference forward)"
+    return None
+
+
+def _tracing_mode() -> Optional[str]:
+    """The name of an active dispatch mode that makes fake, functional or proxy tensors, or None."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import FunctionalTensorMode
+    from torch.fx.experimental.proxy_tensor import ProxyTorchDispatchMode
+
+    for mode in _python_dispatch._get_current_dispatch_mode_stack():
+        if isinstance(mode, (FakeTensorMode, FunctionalTensorMode, ProxyTorchDispatchMode)):
+            return type(mode).__name__
+    return None
 
 
 def tracing_reason(x) -> Optional[str]:

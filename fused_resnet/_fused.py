@@ -9,15 +9,18 @@ import types
 from typing import Iterator, NamedTuple, Optional
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import _context, _selector, _trace, folding
-from ._geometry import memory_format_of
+from . import _autocast, _context, _selector, _trace, folding
+from ._geometry import memory_format_of, suggests_channels_last
 from .folding import FoldCache, FoldedConv, attr_dicts, fold_conv_bn, source_slots, structure_epoch, tensor_dicts
 from .ops.fused_conv2d import fused_conv2d, plan_conv
 
 CL = torch.channels_last
+_functorch_active = torch._C._are_functorch_transforms_active
+_any_autocast = torch._C._is_any_autocast_enabled
 
 
 def _foldable(conv, bn) -> Optional[str]:
@@ -40,13 +43,20 @@ def _downsample_pair(ds) -> Optional[tuple]:
     return None
 
 
-def _input_problem(x: torch.Tensor, conv: nn.Conv2d) -> Optional[str]:
+def _input_problem(x: torch.Tensor, conv: nn.Conv2d, amp: Optional[torch.dtype] = None) -> Optional[str]:
+    """Why torchvision's forward must take input x (its result or its error), or None. ``amp``: the
+    autocast dtype of this forward (x and the weight are cast to it)."""
     if x.dim() != 4:
         return f"{x.dim()}D input"
     if x.shape[1] != conv.in_channels:
         return f"input has {x.shape[1]} channels, expected {conv.in_channels}"
-    if x.dtype != conv.weight.dtype:
+    if amp is not None:
+        if not _autocast.castable(conv.weight):
+            return f"weight dtype {conv.weight.dtype} under autocast"
+    elif x.dtype != conv.weight.dtype:
         return f"input dtype {x.dtype} != weight dtype {conv.weight.dtype}"
+    if x.device != conv.weight.device:
+        return f"input on {x.device}, weight on {conv.weight.device}"
     if x.numel() == 0:
         return "empty input"
     return None
@@ -100,6 +110,7 @@ class _Steps(NamedTuple):
     record: Optional[list]
     n: int  # convs this block runs fused (the downsample's is last, when it is fused)
     ambient: Optional[str] = None  # the requested backend of this forward (use_backend / env), for children
+    amp: Optional[torch.dtype] = None  # the autocast dtype of this forward (_autocast), for children
 
 
 class _Hot(NamedTuple):
@@ -156,7 +167,7 @@ class _FusedMixin:
     derived state.
 
     Launch plans: the first eval call with a given input signature (shape, strides, dtype, device,
-    requested backend, donation, inference mode) resolves every conv as the op does (validation,
+    requested backend, donation, inference mode, autocast dtype) resolves every conv as the op does (validation,
     backend choice, tuned config, packed weights) and keeps the resulting launches; later calls with
     that signature whose stamp is unchanged run the launches."""
 
@@ -209,10 +220,27 @@ class _FusedMixin:
                 return f"eager: hook on {name} (reference forward, so it fires)"
         return None
 
-    def _fusion_problem(self, x, pairs: Optional[tuple] = None, fusable: bool = False) -> Optional[str]:
+    def _main_convs(self) -> tuple:
+        """The convs between the module's input and its returned activation (not a downsample's):
+        torch's conv returns channels_last when its input or its weight is, so they decide the memory
+        format torchvision returns (_out_format). Empty for modules returning logits."""
+        return ()
+
+    def _out_format(self, x) -> torch.memory_format:
+        """The memory format torchvision's forward returns for input x: x's, or channels_last when a
+        conv weight on the way suggests it (PyTorch's rule: input or weight channels_last)."""
+        fmt = memory_format_of(x)
+        if fmt is not CL:
+            for c in self._main_convs():  # (a contiguous weight never suggests channels_last)
+                if not c.weight.is_contiguous() and suggests_channels_last(c.weight):
+                    return CL
+        return fmt
+
+    def _fusion_problem(self, x, pairs: Optional[tuple] = None, fusable: bool = False,
+                        amp: Optional[torch.dtype] = None) -> Optional[str]:
         """None if this call can take the fused path, else the reason for torchvision's forward.
         ``pairs``: _fold_pairs() if the caller has them; ``fusable``: the caller's current structure
-        (_Hot) found the activations ReLU and every pair foldable."""
+        (_Hot) found the activations ReLU and every pair foldable; ``amp``: the autocast dtype."""
         if self.training:
             return "eager: training mode"
         if not fusable:
@@ -230,7 +258,7 @@ class _FusedMixin:
         why = self._hook_problem()
         if why:
             return why
-        why = _input_problem(x, pairs[0][0])
+        why = _input_problem(x, pairs[0][0], amp)
         return f"eager: {why} (torchvision's forward)" if why else None
 
     def __getstate__(self):
@@ -291,6 +319,9 @@ class _FusedMixin:
                 t is not None and t.requires_grad for c, b in pairs for t in (c.weight, c.bias, b.weight, b.bias)):
             return tuple(fold_conv_bn(c, b) for c, b in pairs)
         cache = self.__dict__.get("_fold_cache")
+        if _context.dispatch_mode_flag() and not torch.compiler.is_compiling():
+            with torch.no_grad():  # a dispatch mode (FlopCounterMode, ...): folds for this call only, never cached
+                return tuple(fold_conv_bn(c, b) for c, b in pairs)
         if torch.compiler.is_compiling():
             if cache is None or not cache.matches(pairs):
                 return tuple(fold_conv_bn(c, b) for c, b in pairs)
@@ -336,7 +367,7 @@ class _FusedMixin:
             self._keep_hook_dicts(skipped)
         return hot
 
-    def _plan(self, x, donate: bool, ambient: str) -> tuple:
+    def _plan(self, x, donate: bool, ambient: str, amp: Optional[torch.dtype] = None) -> tuple:
         """(plan, key): the launch plan valid for this call, or (None, key to record one under), or
         (None, None) when this call is not planned (training, explain(), torch.compile, autograd,
         tracing, dispatch modes, hooks)."""
@@ -359,7 +390,7 @@ class _FusedMixin:
         # (A BN switched to training mode changes the stamp: the slow path then says why not.)
         backend = self._fused_backend if self._fused_backend is not None else ambient
         key = (x.shape, x.stride(), x.dtype, x.device, backend, donate, torch.is_inference_mode_enabled(),
-               x.is_inference())
+               x.is_inference(), amp)
         cache = self.__dict__.get("_fold_cache")
         plans = self.__dict__.get("_plans")
         if cache is None or plans is None:
@@ -381,21 +412,34 @@ class _FusedMixin:
             return plan, key
         return None, key
 
-    def _run_planned(self, x, donate: bool, body, untraced: bool = False, ambient: Optional[str] = None):
+    def _run_planned(self, x, donate: bool, body, untraced: bool = False, ambient: Optional[str] = None,
+                     amp: Optional[torch.dtype] = None):
         """Run ``body(x, donate, fmt, folded, steps)`` through a launch plan (see the class docstring):
         x in channels_last (donate: whether it may be written over), fmt the memory format to return.
-        ``untraced``/``ambient``: the caller is a fused parent's forward, which already checked for
-        tracers and read the requested backend (use_backend() / FUSED_RESNET_BACKEND) for this forward."""
-        # First: under torch.fx, x is a Proxy that no check may touch; torch.jit.trace records the reference.
-        if not untraced and (not isinstance(x, torch.Tensor) or torch.jit.is_tracing()):
-            return self._fallback(x, _context.tracing_reason(x))
+        ``untraced``/``ambient``/``amp``: the caller is a fused parent's forward, which already checked
+        for tracers and modes and read the requested backend (use_backend() / FUSED_RESNET_BACKEND)
+        and the autocast dtype (_autocast.conv_dtype) for this forward."""
+        if not untraced:
+            # First: under torch.fx, x is a Proxy that no check may touch; torch.jit.trace records the reference.
+            if not isinstance(x, torch.Tensor) or torch.jit.is_tracing():
+                return self._fallback(x, _context.tracing_reason(x))
+            if not torch.compiler.is_compiling():
+                # torch.func, forward AD, tensor subclasses: the reference forward, nothing cached
+                # (flag reads here; tracing dispatch modes are checked on the slow path, where they go)
+                if type(x) is not torch.Tensor or _functorch_active() or _fwad._current_level >= 0:
+                    return self._fallback(x, _context.mode_problem(x))
+                amp = _autocast.conv_dtype(x) if _any_autocast() else None
+            else:
+                amp = _autocast.conv_dtype(x)
         if ambient is None:
             ambient = _selector.requested_backend()
-        plan, key = self._plan(x, donate, ambient)
+        plan, key = self._plan(x, donate, ambient, amp)
         if plan is not None:  # the plan knows the input's layout (its strides are part of the key)
             fmt, cl = plan.layout
+            if amp is not None:
+                x = x.to(amp)
             return body(x if cl else x.contiguous(memory_format=CL), donate and cl, fmt, None,
-                        _Steps(iter(plan.launches), None, len(plan.launches), ambient))
+                        _Steps(iter(plan.launches), None, len(plan.launches), ambient, amp))
         # The structure _plan validated in this call (key is set only then: containers, stamp or a
         # fresh read), so a cold call computes it once; otherwise (training, explain, torch.compile,
         # autograd, hooks) everything is re-read and re-checked here.
@@ -404,18 +448,23 @@ class _FusedMixin:
             pairs, fusable = hot.pairs, hot.fusable
         else:
             pairs, fusable = self._fold_pairs(), False
-        why = self._fusion_problem(x, pairs, fusable)
+        why = _context.mode_problem(x) if _context.dispatch_mode_flag() and not torch.compiler.is_compiling() \
+            else None  # FakeTensorMode, make_fx, functionalization: the reference forward
+        why = why or self._fusion_problem(x, pairs, fusable, amp)
         if why:
             return self._fallback(x, why)
         folded = self._folded(pairs)
+        if amp is not None:  # autocast: the convs run in its dtype, on folds made for it
+            folded = _autocast.cast_folds(self.__dict__.get("_fold_cache"), folded, pairs, amp)
+            x = x.to(amp)
         # The generation of these folds, read now: another thread may refold while body() runs, and
         # launches recorded from the old folds must not be filed under the new generation.
         cache = self.__dict__.get("_fold_cache")
         generation = cache.generation if cache is not None else None
         record = [] if key is not None else None
-        layout = (memory_format_of(x), x.is_contiguous(memory_format=CL))
+        layout = (self._out_format(x), x.is_contiguous(memory_format=CL))
         out = body(x.contiguous(memory_format=CL), donate and layout[1], layout[0], folded,
-                   _Steps(None, record, len(folded), ambient))
+                   _Steps(None, record, len(folded), ambient, amp))
         if record is not None and cache is not None and None not in record:
             plans = self.__dict__.setdefault("_plans", {})
             plans.pop(key, None)
@@ -444,7 +493,7 @@ class _FusedMixin:
 
 
 class _FusedBlock(_FusedMixin):
-    """A residual block's forward through its launch plan; _run_layer calls _forward to donate.
+    """A residual block's forward through its launch plan; _donation.run_layer runs it with a donated input.
     Subclasses set ``_reference_forward`` to their base class's forward (``_alias``): TorchScript
     compiles that one (the branch below is resolved at compile time)."""
 
@@ -462,28 +511,5 @@ class _FusedBlock(_FusedMixin):
     def _forward(self, x: torch.Tensor, donate: bool, untraced: bool = False,
                  ambient: Optional[str] = None) -> torch.Tensor:
         """donate=True: the caller hands x over, so the last conv may write its output into it.
-        untraced/ambient: from a fused parent's forward (_run_layer), see _run_planned."""
+        untraced/ambient: from a fused parent's forward (_donation.run_layer), see _run_planned."""
         return self._run_planned(x, donate, self._body, untraced, ambient)
-
-
-
-
-def _run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: Optional[str] = None) -> tuple:
-    """Run one ResNet layer, donating each block's input to it when nobody else can hold that tensor:
-    inside the network the last conv can then write over the identity instead of allocating
-    (measured on CPU: a (8,256,56,56) conv+add+ReLU output 6.5 ms fresh vs 3.2 ms in place).
-    ``fresh``: x was made inside the network by a module without hooks. Any module hook (which could
-    keep a reference to its output) makes the next block's input not fresh. Returns (output, fresh)."""
-    grad = torch.is_grad_enabled()
-    if type(layer) is not nn.Sequential or _has_hooks(layer, grad):
-        return layer(x), False
-    for block in layer:
-        if isinstance(block, _FusedBlock) and not _has_hooks(block, grad):
-            # untraced: the fused parent checked for tracers; its forward's requested backend is passed on
-            x = block._run_planned(x, fresh, block._body, True, ambient)
-            fresh = True
-        else:
-            x = block(x)
-            fresh = not _has_hooks(block, grad)
-    return x, fresh
-

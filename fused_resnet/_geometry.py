@@ -33,6 +33,23 @@ def out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def suggests_channels_last(t: torch.Tensor) -> bool:
+    """PyTorch's ``suggest_memory_format() == channels_last`` for a 4D tensor (c10's
+    is_channels_last_strides_2d_s4, ambiguous size-1 cases read as NCHW). A conv returns
+    channels_last when its input or its weight suggests it, so a channels_last 1x1 weight counts."""
+    if t.dim() != 4:
+        return False
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < smallest or (d == 0 and smallest == strides[1]):
+            return False
+        smallest = strides[d] * (sizes[d] if sizes[d] > 1 else 1)
+    return True
+
+
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     """The memory format torch's conv would give its output for input x."""
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):

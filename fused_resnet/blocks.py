@@ -14,17 +14,23 @@ dtype and device: it is recomputed after load_state_dict, in-place edits, .to()/
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import torchvision.models.resnet as tvr
 
 from . import _trace
-from ._fused import _alias, _conv, _downsample_pair, _FusedBlock, _FusedMixin, _has_hooks, _run_layer
+from ._donation import layer_formats, observed, run_layer, sole_owner
+from ._fused import _alias, _conv, _downsample_pair, _FusedBlock, _FusedMixin, _has_hooks
 
 
 class BasicBlock(_FusedBlock, tvr.BasicBlock):
     """torchvision.models.resnet.BasicBlock whose eval forward runs two fused convs."""
 
     _reference_forward = _alias(tvr.BasicBlock.forward, "_reference_forward")
+
+    def _main_convs(self):
+        return (self.conv1, self.conv2)
 
     def _fold_pairs(self):
         pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2)]
@@ -44,6 +50,9 @@ class Bottleneck(_FusedBlock, tvr.Bottleneck):
     """torchvision.models.resnet.Bottleneck whose eval forward runs three fused convs."""
 
     _reference_forward = _alias(tvr.Bottleneck.forward, "_reference_forward")
+
+    def _main_convs(self):
+        return (self.conv1, self.conv2, self.conv3)
 
     def _fold_pairs(self):
         pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
@@ -72,6 +81,9 @@ class ResNet(_FusedMixin, tvr.ResNet):
     def _skipped_modules(self) -> tuple:
         return (self.conv1, self.bn1, self.relu)  # the rest is called as modules: their hooks fire
 
+    def _out_format(self, x) -> tuple:
+        return layer_formats(self, x, (self.conv1,))  # (the logits have none; hooked layers see these)
+
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self._reference_forward_impl(x)
@@ -88,10 +100,10 @@ class ResNet(_FusedMixin, tvr.ResNet):
 
     def _body(self, x, donate, fmt, folded, steps):
         x = _conv(x, folded[0] if folded else None, "conv1", self._fused_backend, steps)
-        x = self.maxpool(x)
-        fresh = not _has_hooks(self.maxpool)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x, fresh = _run_layer(layer, x, fresh, steps.ambient)
+        x = observed(self.maxpool, x, fmt[0]) if _has_hooks(self.maxpool) else self.maxpool(x)
+        fresh = not torch.compiler.is_compiling() and sole_owner(x, sys.getrefcount(x))  # (kept elsewhere? _donation)
+        for layer, layer_fmt in zip((self.layer1, self.layer2, self.layer3, self.layer4), fmt):
+            x, fresh = run_layer(layer, x, fresh, steps.ambient, steps.amp, layer_fmt)
         x = torch.flatten(self.avgpool(x), 1)
         return self.fc(x)
 

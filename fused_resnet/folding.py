@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from . import _signals
 from ._packing import invalidate, mark_stable, version
 
 BatchNorm = Union[nn.BatchNorm2d, FrozenBatchNorm2d]
@@ -106,6 +107,7 @@ def install_epoch_hooks() -> None:
     imports fused_resnet without converting a model keeps PyTorch's hooks untouched)."""
     if _INSTALLED:
         return
+    _signals.install()  # optimizer steps: fused ones bump no version (stamp() counts them)
     _INSTALLED.append((nn.modules.module.register_module_parameter_registration_hook(_bump_epoch),
                        nn.modules.module.register_module_buffer_registration_hook(_bump_epoch),
                        nn.modules.module.register_module_module_registration_hook(_bump_epoch)))
@@ -137,7 +139,8 @@ def stamp(sources, pairs, dicts: Optional[tuple] = None) -> tuple:
     except RuntimeError:  # inference tensors (made inside torch.inference_mode) have no version counter
         versions = [version(t) for t in sources]
     convs, bns = dicts if dicts is not None else attr_dicts(pairs)
-    return versions, list(map(_DATA_PTR, sources)), list(map(_GEOMETRY, convs)), list(map(_EPS, bns))
+    return (versions, list(map(_DATA_PTR, sources)), list(map(_GEOMETRY, convs)), list(map(_EPS, bns)),
+            _signals.STEPS[0])  # any optimizer step, fused ones included (their writes bump no version)
 
 
 _GEOMETRY = operator.itemgetter("stride", "padding", "dilation", "groups", "padding_mode")

@@ -24,6 +24,7 @@ classes (e.g. skresnet's SelectiveKernel blocks) are not converted.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Optional
 
 import timm.models.resnet as tr
@@ -32,7 +33,8 @@ from timm.layers import DropBlock2d, DropPath
 from torch import nn
 
 from . import _trace
-from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks, _run_layer
+from ._donation import layer_formats, observed, run_layer, sole_owner
+from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks
 from .ops.add_relu import add_relu
 
 _DROPS = (DropPath, DropBlock2d, nn.Identity)
@@ -85,7 +87,7 @@ class _TimmMixin(_FusedMixin):
     def _structure_problem(self) -> Optional[str]:
         return None
 
-    def _fusion_problem(self, x, pairs=None, fusable: bool = False) -> Optional[str]:
+    def _fusion_problem(self, x, pairs=None, fusable: bool = False, amp=None) -> Optional[str]:
         if self.training:
             return "eager: training mode"
         if _forced is not None:
@@ -96,23 +98,26 @@ class _TimmMixin(_FusedMixin):
         why = self._structure_problem()
         if why:
             return f"eager: {why}"
-        why = super()._fusion_problem(x, pairs, fusable)
+        why = super()._fusion_problem(x, pairs, fusable, amp)
         return why.replace("torchvision's forward", "timm's forward") if why else None
 
     def _grad_params(self):
         return self.parameters()
 
-    def _plan(self, x, donate: bool, ambient: str) -> tuple:
+    def _plan(self, x, donate: bool, ambient: str, amp=None) -> tuple:
         # timm's own per-call conditions first (grad checkpointing, autograd through any parameter,
         # drop modules): when one holds, no plan; the slow path says why.
         if _forced is not None or _records_grad(x, self._grad_params()) or self._structure_problem():
             return None, None
-        return super()._plan(x, donate, ambient)
+        return super()._plan(x, donate, ambient, amp)
 
 
 class _TimmBlock(_TimmMixin, _FusedBlock):
     def _main_pairs(self) -> list:
         raise NotImplementedError
+
+    def _main_convs(self):
+        return tuple(c for c, _ in self._main_pairs())
 
     def _fold_pairs(self):
         layout = _downsample_layout(self.downsample)
@@ -210,6 +215,11 @@ class ResNet(_TimmMixin, tr.ResNet):
     def _activations(self):
         return tuple(a for _, _, a, _ in self._stem())
 
+    def _out_format(self, x) -> tuple:
+        """torchvision's rule, timm's modules: the formats after the stem and each layer; the last
+        one is forward_features' (see _donation.layer_formats)."""
+        return layer_formats(self, x, tuple(c for c, _, _, _ in self._stem()))
+
     def _grad_params(self):
         return (t for c, b in self._fold_pairs() for t in (c.weight, c.bias, b.weight, b.bias) if t is not None)
 
@@ -249,13 +259,12 @@ class ResNet(_TimmMixin, tr.ResNet):
         f = folded or (None,) * steps.n
         for fc, (_, _, _, name) in zip(f, stem):
             x = _conv(x, fc, name, self._fused_backend, steps)
-        fresh = True
         if stem[-1][3] != "maxpool.0":
-            x = self.maxpool(x)
-            fresh = not _has_hooks(self.maxpool)
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x, fresh = _run_layer(layer, x, fresh, steps.ambient)
-        return x.contiguous(memory_format=fmt)
+            x = observed(self.maxpool, x, fmt[0]) if _has_hooks(self.maxpool) else self.maxpool(x)
+        fresh = not torch.compiler.is_compiling() and sole_owner(x, sys.getrefcount(x))  # (kept elsewhere? _donation)
+        for layer, layer_fmt in zip((self.layer1, self.layer2, self.layer3, self.layer4), fmt):
+            x, fresh = run_layer(layer, x, fresh, steps.ambient, steps.amp, layer_fmt)
+        return x.contiguous(memory_format=fmt[-1])
 
 
 SWAPS = {tr.BasicBlock: BasicBlock, tr.Bottleneck: Bottleneck, tr.ResNet: ResNet}
