@@ -4,7 +4,6 @@ classes (torchvision's in blocks.py, timm's in timm_resnet.py) say which convs t
 """
 from __future__ import annotations
 
-import operator
 import types
 from typing import Iterator, NamedTuple, Optional
 
@@ -13,7 +12,8 @@ import torch.autograd.forward_ad as _fwad
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import _autocast, _context, _selector, _trace, folding
+from . import _autocast, _context, _hooks, _selector, _trace, folding
+from ._hooks import GLOBAL_HOOKS as _GLOBAL_HOOKS, has_hooks as _has_hooks, hook_dicts as _hook_dicts  # noqa: F401
 from ._geometry import memory_format_of, suggests_channels_last
 from .folding import FoldCache, FoldedConv, attr_dicts, fold_conv_bn, source_slots, structure_epoch, tensor_dicts
 from .ops.fused_conv2d import fused_conv2d, plan_conv
@@ -81,25 +81,6 @@ def _conv(x, fc: FoldedConv, name: str, backend, steps, residual=None, relu=True
                        backend if backend is not None else steps.ambient, into_residual)
     steps.record.append(launch)
     return launch.run(x, residual)
-
-
-_GLOBAL_HOOKS = tuple(getattr(nn.modules.module, name) for name in (
-    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
-
-
-def _hook_dicts(m: nn.Module) -> tuple:
-    """The hook dicts of ``m`` whose hooks fire when ``m`` is called (forward, pre, backward)."""
-    return (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)
-
-
-def _has_hooks(m: nn.Module, grad: Optional[bool] = None) -> bool:
-    """Does ``m`` have hooks that calling it would run (and that could keep its output)? Backward
-    hooks count when autograd records (``grad``: torch.is_grad_enabled(), if the caller has it)."""
-    if m._forward_hooks or m._forward_pre_hooks or _GLOBAL_HOOKS[0] or _GLOBAL_HOOKS[1]:
-        return True
-    if grad is None:
-        grad = torch.is_grad_enabled()
-    return grad and bool(m._backward_hooks or m._backward_pre_hooks or _GLOBAL_HOOKS[2] or _GLOBAL_HOOKS[3])
 
 
 class _Steps(NamedTuple):
@@ -187,30 +168,14 @@ class _FusedMixin:
         return tuple(self.modules())[1:]
 
     def _keep_hook_dicts(self, skipped: Optional[tuple] = None) -> None:
-        """Keep (skipped modules, their hook dicts) for _hook_problem under torch.compile: by convert()
-        and when the hot path re-reads the structure (plain eager calls only: torch.export's
+        """Keep the skipped modules' hook dicts for _hook_problem under torch.compile (_hooks.keep):
+        by convert() and when the hot path re-reads the structure (plain eager calls only: torch.export's
         non-strict tracer runs the forward on stand-ins for the modules)."""
-        skipped = self._skipped_modules() if skipped is None else skipped
-        self.__dict__["_hook_refs"] = (skipped, tuple([d for m in skipped for d in (
-            m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks)]))
+        self.__dict__["_hook_refs"] = _hooks.keep(self._skipped_modules() if skipped is None else skipped)
 
     def _hook_problem(self) -> Optional[str]:
         skipped = self._skipped_modules()
-        if torch.compiler.is_dynamo_compiling():
-            # An empty hook dict read as a module attribute is a constant to torch 2.11's dynamo, with
-            # no guard (skip_nnmodule_hook_guards, on by default; 2.14 guards its length), so a hook
-            # registered after compiling would not recompile the graph that skips it. The same dicts
-            # read out of the tuple _keep_hook_dicts kept are guarded on every version, with len():
-            # dynamo guards on the length len() reads, not on a dict any() tests.
-            refs = self.__dict__.get("_hook_refs")
-            if refs is not None and len(refs[0]) == len(skipped) and all(map(operator.is_, refs[0], skipped)):
-                dicts = refs[1]
-            else:
-                dicts = tuple([d for m in skipped for d in _hook_dicts(m)])
-            if not any(map(len, _GLOBAL_HOOKS)) and not any(map(len, dicts)):
-                return None
-        elif not any(_GLOBAL_HOOKS) and not [m for m in skipped if m._forward_hooks or m._forward_pre_hooks
-                                             or m._backward_hooks or m._backward_pre_hooks]:
+        if _hooks.none_fire(skipped, self.__dict__.get("_hook_refs")):
             return None
         if _trace.user_hooks(_GLOBAL_HOOKS):
             return "eager: a global module hook is registered (reference forward, so it fires)"
