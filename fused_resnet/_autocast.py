@@ -42,7 +42,9 @@ def cast_folds(cache, folded: tuple, pairs, dtype: torch.dtype) -> tuple:
     fold generation and dtype, in float64 from the parameters and rounded once, marked stable so
     launches and packed layouts are kept beside them. Folds made for one call (autograd,
     torch.compile, a dispatch mode): cast in that call (differentiable, traceable)."""
-    if cache is None or folded is not cache.value:
+    # (under torch.compile the folds are always the call's own; torch 2.11's dynamo cannot trace
+    # `is` between two tuples, and its graph break there rebuilt the folds empty)
+    if torch.compiler.is_compiling() or cache is None or folded is not cache.value:
         return tuple([f if f.weight.dtype == dtype else f._replace(weight=f.weight.to(dtype)) for f in folded])
     held = getattr(cache, "_by_dtype", None)
     if held is None or held[0] != cache.generation:

@@ -106,13 +106,14 @@ def run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: O
     backend and autocast dtype of this forward; ``fmt``: torchvision's memory format of x (what
     hooked and other modules get: ``observed``). Returns (output, fresh)."""
     # The caller's variable still holds the layer's input: a block that wrote over it (donated) or
-    # returned it (an Identity) returns that object, with that one reference more.
-    first = id(x)
+    # returned it (an Identity) returns that object, with that one reference more. (Under
+    # torch.compile nothing is donated and id() is not read: torch 2.11's dynamo cannot trace id()
+    # of an intermediate tensor.)
+    check = not torch.compiler.is_compiling()
+    first = id(x) if check else 0
     if type(layer) is not nn.Sequential or _has_hooks(layer):
         x = observed(layer, x, fmt)
-        return x, not torch.compiler.is_compiling() and sys.getrefcount(x) == _REFS_INLINE + (id(x) == first) \
-            and sole_owner(x, _REFS)
-    check = not torch.compiler.is_compiling()
+        return x, check and sys.getrefcount(x) == _REFS_INLINE + (id(x) == first) and sole_owner(x, _REFS)
     for block in layer:
         if isinstance(block, _FusedBlock) and not _has_hooks(block):
             # untraced: the fused parent checked for tracers and modes; its backend and autocast

@@ -193,16 +193,19 @@ def test_export_graph_holds_no_per_call_fold():
         torch.testing.assert_close(ep.module()(x), tv(x), rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_model_after_an_eager_forward_has_no_graph_break():
+@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "autocast"])
+def test_compiled_model_after_an_eager_forward_has_no_graph_break(amp):
     # torch 2.11 broke the graph once per fused module here (its dynamo answered is_exporting() True
-    # under torch.compile, so the traced path read the stamp's attrgetter("_version")).
+    # under torch.compile, so the traced path read the stamp's attrgetter("_version")); under
+    # autocast it broke on `folds is not cache.value` and rebuilt the folds empty on resuming.
     tv = random_model(torchvision.models.resnet18)
     fused = fused_resnet.convert(copy.deepcopy(tv))
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         fused(x)  # the fold caches exist: the graph reads them and refreshes them with the op
         torch._dynamo.reset()
-        explanation = torch._dynamo.explain(fused)(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            explanation = torch._dynamo.explain(fused)(x)
     assert explanation.graph_break_count == 0, [str(b.reason)[:200] for b in explanation.break_reasons]
     assert explanation.graph_count == 1
     ops = [str(n.target) for gm in explanation.graphs for n in gm.graph.nodes if n.op == "call_function"]
