@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import _finite
 from ._fused import CL, _FusedBlock, _FusedMixin, _has_hooks
 from ._geometry import memory_format_of, suggests_channels_last
 
@@ -94,8 +95,11 @@ def observed(module: nn.Module, x: torch.Tensor, fmt) -> torch.Tensor:
     channels_last for the fused blocks after it."""
     if fmt is not CL and x.dim() == 4:
         x = module(x.contiguous(memory_format=fmt))
-        return x.contiguous(memory_format=CL) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
-    return module(x)
+        x = x.contiguous(memory_format=CL) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
+    else:
+        x = module(x)
+    _finite.forget(x)  # (what foreign code returns carries no bound we recorded: _finite)
+    return x
 
 
 def run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: Optional[str] = None,
@@ -118,7 +122,7 @@ def run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: O
         if isinstance(block, _FusedBlock) and not _has_hooks(block):
             # untraced: the fused parent checked for tracers and modes; its backend and autocast
             # dtype are passed on
-            x = block._run_planned(x, fresh, block._body, True, ambient, amp)
+            x = block._run_checked(x, fresh, block._body, ambient, amp)  # (_run_planned's untraced path)
         else:
             x = observed(block, x, fmt)
         # sole_owner, inline (C calls only: this runs per block on the hot path)

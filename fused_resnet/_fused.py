@@ -12,7 +12,7 @@ import torch.autograd.forward_ad as _fwad
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import _autocast, _context, _hooks, _selector, _trace, folding
+from . import _autocast, _context, _finite, _hooks, _selector, _trace, folding
 from ._hooks import GLOBAL_HOOKS as _GLOBAL_HOOKS, has_hooks as _has_hooks, hook_dicts as _hook_dicts  # noqa: F401
 from ._geometry import memory_format_of, suggests_channels_last
 from .folding import FoldCache, FoldedConv, attr_dicts, fold_conv_bn, source_slots, structure_epoch, tensor_dicts
@@ -394,8 +394,20 @@ class _FusedMixin:
                 if type(x) is not torch.Tensor or _functorch_active() or _fwad._current_level >= 0:
                     return self._fallback(x, _context.mode_problem(x))
                 amp = _autocast.conv_dtype(x) if _any_autocast() else None
-            else:
-                amp = _autocast.conv_dtype(x)
+                # A new forward token: bounds recorded on activations hold inside this forward only
+                # (_finite; inline: host cost).
+                outer = getattr(_finite.STATE, "token", 0)
+                _finite.STATE.token = next(_finite.TOKENS)
+                try:
+                    return self._run_checked(x, donate, body, ambient, amp)
+                finally:
+                    _finite.STATE.token = outer
+            amp = _autocast.conv_dtype(x)
+        return self._run_checked(x, donate, body, ambient, amp)
+
+    def _run_checked(self, x, donate: bool, body, ambient: Optional[str], amp: Optional[torch.dtype]):
+        """_run_planned once x is known to be a plain tensor with no tracer or mode (a fused parent's
+        forward calls this directly: _donation.run_layer)."""
         if ambient is None:
             ambient = _selector.requested_backend()
         plan, key = self._plan(x, donate, ambient, amp)
@@ -448,7 +460,7 @@ class _FusedMixin:
         if steps.n > ds_index:
             fc = folded[ds_index] if folded is not None else None
             return _conv(x, fc, "downsample.0", self._fused_backend, steps, relu=False), True
-        return self.downsample(x).contiguous(memory_format=CL), False
+        return _finite.forget(self.downsample(x).contiguous(memory_format=CL)), False
 
     def _fallback(self, x, why: str):
         if not _trace.active():  # (no context manager: torch.compile cannot graph-break inside one)

@@ -32,7 +32,7 @@ import torch
 from timm.layers import DropBlock2d, DropPath
 from torch import nn
 
-from . import _trace
+from . import _finite, _trace
 from ._donation import layer_formats, observed, run_layer, sole_owner
 from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks
 from .ops.add_relu import add_relu
@@ -143,7 +143,7 @@ class _TimmBlock(_TimmMixin, _FusedBlock):
         return _downsample_layout(self.downsample) is not None
 
     def _anti_alias(self, x):
-        return x if isinstance(self.aa, nn.Identity) or self.aa is None else self.aa(x)
+        return x if isinstance(self.aa, nn.Identity) or self.aa is None else _finite.forget(self.aa(x))
 
     def _shortcut(self, x, f, ds_index: int, donate: bool, steps):
         """(shortcut tensor, whether this block owns it and may overwrite it)."""
@@ -153,7 +153,7 @@ class _TimmBlock(_TimmMixin, _FusedBlock):
             pool, _, _, name = _downsample_layout(self.downsample)
             y = pool(x) if pool is not None else x
             return _conv(y, f[ds_index], name, self._fused_backend, steps, relu=False), True
-        return self.downsample(x).contiguous(memory_format=CL), False
+        return _finite.forget(self.downsample(x).contiguous(memory_format=CL)), False
 
     def _last_conv(self, out, fc, name: str, identity, owned: bool, steps):
         be = self._fused_backend
@@ -260,7 +260,15 @@ class ResNet(_TimmMixin, tr.ResNet):
         for fc, (_, _, _, name) in zip(f, stem):
             x = _conv(x, fc, name, self._fused_backend, steps)
         if stem[-1][3] != "maxpool.0":
-            x = observed(self.maxpool, x, fmt[0]) if _has_hooks(self.maxpool) else self.maxpool(x)
+            if _has_hooks(self.maxpool):
+                x = observed(self.maxpool, x, fmt[0])
+            elif type(self.maxpool) is nn.MaxPool2d and not torch.compiler.is_compiling():
+                bound = getattr(x, _finite.KEY, None)  # (no larger than its input: its bound holds; _finite)
+                x = self.maxpool(x)
+                if bound is not None:
+                    setattr(x, _finite.KEY, bound)
+            else:
+                x = self.maxpool(x)
         fresh = not torch.compiler.is_compiling() and sole_owner(x, sys.getrefcount(x))  # (kept elsewhere? _donation)
         for layer, layer_fmt in zip((self.layer1, self.layer2, self.layer3, self.layer4), fmt):
             x, fresh = run_layer(layer, x, fresh, steps.ambient, steps.amp, layer_fmt)

@@ -1,7 +1,8 @@
 """Eager tactics: PyTorch's own kernels (oneDNN on CPU, cuDNN on GPU) with the epilogue around them.
 
   eager:cpu              oneDNN's fused conv+bias (+ in-place residual sum) primitive with pre-reordered
-                         weights for channels_last fp32/bf16 inputs, then an in-place NaN-preserving
+                         weights for channels_last fp32/bf16 inputs, with oneDNN's ReLU post-op where
+                         _finite proves no NaN can reach it (fp32), else an in-place NaN-preserving
                          ReLU; conv2d + in-place epilogue otherwise (also any non-CUDA device: meta, ...)
   eager:cudnn+pointwise  cuDNN conv with bias, then in-place add_ / relu_
   eager:cudnn+epilogue   cuDNN conv alone, then the extension's one-pass bias+residual+ReLU kernel
@@ -15,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import _env
+from .. import _env, _finite
 from .._packing import packed
 from ._base import CUDNN_EPILOGUE, CUDNN_FUSED, CUDNN_POINTWISE, EAGER_CPU, Problem, Tactic, register
 
@@ -81,8 +82,8 @@ class EagerCPU(Tactic):
         binary = torch.ops.mkldnn._convolution_pointwise_.binary
         into_residual = p.into_residual
 
-        # oneDNN's ReLU post-op maps NaN to 0 (torch.relu keeps NaN), so the ReLU is torch's relu_, in
-        # place on the still-cache-warm output.
+        # oneDNN's ReLU post-op maps NaN to 0 (torch.relu keeps NaN), so by default the ReLU is torch's
+        # relu_, in place on the still-cache-warm output.
         def run(x, residual):
             if residual is None:
                 out = op(x, w, b, padding, stride, dilation, groups, "none", [], "")
@@ -93,7 +94,56 @@ class EagerCPU(Tactic):
                 # on a (8,64,56,56)->256 1x1 conv: 3.3 ms vs 2.3 ms for conv+bias then in-place add_.
                 out = op(x, w, b, padding, stride, dilation, groups, "none", [], "").add_(residual)
             return out.relu_() if relu else out
-        return run
+        if x.dtype != torch.float32:
+            return run
+        # float32: the post-op wherever _finite proves that no NaN can reach it (then it equals relu_).
+        gain = float(weight.abs().sum(dim=(1, 2, 3)).amax())  # (_finite.gain, inline: cold-path call count)
+        bias_max = float(b.abs().amax()) if b is not None and b.numel() else 0.0
+        unary, post = ("relu", "relu") if relu else ("none", None)
+        state, key, limit = _finite.STATE, _finite.KEY, _finite.LIMIT
+
+        def run_bounded(x, residual):
+            # (inline, no package calls: this runs per conv on the hot path; _finite has the helpers)
+            tok = getattr(state, "token", 0)
+            if not tok or not _finite.ENABLED:  # outside a fused module's eager forward: no bounds
+                return run(x, residual)
+            r = getattr(x, key, None)
+            bx = r[1] if r is not None and r[0] == tok else -1.0
+            br, fresh = 0.0, True  # fresh: br was measured now, not propagated
+            if residual is not None:
+                r = getattr(residual, key, None)
+                if r is not None and r[0] == tok:
+                    br, fresh = r[1], False
+                else:
+                    br = _finite.measure(residual)
+                    setattr(residual, key, (tok, br))
+            bound = bx * gain + bias_max + br
+            if bx < 0 or not bound <= limit:
+                # a propagated bound may be loose: the values themselves may still pass (recorded, so
+                # the other conv reading this tensor, e.g. as the residual, need not measure it again)
+                bx = _finite.measure(x)
+                setattr(x, key, (tok, bx))
+                bound = bx * gain + bias_max + br
+                if not fresh and not bound <= limit:
+                    br = _finite.measure(residual)
+                    setattr(residual, key, (tok, br))
+                    bound = bx * gain + bias_max + br
+            if not bound <= limit:  # (NaN-safe: a NaN bound fails too)
+                out = run(x, residual)
+                if key in out.__dict__:  # (written over a residual that had one: no longer true)
+                    del out.__dict__[key]
+                return out
+            if residual is None:
+                out = op(x, w, b, padding, stride, dilation, groups, unary, [], "")
+            elif into_residual and residual.is_contiguous(memory_format=_CL):
+                out = binary(residual, x, w, b, padding, stride, dilation, groups, "add", None, post, [], "")
+            else:
+                out = op(x, w, b, padding, stride, dilation, groups, "none", [], "").add_(residual)
+                if relu:
+                    out.relu_()
+            setattr(out, key, (tok, bound))
+            return out
+        return run_bounded
 
 
 class _Cudnn(Tactic):

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from .. import _env
+from .. import _env, _finite
 from ._base import TRITON, Problem, Tactic, register
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -38,7 +38,13 @@ class Triton(Tactic):
 
         args = (weight, bias, scale, p.stride, p.padding, p.dilation, p.groups)
         relu, into = p.relu, p.into_residual
-        return lambda x, residual: fused_conv2d_triton(x, *args, residual, relu, into_residual=into)
+        if not into:
+            return lambda x, residual: fused_conv2d_triton(x, *args, residual, relu)
+
+        def run(x, residual):
+            _finite.forget(residual)  # (written over with no version bump: its recorded bound goes)
+            return fused_conv2d_triton(x, *args, residual, relu, into_residual=True)
+        return run
 
 
 register(Triton())

@@ -1,0 +1,132 @@
+"""The guarded ReLU post-op on the CPU (fused_resnet/_finite.py): used where no NaN can reach it, never
+where one can. Each NaN case also checks that it would fail with the guard bypassed."""
+import copy
+
+import pytest
+import torch
+import torchvision
+import torchvision.models.resnet as tvr
+
+import fused_resnet
+from fused_resnet import _finite
+
+from helpers import random_model
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _pair(name=torchvision.models.resnet18):
+    tv = random_model(name)
+    return tv, fused_resnet.convert(copy.deepcopy(tv))
+
+
+def _masks_equal(out, ref) -> bool:
+    return torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+
+
+@pytest.fixture
+def unguarded(monkeypatch):
+    """The guard bypassed: every tensor measures 0, so every conv takes the post-op (what the NaN
+    tests must catch)."""
+    def bypass():
+        monkeypatch.setattr(_finite, "measure", lambda t: 0.0)
+        monkeypatch.setattr(_finite, "TOKENS", iter(range(10**6, 2 * 10**6)))
+    return bypass
+
+
+def _relu_passes(model, x) -> int:
+    with torch.profiler.profile() as prof:
+        model(x)
+    return sum(e.count for e in prof.key_averages() if e.key in ("aten::relu_", "aten::clamp_min_"))
+
+
+@pytest.mark.parametrize("name", [torchvision.models.resnet18, torchvision.models.resnet50])
+def test_post_op_is_used_and_bit_exact(name):
+    tv, fused = _pair(name)
+    with torch.inference_mode():
+        fused(X)
+        guarded, passes = fused(X), _relu_passes(fused, X)
+        try:
+            _finite.ENABLED = False
+            exact, exact_passes = fused(X), _relu_passes(fused, X)
+        finally:
+            _finite.ENABLED = True
+        ref = tv(X)
+    # (what is left: residual adds that are not written in place, tensors under 1 MiB: add_ + relu_)
+    assert passes < exact_passes, (passes, exact_passes)
+    assert torch.equal(guarded, exact)
+    torch.testing.assert_close(guarded, ref, rtol=1e-4, atol=1e-4)
+
+
+def _nan_inf_input():
+    x = X.clone()
+    x[0, 1, 5, 7] = float("nan")
+    x[1, 2, 20, 3] = float("inf")
+    x[1, 0, 30, 30] = float("-inf")
+    return x
+
+
+def test_nan_and_inf_inputs(unguarded):
+    tv, fused = _pair()
+    x = _nan_inf_input()
+    with torch.no_grad():
+        ref, out = tv(x), fused(x)
+        assert ref.isnan().any()
+        assert _masks_equal(out, ref)
+        unguarded()
+        assert not _masks_equal(fused(x), ref)  # (the guard is what keeps them)
+
+
+def test_overflow_inside_the_network(unguarded):
+    """Finite input, weights that overflow fp32 in layer2: the bound says no, the exact path runs."""
+    tv, _ = _pair()
+    with torch.no_grad():
+        tv.layer2[0].conv1.weight.mul_(1e30)
+        tv.layer2[0].conv2.weight.mul_(1e30)
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    with torch.no_grad():
+        ref, out = tv(X), fused(X)
+        assert not ref.isfinite().all()
+        assert _masks_equal(out, ref)
+        unguarded()
+        assert not _masks_equal(fused(X), ref)
+
+
+def test_a_bound_is_not_believed_in_another_call():
+    """A block's output carries its bound; written through numpy (no version bump) and fed to the next
+    call, it is measured again."""
+    torch.manual_seed(0)
+    tv = tvr.BasicBlock(16, 16).eval()
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    with torch.no_grad():
+        y = fused(torch.randn(2, 16, 8, 8).contiguous(memory_format=torch.channels_last))
+        assert getattr(y, _finite.KEY, None) is not None
+        y.numpy()[0, 3, 2, 2] = float("nan")
+        ref, out = tv(y.clone()), fused(y)
+    assert ref.isnan().any() and _masks_equal(out, ref)
+
+
+class _WritesNaN(torch.nn.Module):
+    """A module between blocks that writes into its input through .data and returns it."""
+
+    def forward(self, x):
+        x.data[0, 0, 0, 0] = float("nan")
+        return x
+
+
+def test_what_a_foreign_module_returns_is_measured():
+    tv, _ = _pair()
+    tv.layer2 = torch.nn.Sequential(tv.layer2[0], _WritesNaN(), tv.layer2[1])
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    with torch.no_grad():
+        ref, out = tv(X), fused(X)
+    assert ref.isnan().any() and _masks_equal(out, ref)
+
+
+def test_outside_a_forward_no_bounds_are_used():
+    """The op called bare (as a compiled graph calls it) never takes the post-op: token 0."""
+    assert _finite.token() == 0
+    tv, fused = _pair()
+    with torch.no_grad():
+        fused(X)
+    assert _finite.token() == 0
