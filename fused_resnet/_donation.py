@@ -93,13 +93,24 @@ def observed(module: nn.Module, x: torch.Tensor, fmt) -> torch.Tensor:
     """Call a module that can observe its input or output (a hooked one, one that is not a fused
     block) with x in torchvision's memory format ``fmt`` at this point; the result back in
     channels_last for the fused blocks after it."""
+    if torch.compiler.is_compiling():  # (no bounds there: _finite)
+        return _call_in_format(module, x, fmt)
+    # Foreign code runs outside this forward's finite bounds (_finite): fused ops it calls take no
+    # recorded bound, and what it returns has its bound dropped.
+    state = _finite.STATE
+    outer, state.token = getattr(state, "token", 0), 0
+    try:
+        x = _call_in_format(module, x, fmt)
+    finally:
+        state.token = outer
+    return _finite.forget(x)
+
+
+def _call_in_format(module: nn.Module, x: torch.Tensor, fmt):
     if fmt is not CL and x.dim() == 4:
         x = module(x.contiguous(memory_format=fmt))
-        x = x.contiguous(memory_format=CL) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
-    else:
-        x = module(x)
-    _finite.forget(x)  # (what foreign code returns carries no bound we recorded: _finite)
-    return x
+        return x.contiguous(memory_format=CL) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
+    return module(x)
 
 
 def run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: Optional[str] = None,
