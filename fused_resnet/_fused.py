@@ -399,9 +399,13 @@ class _FusedMixin:
                 outer = getattr(_finite.STATE, "token", 0)
                 _finite.STATE.token = next(_finite.TOKENS)
                 try:
-                    return self._run_checked(x, donate, body, ambient, amp)
+                    out = self._run_checked(x, donate, body, ambient, amp)
                 finally:
                     _finite.STATE.token = outer
+                for t in (x, out):  # no bound of ours stays on the caller's tensors
+                    if isinstance(t, torch.Tensor) and _finite.KEY in t.__dict__:
+                        del t.__dict__[_finite.KEY]
+                return out
             amp = _autocast.conv_dtype(x)
         return self._run_checked(x, donate, body, ambient, amp)
 
