@@ -96,11 +96,11 @@ def observed(module: nn.Module, x: torch.Tensor, fmt) -> torch.Tensor:
     if torch.compiler.is_compiling():  # (no bounds there: _finite)
         return _call_in_format(module, x, fmt)
     # Foreign code runs outside this forward's finite bounds (_finite): fused ops it calls take no
-    # recorded bound, and what it returns has its bound dropped.
+    # recorded bound, and neither what it gets (a hook may keep it) nor what it returns carries one.
     state = _finite.STATE
     outer, state.token = getattr(state, "token", 0), 0
     try:
-        x = _call_in_format(module, x, fmt)
+        x = _call_in_format(module, _finite.forget(x), fmt)
     finally:
         state.token = outer
     return _finite.forget(x)
