@@ -77,13 +77,16 @@ def layer_formats(model: nn.Module, x: torch.Tensor, stem: tuple) -> tuple:
         if cur is not CL:  # (plain loops: this runs on every cold forward; a contiguous weight never
             for c in convs:  # suggests channels_last)
                 if isinstance(c, _FusedMixin):
-                    weights = [m.weight for m in c._main_convs()]
+                    mods = c._main_convs()
                 elif isinstance(c, nn.Conv2d):
-                    weights = [c.weight]
+                    mods = (c,)
                 else:
                     continue
-                if [w for w in weights if not w.is_contiguous() and suggests_channels_last(w)]:
-                    cur = CL
+                for m in mods:
+                    if not m.weight.is_contiguous() and suggests_channels_last(m.weight):
+                        cur = CL
+                        break
+                if cur is CL:
                     break
         out.append(cur)
     return tuple(out)
@@ -111,6 +114,20 @@ def _call_in_format(module: nn.Module, x: torch.Tensor, fmt):
         x = module(x.contiguous(memory_format=fmt))
         return x.contiguous(memory_format=CL) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
     return module(x)
+
+
+def run_stem_pool(pool: nn.Module, x: torch.Tensor, fmt) -> torch.Tensor:
+    """A ResNet's stem max-pool: ``observed`` when hooked; a plain nn.MaxPool2d passes on its input's
+    finite bound (no output is larger in magnitude than its input: _finite)."""
+    if _has_hooks(pool):
+        return observed(pool, x, fmt)
+    if type(pool) is not nn.MaxPool2d or torch.compiler.is_compiling():
+        return pool(x)
+    bound = getattr(x, _finite.KEY, None)
+    x = pool(x)
+    if bound is not None:
+        setattr(x, _finite.KEY, bound)
+    return x
 
 
 def run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: Optional[str] = None,

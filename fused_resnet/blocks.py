@@ -18,11 +18,10 @@ import sys
 
 import torch
 import torchvision.models.resnet as tvr
-from torch import nn
 
-from . import _finite, _trace
-from ._donation import layer_formats, observed, run_layer, sole_owner
-from ._fused import _alias, _conv, _downsample_pair, _FusedBlock, _FusedMixin, _has_hooks
+from . import _trace
+from ._donation import layer_formats, run_layer, run_stem_pool, sole_owner
+from ._fused import _alias, _conv, _downsample_pair, _FusedBlock, _FusedMixin
 
 
 class BasicBlock(_FusedBlock, tvr.BasicBlock):
@@ -101,15 +100,7 @@ class ResNet(_FusedMixin, tvr.ResNet):
 
     def _body(self, x, donate, fmt, folded, steps):
         x = _conv(x, folded[0] if folded else None, "conv1", self._fused_backend, steps)
-        if _has_hooks(self.maxpool):
-            x = observed(self.maxpool, x, fmt[0])
-        elif type(self.maxpool) is nn.MaxPool2d and not torch.compiler.is_compiling():
-            bound = getattr(x, _finite.KEY, None)  # (no larger than its input: its bound holds; _finite)
-            x = self.maxpool(x)
-            if bound is not None:
-                setattr(x, _finite.KEY, bound)
-        else:
-            x = self.maxpool(x)
+        x = run_stem_pool(self.maxpool, x, fmt[0])
         fresh = not torch.compiler.is_compiling() and sole_owner(x, sys.getrefcount(x))  # (kept elsewhere? _donation)
         for layer, layer_fmt in zip((self.layer1, self.layer2, self.layer3, self.layer4), fmt):
             x, fresh = run_layer(layer, x, fresh, steps.ambient, steps.amp, layer_fmt)

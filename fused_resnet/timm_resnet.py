@@ -33,8 +33,8 @@ from timm.layers import DropBlock2d, DropPath
 from torch import nn
 
 from . import _finite, _trace
-from ._donation import layer_formats, observed, run_layer, sole_owner
-from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin, _has_hooks
+from ._donation import layer_formats, run_layer, run_stem_pool, sole_owner
+from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin
 from .ops.add_relu import add_relu
 
 _DROPS = (DropPath, DropBlock2d, nn.Identity)
@@ -260,15 +260,7 @@ class ResNet(_TimmMixin, tr.ResNet):
         for fc, (_, _, _, name) in zip(f, stem):
             x = _conv(x, fc, name, self._fused_backend, steps)
         if stem[-1][3] != "maxpool.0":
-            if _has_hooks(self.maxpool):
-                x = observed(self.maxpool, x, fmt[0])
-            elif type(self.maxpool) is nn.MaxPool2d and not torch.compiler.is_compiling():
-                bound = getattr(x, _finite.KEY, None)  # (no larger than its input: its bound holds; _finite)
-                x = self.maxpool(x)
-                if bound is not None:
-                    setattr(x, _finite.KEY, bound)
-            else:
-                x = self.maxpool(x)
+            x = run_stem_pool(self.maxpool, x, fmt[0])
         fresh = not torch.compiler.is_compiling() and sole_owner(x, sys.getrefcount(x))  # (kept elsewhere? _donation)
         for layer, layer_fmt in zip((self.layer1, self.layer2, self.layer3, self.layer4), fmt):
             x, fresh = run_layer(layer, x, fresh, steps.ambient, steps.amp, layer_fmt)
