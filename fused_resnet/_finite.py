@@ -53,8 +53,10 @@ def token() -> int:
 
 
 def forget(t):
-    """``t`` came out of code that is not ours: no bound recorded on it is believed. Returns t."""
-    if isinstance(t, torch.Tensor) and KEY in t.__dict__:
+    """``t`` came out of code that is not ours: no bound recorded on it is believed. Returns t.
+    (Nothing under torch.compile: no bounds there, and torch 2.11's dynamo cannot read a tensor's
+    ``__dict__``.)"""
+    if not torch.compiler.is_compiling() and isinstance(t, torch.Tensor) and KEY in t.__dict__:
         del t.__dict__[KEY]
     return t
 
