@@ -9,10 +9,17 @@ import torchvision.models.resnet as tvr
 
 import fused_resnet
 from fused_resnet import _finite
+from fused_resnet.tactics import eager
 
 from helpers import random_model
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(autouse=True)
+def every_conv_may_take_the_post_op(monkeypatch):
+    """Small test shapes, so every conv is eligible (the real size threshold has its own test)."""
+    monkeypatch.setattr(eager, "POST_OP_MIN_NUMEL", 0)
 
 
 def _pair(name=torchvision.models.resnet18):
@@ -122,6 +129,24 @@ def test_what_a_foreign_module_returns_is_measured():
     with torch.no_grad():
         ref, out = tv(X), fused(X)
     assert ref.isnan().any() and _masks_equal(out, ref)
+
+
+def test_small_outputs_keep_the_exact_path(monkeypatch):
+    """Below POST_OP_MIN_NUMEL output elements the conv keeps relu_ (the post-op was slower there)."""
+    monkeypatch.setattr(eager, "POST_OP_MIN_NUMEL", 1 << 16)
+    _, fused = _pair()
+    with torch.inference_mode():
+        fused(X)
+        small = _relu_passes(fused, X)
+        big_x = torch.randn(2, 3, 96, 96)  # stem and layer1 outputs over 64K elements, the rest under
+        fused(big_x)
+        mixed = _relu_passes(fused, big_x)
+        try:
+            _finite.ENABLED = False
+            exact = _relu_passes(fused, big_x)
+        finally:
+            _finite.ENABLED = True
+    assert small == exact and 0 < mixed < exact, (small, mixed, exact)
 
 
 def test_outside_a_forward_no_bounds_are_used():

@@ -37,6 +37,12 @@ def _mkldnn_dtypes() -> tuple:
     return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
 
 
+# Below this many output elements oneDNN's conv with the ReLU post-op was slower than the conv and a
+# separate relu_ (ResNet-50 on a 16x16 input: +290 us over 49 convs, vs 87 us of relu_ passes;
+# benchmarks/NOTES.md, "Finite bounds"): small outputs keep the exact path.
+POST_OP_MIN_NUMEL = 1 << 16
+
+
 def generic_launch(p: Problem, weight, bias, scale) -> Callable:
     """run(x, residual): conv2d (with the bias when there is no separate scale), then the epilogue
     in place; the bias and scale are cast to x's dtype once, here."""
@@ -94,7 +100,10 @@ class EagerCPU(Tactic):
                 # on a (8,64,56,56)->256 1x1 conv: 3.3 ms vs 2.3 ms for conv+bias then in-place add_.
                 out = op(x, w, b, padding, stride, dilation, groups, "none", [], "").add_(residual)
             return out.relu_() if relu else out
-        if x.dtype != torch.float32:
+        (n, _, h, wd), (cout, _, kh, kw) = x.shape, weight.shape  # output elements (_geometry.out_size, inline:
+        out_numel = n * cout * ((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1) \
+            * ((wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)  # cold-path call count)
+        if x.dtype != torch.float32 or out_numel < POST_OP_MIN_NUMEL:
             return run
         # float32: the post-op wherever _finite proves that no NaN can reach it (then it equals relu_).
         gain = float(weight.abs().sum(dim=(1, 2, 3)).amax())  # (_finite.gain, inline: cold-path call count)
