@@ -15,9 +15,11 @@ returned and before anything else runs:
   saved tensors, views' bases keep its Python object alive too);
 - its storage is used by this tensor alone (``torch._C._storage_Use_Count``), which excludes views,
   ``detach()``/``.data`` aliases and other tensors over the same memory;
-- it is a CPU tensor of at least ``MIN_BYTES``: below that, or on a GPU (caching allocator, no page
-  faults), a fresh output costs no more than writing in place, and the checks are not worth their
-  host time (benchmarks/NOTES.md).
+- it is a CPU tensor: on a GPU (caching allocator, no page faults) a fresh output costs no more
+  than writing in place. Small CPU tensors are donated too: the block's last conv is then one oneDNN
+  op (in-place sum, with the ReLU post-op where _finite allows it) instead of conv, add_ and relu_
+  (batch 1, where layer3 and layer4 are under 1 MiB: ~1% of the forward; benchmarks/NOTES.md, "CPU
+  at batch 1").
 
 Under torch.compile nothing is donated: reference counts there are the tracer's, and a mutation of
 a tensor someone keeps would be replayed faithfully by the compiled graph. The call sites read
@@ -39,14 +41,13 @@ from . import _finite
 from ._fused import CL, _FusedBlock, _FusedMixin, _has_hooks
 from ._geometry import memory_format_of, suggests_channels_last
 
-MIN_BYTES = 1 << 20  # a tensor smaller than this is never donated (benchmarks/NOTES.md, "Donation")
 _storage_use_count = torch._C._storage_Use_Count
 
 
 def sole_owner(x: torch.Tensor, refs: int) -> bool:
     """May ``x`` be written over? ``refs``: ``sys.getrefcount(x)`` taken by the caller, with ``x`` held
     by one local variable, in exactly this form: ``sole_owner(x, sys.getrefcount(x))``."""
-    return (refs == _REFS and x.is_cpu and x.nbytes >= MIN_BYTES
+    return (refs == _REFS and x.is_cpu
             and _storage_use_count(x.untyped_storage()._cdata) == _STORAGE_REFS)
 
 
@@ -54,7 +55,7 @@ def _calibrate() -> tuple:
     """(refs as sole_owner's argument, refs inline, storage refs) of a tensor nobody else holds,
     counted with the call sites' patterns (tests/test_workflows_modes.py checks both directions:
     kept tensors are not donated, fresh ones are)."""
-    x = torch.empty(MIN_BYTES // 4)
+    x = torch.empty(1024)
     as_argument = not torch.compiler.is_compiling() and _count(x, sys.getrefcount(x))
     inline = not torch.compiler.is_compiling() and sys.getrefcount(x)
     return as_argument, inline, _storage_use_count(x.untyped_storage()._cdata)
@@ -154,6 +155,6 @@ def run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: O
         else:
             x = observed(block, x, fmt)
         # sole_owner, inline (C calls only: this runs per block on the hot path)
-        fresh = check and sys.getrefcount(x) == _REFS_INLINE + (id(x) == first) and x.is_cpu and x.nbytes >= MIN_BYTES \
+        fresh = check and sys.getrefcount(x) == _REFS_INLINE + (id(x) == first) and x.is_cpu \
             and _storage_use_count(x.untyped_storage()._cdata) == _STORAGE_REFS
     return x, fresh

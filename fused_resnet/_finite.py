@@ -62,6 +62,18 @@ def forget(t):
 
 
 def measure(t: torch.Tensor) -> float:
-    """max |t| (inf when t holds NaN or Inf): one read pass."""
-    m = float(t.abs().amax()) if t.numel() else 0.0
-    return m if m == m else float("inf")
+    """max |t| (inf when t holds NaN or Inf): one read pass, ``aminmax`` over the tensor's memory as
+    one flat run (channels_last as NHWC). On a channels_last tensor ``aminmax`` itself is ~20x slower
+    and ``abs().amax()`` writes a temporary (benchmarks/NOTES.md, "CPU at batch 1")."""
+    if not t.numel():
+        return 0.0
+    if t.is_contiguous():
+        flat = t.reshape(-1)
+    elif t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        flat = t.permute(0, 2, 3, 1).reshape(-1)  # (a view: same memory, in its order)
+    else:
+        m = float(t.abs().amax())
+        return m if m == m else float("inf")
+    lo, hi = torch.aminmax(flat)  # (NaN anywhere makes both NaN)
+    lo, hi = float(lo), float(hi)
+    return max(-lo, hi) if lo == lo and hi == hi else float("inf")

@@ -59,7 +59,7 @@ def test_post_op_is_used_and_bit_exact(name):
         finally:
             _finite.ENABLED = True
         ref = tv(X)
-    # (what is left: residual adds that are not written in place, tensors under 1 MiB: add_ + relu_)
+    # (what may be left: residual adds that are not written in place: add_ + relu_)
     assert passes < exact_passes, (passes, exact_passes)
     assert torch.equal(guarded, exact)
     torch.testing.assert_close(guarded, ref, rtol=1e-4, atol=1e-4)
@@ -147,6 +147,48 @@ def test_small_outputs_keep_the_exact_path(monkeypatch):
         finally:
             _finite.ENABLED = True
     assert small == exact and 0 < mixed < exact, (small, mixed, exact)
+
+
+def test_small_convs_pass_bounds_on(monkeypatch):
+    """Below the size threshold the exact path still propagates the output's bound (so the next large
+    conv need not measure it), and a residual it writes over gets its new bound, never keeps its old
+    one (which would let a later conv take the post-op on values it does not bound)."""
+    monkeypatch.setattr(eager, "POST_OP_MIN_NUMEL", 1 << 16)
+    cl = torch.channels_last
+    x = torch.rand(1, 8, 4, 4).contiguous(memory_format=cl)
+    w, b = torch.randn(8, 8, 1, 1), torch.randn(8)
+    gain, bias_max = float(w.abs().sum(dim=(1, 2, 3)).amax()), float(b.abs().amax())
+    p = fused_resnet._selector.problem(x, w, residual=True, into_residual=True)
+    run = eager.EagerCPU().prepare(p, w, b, None)
+    tok = 12345
+    try:
+        _finite.STATE.token = tok
+        with torch.inference_mode():
+            res = torch.rand(1, 8, 4, 4).contiguous(memory_format=cl)
+            setattr(x, _finite.KEY, (tok, 1.0))
+            setattr(res, _finite.KEY, (tok, 1.0))
+            out = run(x, res)
+            assert out is res  # (written over the residual)
+            assert getattr(out, _finite.KEY) == (tok, gain + bias_max + 1.0)
+            del x.__dict__[_finite.KEY]  # an input with no bound: the residual's old bound is dropped
+            res = torch.rand(1, 8, 4, 4).contiguous(memory_format=cl)
+            setattr(res, _finite.KEY, (tok, 1.0))
+            out = run(x, res)
+            assert out is res and _finite.KEY not in out.__dict__
+    finally:
+        _finite.STATE.token = 0
+
+
+def test_measure():
+    t = torch.randn(2, 8, 5, 5)
+    for v in (t, t.contiguous(memory_format=torch.channels_last), t[:, :, 1:4], torch.empty(0)):
+        want = float(v.abs().amax()) if v.numel() else 0.0
+        assert _finite.measure(v) == want
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        u = t.contiguous(memory_format=torch.channels_last)
+        u[1, 3, 2, 2] = bad
+        assert _finite.measure(u) == float("inf")
+        assert _finite.measure(u[:, :, 1:4]) == float("inf")
 
 
 def test_outside_a_forward_no_bounds_are_used():

@@ -21,7 +21,7 @@ from fused_resnet.testing import compare, randomize_bn
 from test_workflows import TOL, X, _off, _timm_model, _tv_model
 
 CL = torch.channels_last
-# Large enough that the first layers' activations are donated (fused_resnet._donation.MIN_BYTES).
+# A realistic input size, so the paths for large activations (the guarded post-op, tactics/eager.py) run too.
 BIG = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
 
 

@@ -41,6 +41,7 @@ def _mkldnn_dtypes() -> tuple:
 # separate relu_ (ResNet-50 on a 16x16 input: +290 us over 49 convs, vs 87 us of relu_ passes;
 # benchmarks/NOTES.md, "Finite bounds"): small outputs keep the exact path.
 POST_OP_MIN_NUMEL = 1 << 16
+_INF = float("inf")
 
 
 def generic_launch(p: Problem, weight, bias, scale) -> Callable:
@@ -87,10 +88,28 @@ class EagerCPU(Tactic):
                        t.contiguous(memory_format=_CL), padding, stride, dilation, groups, list(x.shape)))
         binary = torch.ops.mkldnn._convolution_pointwise_.binary
         into_residual = p.into_residual
+        (n, _, h, wd), (cout, _, kh, kw) = x.shape, weight.shape  # output elements (_geometry.out_size, inline:
+        out_numel = n * cout * ((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1) \
+            * ((wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)  # cold-path call count)
+        # float32: the post-op wherever _finite proves that no NaN can reach it (then it equals relu_).
+        bounded = x.dtype == torch.float32
+        gain = float(weight.abs().sum(dim=(1, 2, 3)).amax()) if bounded else 0.0  # (_finite.gain, inline)
+        bias_max = float(b.abs().amax()) if bounded and b is not None and b.numel() else 0.0
+        unary, post = ("relu", "relu") if relu else ("none", None)
+        state, key, limit = _finite.STATE, _finite.KEY, _finite.LIMIT
 
-        # oneDNN's ReLU post-op maps NaN to 0 (torch.relu keeps NaN), so by default the ReLU is torch's
-        # relu_, in place on the still-cache-warm output.
+        # The exact path. oneDNN's ReLU post-op maps NaN to 0 (torch.relu keeps NaN), so the ReLU is
+        # torch's relu_, in place on the still-cache-warm output. In float32 it still passes the output's
+        # bound on (read before a write over the residual; never measured here), so a later conv need
+        # not measure it, and a residual written over gets its new bound or loses its old one.
         def run(x, residual):
+            tok = getattr(state, "token", 0) if bounded else 0
+            if tok:
+                r = getattr(x, key, None)
+                bound = r[1] * gain + bias_max if r is not None and r[0] == tok else _INF
+                if residual is not None:
+                    r = getattr(residual, key, None)
+                    bound = bound + r[1] if r is not None and r[0] == tok else _INF
             if residual is None:
                 out = op(x, w, b, padding, stride, dilation, groups, "none", [], "")
             elif into_residual and residual.is_contiguous(memory_format=_CL):
@@ -99,17 +118,16 @@ class EagerCPU(Tactic):
                 # oneDNN's out-of-place conv+add copies the residual into a fresh buffer first; measured
                 # on a (8,64,56,56)->256 1x1 conv: 3.3 ms vs 2.3 ms for conv+bias then in-place add_.
                 out = op(x, w, b, padding, stride, dilation, groups, "none", [], "").add_(residual)
-            return out.relu_() if relu else out
-        (n, _, h, wd), (cout, _, kh, kw) = x.shape, weight.shape  # output elements (_geometry.out_size, inline:
-        out_numel = n * cout * ((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1) \
-            * ((wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)  # cold-path call count)
-        if x.dtype != torch.float32 or out_numel < POST_OP_MIN_NUMEL:
+            if relu:
+                out.relu_()
+            if tok:
+                if bound <= limit:
+                    setattr(out, key, (tok, bound))
+                elif key in out.__dict__:
+                    del out.__dict__[key]
+            return out
+        if not bounded or out_numel < POST_OP_MIN_NUMEL:
             return run
-        # float32: the post-op wherever _finite proves that no NaN can reach it (then it equals relu_).
-        gain = float(weight.abs().sum(dim=(1, 2, 3)).amax())  # (_finite.gain, inline: cold-path call count)
-        bias_max = float(b.abs().amax()) if b is not None and b.numel() else 0.0
-        unary, post = ("relu", "relu") if relu else ("none", None)
-        state, key, limit = _finite.STATE, _finite.KEY, _finite.LIMIT
 
         def run_bounded(x, residual):
             # (inline, no package calls: this runs per conv on the hot path; _finite has the helpers)
@@ -138,10 +156,7 @@ class EagerCPU(Tactic):
                     setattr(residual, key, (tok, br))
                     bound = bx * gain + bias_max + br
             if not bound <= limit:  # (NaN-safe: a NaN bound fails too)
-                out = run(x, residual)
-                if key in out.__dict__:  # (written over a residual that had one: no longer true)
-                    del out.__dict__[key]
-                return out
+                return run(x, residual)  # (drops a bound the residual it writes over had)
             if residual is None:
                 out = op(x, w, b, padding, stride, dilation, groups, unary, [], "")
             elif into_residual and residual.is_contiguous(memory_format=_CL):
