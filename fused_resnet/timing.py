@@ -2,7 +2,12 @@
 
 GPU: CUDA events around each call after warm-up, median of many runs (ARCHITECTURE.md, "Benchmark protocol").
 CPU: wall clock around whole forwards, median. Providers are timed interleaved (round-robin), so
-a slow spell on a shared machine hits every provider alike instead of skewing one ratio.
+a slow spell on a shared machine hits every provider alike instead of skewing one ratio. Runtimes
+with thread pools of their own (ONNX Runtime, OpenVINO, torch's OpenMP) keep their threads spinning
+for tens of milliseconds after a call, and those threads take the cores from whatever runs next
+(ResNet-50 batch 1 on 2 cores: 70 ms right after an ONNX Runtime call, 35.8 ms after one call of its
+own; benchmarks/NOTES.md, "Thread pools that spin"). So the model bench gives each timed CPU sample
+one untimed call of the same provider before it (``settle``).
 """
 from __future__ import annotations
 
@@ -52,9 +57,10 @@ def _once(fn: Callable[[], object], device: torch.device, inner: int = 1) -> flo
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, *, warmup: int = 2,
-                     runs: int = 10, min_time_s: float = 0.0, inner: int = 1) -> list[Timing]:
+                     runs: int = 10, min_time_s: float = 0.0, inner: int = 1, settle: int = 0) -> list[Timing]:
     """Median time per call of each fn, measured round-robin: fn0, fn1, ..., fn0, fn1, ...
-    Each sample times ``inner`` back-to-back calls (1: the latency of one synchronous call)."""
+    Each sample times ``inner`` back-to-back calls (1: the latency of one synchronous call), after
+    ``settle`` untimed calls of the same fn (the previous fn's threads go quiet meanwhile)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -64,6 +70,8 @@ def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, 
     t_start = time.perf_counter()
     while len(samples[0]) < runs or time.perf_counter() - t_start < min_time_s:
         for i, fn in enumerate(fns):
+            for _ in range(settle):
+                fn()
             samples[i].append(_once(fn, device, inner))
     out = []
     for s in samples:

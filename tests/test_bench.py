@@ -6,9 +6,11 @@ import subprocess
 import tarfile
 import sys
 
+import torch
+
 from fused_resnet.__main__ import build_parser
 from fused_resnet.bench import conv_shapes, roofline, unknown_providers
-from fused_resnet.timing import Timing, paired_ratio
+from fused_resnet.timing import Timing, paired_ratio, time_interleaved
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +30,15 @@ def test_paired_ratio_cancels_a_slow_spell():
     base = Timing(0, 0, 6, tuple(1.5 * v for v in t))
     assert paired_ratio(base, Timing(0, 0, 6, tuple(t))) == (1.5, 0.0)
     assert paired_ratio(base, Timing(0, 0, 5, tuple(t[:5]))) == (0.0, 0.0)  # not the same rounds
+
+
+def test_settle_calls_come_before_each_timed_sample():
+    """time_interleaved(settle=1): each timed call of fn follows an untimed call of the same fn, never
+    directly another fn's call (a previous runtime's spinning threads would be timed with it)."""
+    log = []
+    fns = [lambda: log.append("a"), lambda: log.append("b")]
+    time_interleaved(fns, torch.device("cpu"), warmup=1, runs=3, settle=1)
+    assert log == ["a", "b"] + ["a", "a", "b", "b"] * 3
 
 
 def test_bench_cli_writes_json_csv_png(tmp_path):

@@ -210,10 +210,14 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
     if not names:
         return []
     if not graphs:
+        # CPU: one untimed call before each timed one, so no provider is timed while the previous
+        # one's thread pool still spins (fused_resnet/timing.py)
+        settle = 1 if not device.startswith("cuda") and len(fns) > 1 else 0
         if progress:
-            print(f"  timing {len(fns)} providers x {runs} runs (interleaved) ...", flush=True)
+            print(f"  timing {len(fns)} providers x {runs} runs (interleaved"
+                  f"{', each after one untimed call' if settle else ''}) ...", flush=True)
         with torch.inference_mode():
-            timings = time_interleaved(fns, torch.device(device), warmup=2, runs=runs)
+            timings = time_interleaved(fns, torch.device(device), warmup=2, runs=runs, settle=settle)
     elem = torch.finfo(dt).bits // 8
     roof = roofline(model, batch, elem, image_size)
     base = timings[0].median_s
