@@ -44,7 +44,7 @@ def _ours(prof) -> list:
     return out
 
 
-def _ort_nodes(profile_file: str, rounds: int) -> tuple:
+def _ort_nodes(profile_file: str, rounds: int, settle: int) -> tuple:
     nodes = OrderedDict()
     for e in json.load(open(profile_file)):
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
@@ -52,7 +52,7 @@ def _ort_nodes(profile_file: str, rounds: int) -> tuple:
             nodes.setdefault(e["name"], {"op": a.get("op_name"), "t": [], "in": a.get("input_type_shape")})["t"].append(e["dur"] / 1e3)
     convs, other = [], defaultdict(float)
     for v in nodes.values():
-        t = statistics.median(v["t"][-rounds:])
+        t = statistics.median(v["t"][-rounds * (1 + settle)::1 + settle][-rounds:] if settle else v["t"][-rounds:])
         if v["op"] == "Conv":
             ins = [list(d.values())[0] for d in v["in"]]
             convs.append(((ins[0][1], ins[1][0], ins[1][2], ins[0][2], len(ins) > 3), t))
@@ -69,6 +69,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (default: torch's)")
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed calls of the same runtime before each profiled one (default 1: the other "
+                        "runtime's spinning threads are not measured with it; 0: the old alternation)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.threads:
@@ -91,9 +94,13 @@ def main() -> None:
             sess.run(None, feed)
             fused(x)
         for _ in range(a.rounds):
+            for _ in range(a.settle):
+                sess.run(None, feed)
             t = time.perf_counter()
             sess.run(None, feed)
             wall["onnxruntime_profiled"].append((time.perf_counter() - t) * 1e3)
+            for _ in range(a.settle):
+                fused(x)
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 t = time.perf_counter()
                 fused(x)
@@ -103,7 +110,7 @@ def main() -> None:
                 if e.cpu_parent is None and not e.name.startswith("mkldnn::"):
                     top[e.name] += e.cpu_time_total / 1e3
             runs.append((_ours(prof), top))
-    ort_convs, ort_other = _ort_nodes(sess.end_profiling(), a.rounds)
+    ort_convs, ort_other = _ort_nodes(sess.end_profiling(), a.rounds, a.settle)
     pool, used = defaultdict(list), defaultdict(int)
     for key, t in ort_convs:
         pool[key].append(t)
@@ -116,7 +123,7 @@ def main() -> None:
                      "ours_relu_ms": statistics.median(r[0][i][2] for r in runs),
                      "ort_ms": pool[key][j] if j < len(pool[key]) else None})
     other = {k: statistics.median(r[1].get(k, 0.0) for r in runs) for k in runs[0][1]}
-    result = {"model": a.model, "batch": a.batch, "threads": torch.get_num_threads(), "rounds": a.rounds,
+    result = {"model": a.model, "batch": a.batch, "threads": torch.get_num_threads(), "rounds": a.rounds, "settle": a.settle,
               "loadavg_before": load, "loadavg_after": os.getloadavg(), "torch": torch.__version__,
               "onnxruntime": ort.__version__, "wall_ms": wall, "rows": rows, "ort_other_ms": ort_other,
               "ours_top_level_ms": other}
