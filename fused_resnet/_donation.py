@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import _finite
+from . import _finite, _spare
 from ._fused import CL, _FusedBlock, _FusedMixin, _has_hooks
 from ._geometry import memory_format_of, suggests_channels_last
 
@@ -52,20 +52,24 @@ def sole_owner(x: torch.Tensor, refs: int) -> bool:
 
 
 def _calibrate() -> tuple:
-    """(refs as sole_owner's argument, refs inline, storage refs) of a tensor nobody else holds,
-    counted with the call sites' patterns (tests/test_workflows_modes.py checks both directions:
-    kept tensors are not donated, fresh ones are)."""
+    """(refs as sole_owner's argument, refs inline, refs in a callee (run_stem_pool), storage refs) of
+    a tensor nobody else holds, counted with the call sites' patterns (tests/test_workflows_modes.py
+    checks both directions: kept tensors are not donated, fresh ones are)."""
     x = torch.empty(1024)
     as_argument = not torch.compiler.is_compiling() and _count(x, sys.getrefcount(x))
     inline = not torch.compiler.is_compiling() and sys.getrefcount(x)
-    return as_argument, inline, _storage_use_count(x.untyped_storage()._cdata)
+    return as_argument, inline, _in_callee(x), _storage_use_count(x.untyped_storage()._cdata)
 
 
 def _count(x, refs: int) -> int:
     return refs
 
 
-_REFS, _REFS_INLINE, _STORAGE_REFS = _calibrate()
+def _in_callee(x) -> int:
+    return sys.getrefcount(x)
+
+
+_REFS, _REFS_INLINE, _REFS_CALLEE, _STORAGE_REFS = _calibrate()
 
 
 def layer_formats(model: nn.Module, x: torch.Tensor, stem: tuple) -> tuple:
@@ -118,17 +122,23 @@ def _call_in_format(module: nn.Module, x: torch.Tensor, fmt):
 
 
 def run_stem_pool(pool: nn.Module, x: torch.Tensor, fmt) -> torch.Tensor:
-    """A ResNet's stem max-pool: ``observed`` when hooked; a plain nn.MaxPool2d passes on its input's
-    finite bound (no output is larger in magnitude than its input: _finite)."""
+    """A ResNet's stem max-pool, called as ``x = run_stem_pool(pool, x, fmt)``: ``observed`` when
+    hooked; a plain nn.MaxPool2d passes on its input's finite bound (no output is larger in magnitude
+    than its input: _finite), and its input, dead once pooled unless someone else holds it, is
+    offered as a spare buffer (_spare)."""
     if _has_hooks(pool):
         return observed(pool, x, fmt)
     if type(pool) is not nn.MaxPool2d or torch.compiler.is_compiling():
         return pool(x)
+    out = pool(x)
     bound = getattr(x, _finite.KEY, None)
-    x = pool(x)
     if bound is not None:
-        setattr(x, _finite.KEY, bound)
-    return x
+        setattr(out, _finite.KEY, bound)
+    # held by the caller's variable (rebound to the result on return) and this parameter only
+    if _finite.STATE.token and sys.getrefcount(x) == _REFS_CALLEE and x.is_cpu \
+            and _storage_use_count(x.untyped_storage()._cdata) == _STORAGE_REFS:
+        _spare.offer(x)
+    return out
 
 
 def run_layer(layer: nn.Module, x: torch.Tensor, fresh: bool = False, ambient: Optional[str] = None,

@@ -12,7 +12,7 @@ import torch.autograd.forward_ad as _fwad
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import _autocast, _context, _finite, _hooks, _selector, _trace, folding
+from . import _autocast, _context, _finite, _hooks, _selector, _spare, _trace, folding
 from ._hooks import GLOBAL_HOOKS as _GLOBAL_HOOKS, has_hooks as _has_hooks, hook_dicts as _hook_dicts  # noqa: F401
 from ._geometry import memory_format_of, suggests_channels_last
 from .folding import FoldCache, FoldedConv, attr_dicts, fold_conv_bn, source_slots, structure_epoch, tensor_dicts
@@ -402,6 +402,7 @@ class _FusedMixin:
                     out = self._run_checked(x, donate, body, ambient, amp)
                 finally:
                     _finite.STATE.token = outer
+                    _spare.STATE.t = None  # (no memory kept between calls: _spare)
                 for t in (x, out):  # no bound of ours stays on the caller's tensors
                     if isinstance(t, torch.Tensor) and _finite.KEY in t.__dict__:
                         del t.__dict__[_finite.KEY]

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import _env, _finite
+from .. import _env, _finite, _spare
 from .._packing import packed
 from ._base import CUDNN_EPILOGUE, CUDNN_FUSED, CUDNN_POINTWISE, EAGER_CPU, Problem, Tactic, register
 
@@ -88,9 +88,11 @@ class EagerCPU(Tactic):
                        t.contiguous(memory_format=_CL), padding, stride, dilation, groups, list(x.shape)))
         binary = torch.ops.mkldnn._convolution_pointwise_.binary
         into_residual = p.into_residual
-        (n, _, h, wd), (cout, _, kh, kw) = x.shape, weight.shape  # output elements (_geometry.out_size, inline:
-        out_numel = n * cout * ((h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1) \
-            * ((wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)  # cold-path call count)
+        (n, _, h, wd), (cout, _, kh, kw) = x.shape, weight.shape  # output shape (_geometry.out_size, inline:
+        out_shape = (n, cout, (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1,
+                     (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1)  # cold-path call count)
+        out_numel = out_shape[0] * out_shape[1] * out_shape[2] * out_shape[3]
+        out_bytes, dtype, spare = out_numel * x.element_size(), x.dtype, _spare.STATE
         # float32: the post-op wherever _finite proves that no NaN can reach it (then it equals relu_).
         bounded = x.dtype == torch.float32
         gain = float(weight.abs().sum(dim=(1, 2, 3)).amax()) if bounded else 0.0  # (_finite.gain, inline)
@@ -111,7 +113,11 @@ class EagerCPU(Tactic):
                     r = getattr(residual, key, None)
                     bound = bound + r[1] if r is not None and r[0] == tok else _INF
             if residual is None:
-                out = op(x, w, b, padding, stride, dilation, groups, "none", [], "")
+                if spare.t is not None and spare.t.nbytes == out_bytes:  # a dead activation's memory: _spare
+                    out = binary(_spare.take(out_shape, dtype), x, w, b, padding, stride, dilation, groups,
+                                 "add", None, None, [], "")
+                else:
+                    out = op(x, w, b, padding, stride, dilation, groups, "none", [], "")
             elif into_residual and residual.is_contiguous(memory_format=_CL):
                 out = binary(residual, x, w, b, padding, stride, dilation, groups, "add", None, None, [], "")
             else:
@@ -158,7 +164,11 @@ class EagerCPU(Tactic):
             if not bound <= limit:  # (NaN-safe: a NaN bound fails too)
                 return run(x, residual)  # (drops a bound the residual it writes over had)
             if residual is None:
-                out = op(x, w, b, padding, stride, dilation, groups, unary, [], "")
+                if spare.t is not None and spare.t.nbytes == out_bytes:  # (as in run)
+                    out = binary(_spare.take(out_shape, dtype), x, w, b, padding, stride, dilation, groups,
+                                 "add", None, post, [], "")
+                else:
+                    out = op(x, w, b, padding, stride, dilation, groups, unary, [], "")
             elif into_residual and residual.is_contiguous(memory_format=_CL):
                 out = binary(residual, x, w, b, padding, stride, dilation, groups, "add", None, post, [], "")
             else:
