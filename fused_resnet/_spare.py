@@ -24,6 +24,13 @@ import threading
 import torch
 
 
+# Smaller activations are not offered: a fresh buffer from glibc's heap does not fault, and the spare
+# then only adds its zeroing pass. Measured with ResNet-50 (benchmarks/NOTES.md, "Spare buffers"): the
+# 3.2 MB stem output at batch 1 takes no faults fresh, and the spare cost 1.3% there; the 25.7 MB one
+# at batch 8 takes 6,280.
+MIN_BYTES = 16 << 20
+
+
 class _State(threading.local):
     t = None  # the offered tensor, or None (read inline by the conv launch: host cost)
 
@@ -34,7 +41,7 @@ STATE = _State()
 def offer(t: torch.Tensor) -> None:
     """``t`` is dead (the caller checked that nobody else holds it): its memory may back one later
     conv output of the same size in this forward."""
-    if (t.is_cpu and t.dim() == 4 and t.storage_offset() == 0 and t.is_contiguous(memory_format=torch.channels_last)
+    if (t.nbytes >= MIN_BYTES and t.is_cpu and t.dim() == 4 and t.storage_offset() == 0 and t.is_contiguous(memory_format=torch.channels_last)
             and t.untyped_storage().nbytes() == t.nbytes):
         STATE.t = t
 

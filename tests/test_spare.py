@@ -2,6 +2,7 @@
 inside one forward, bit for bit as a fresh buffer would, and never a tensor someone still holds."""
 import copy
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -12,6 +13,12 @@ from fused_resnet import _donation, _finite, _spare
 from helpers import random_model
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(autouse=True)
+def any_size_is_offered(monkeypatch):
+    """Small test shapes: every dead stem output may be offered (the size floor has its own test)."""
+    monkeypatch.setattr(_spare, "MIN_BYTES", 0)
 
 
 def _count_takes(monkeypatch) -> list:
@@ -92,3 +99,14 @@ def test_the_layer_after_the_spare_still_donates(monkeypatch):
         fused(X)
     assert takes[0] == 2
     assert any(key[5] for key in fused.layer1[1]._plans)  # (donate is the plan key's 6th field)
+
+
+def test_small_activations_are_not_offered(monkeypatch):
+    """Under MIN_BYTES a fresh buffer does not fault and zeroing a spare only costs time."""
+    monkeypatch.setattr(_spare, "MIN_BYTES", 16 << 20)
+    tv = random_model(torchvision.models.resnet50)
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    takes = _count_takes(monkeypatch)
+    with torch.inference_mode():
+        fused(X)
+    assert takes[0] == 0
