@@ -9,6 +9,7 @@ from torch import nn
 
 import fused_resnet
 from fused_resnet import _donation, _finite, _spare
+from fused_resnet.tactics import eager
 
 from helpers import random_model
 
@@ -110,3 +111,18 @@ def test_small_activations_are_not_offered(monkeypatch):
     with torch.inference_mode():
         fused(X)
     assert takes[0] == 0
+
+
+@pytest.mark.skipif(torch.bfloat16 not in eager._mkldnn_dtypes(),
+                    reason="this CPU runs bf16 convs through conv2d, not oneDNN's fused op")
+def test_bit_exact_under_bf16_autocast(monkeypatch):
+    tv = random_model(torchvision.models.resnet50)
+    fused = fused_resnet.convert(copy.deepcopy(tv))
+    takes = _count_takes(monkeypatch)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        fused(X)
+        with_spare = fused(X)
+        assert takes[0] == 2
+        monkeypatch.setattr(_spare, "offer", lambda t: None)
+        without = fused(X)
+    assert with_spare.dtype == without.dtype and torch.equal(with_spare, without)
