@@ -18,8 +18,8 @@ returned and before anything else runs:
 - it is a CPU tensor: on a GPU (caching allocator, no page faults) a fresh output costs no more
   than writing in place. Small CPU tensors are donated too: the block's last conv is then one oneDNN
   op (in-place sum, with the ReLU post-op where _finite allows it) instead of conv, add_ and relu_
-  (batch 1, where layer3 and layer4 are under 1 MiB: ~1% of the forward; benchmarks/NOTES.md, "CPU
-  at batch 1").
+  (batch 1, where layer3 and layer4 are under 1 MiB: ~1% of the forward; benchmarks/NOTES.md,
+  "Thread pools that spin", this round's changes).
 
 Under torch.compile nothing is donated: reference counts there are the tracer's, and a mutation of
 a tensor someone keeps would be replayed faithfully by the compiled graph. The call sites read

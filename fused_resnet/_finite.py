@@ -64,7 +64,7 @@ def forget(t):
 def measure(t: torch.Tensor) -> float:
     """max |t| (inf when t holds NaN or Inf): one read pass, ``aminmax`` over the tensor's memory as
     one flat run (channels_last as NHWC). On a channels_last tensor ``aminmax`` itself is ~20x slower
-    and ``abs().amax()`` writes a temporary (benchmarks/NOTES.md, "CPU at batch 1")."""
+    and ``abs().amax()`` writes a temporary (benchmarks/NOTES.md, "Thread pools that spin", this round's changes)."""
     if not t.numel():
         return 0.0
     if t.is_contiguous():
