@@ -211,3 +211,26 @@ def test_nan_placement_check_catches_a_dropped_nan():
     assert nan_placement_matches(m, m, x)
     assert not nan_placement_matches(lambda t: m(torch.nan_to_num(t, nan=0.0)), m, x)  # NaN dropped, Inf kept
     assert not nan_placement_matches(lambda t: m(torch.nan_to_num(t, nan=float("nan"), posinf=0.0)), m, x)
+
+
+def test_cpu_gap_counts_each_onednn_conv_once(capfd):
+    """benchmarks/cpu_gap.py's split reads oneDNN's own log: one exec line per conv primitive, and
+    C-level stdout restored after it (a converted resnet18 on the CPU runs its 20 convs as oneDNN
+    primitives)."""
+    import pytest
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import cpu_gap
+
+    from fused_resnet.swap import convert
+    from fused_resnet.verify import build_reference_model
+
+    model = convert(build_reference_model("resnet18", seed=0).eval())
+    x = torch.randn(1, 3, 64, 64)
+    split = cpu_gap.onednn_exec(model, x, forwards=2)
+    assert split["convolution"]["calls"] == 20 and split["convolution"]["ms"] > 0, split
+    assert cpu_gap.per_call_cost_us(runs=200) > 0
+    os.write(1, b"fd 1 restored\n")  # lost in the deleted log if the redirection were left in place
+    assert "fd 1 restored" in capfd.readouterr().out
