@@ -142,17 +142,27 @@ def _git_sha() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                epilog="Each runtime runs alone with its forwards back to back; see the module docstring.")
+                                epilog="Each runtime runs alone with its forwards back to back. The split: oneDNN's conv "
+                                       "kernels, torch's cost per oneDNN call, and the rest (other ops, Python) by "
+                                       "difference; ONNX Runtime's kernel times from its profiler.")
     p.add_argument("--model", default="resnet50", help="torchvision name, or timm/<name> (default resnet50)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     p.add_argument("--runs", type=int, default=31, help="timed forwards per runtime (default 31)")
-    p.add_argument("--logged", type=int, default=5, help="forwards logged by oneDNN / ONNX Runtime's profiler")
+    p.add_argument("--logged", type=int, default=5,
+                   help="forwards logged by oneDNN / ONNX Runtime's profiler, averaged (default 5)")
     p.add_argument("--threads", type=int, default=0, help="torch and ONNX Runtime threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile with freezing (slow to build)")
     p.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime even when it is installed")
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
     a = p.parse_args()
+    for name in ("batch", "size", "logged"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if a.runs < 2:
+        p.error("--runs must be at least 2 (the report gives quartiles)")
+    if not torch.backends.mkldnn.is_available():
+        p.error("this torch has no oneDNN (mkldnn): there is no oneDNN kernel time to split off")
     if torch.cuda.is_available():
         print("note: this measures the CPU path only", flush=True)
     if a.threads:
