@@ -23,12 +23,14 @@ import contextlib
 import copy
 import json
 import os
+import re
 import subprocess
 import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from typing import Optional
 
 import torch
 
@@ -65,8 +67,8 @@ def _stdout_to(path: str):
             os.close(saved)
 
 
-def onednn_exec(fn, x, forwards: int) -> dict:
-    """Per forward: oneDNN's own execution time per primitive kind (ms) and its number of calls."""
+def onednn_log(fn, x, forwards: int) -> list:
+    """oneDNN's ``exec`` lines (split on commas) for ``forwards`` calls of fn(x)."""
     with tempfile.TemporaryDirectory() as d:
         log = os.path.join(d, "verbose.log")
         with torch.inference_mode():
@@ -74,15 +76,45 @@ def onednn_exec(fn, x, forwards: int) -> dict:
             with _stdout_to(log), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
                 for _ in range(forwards):
                     fn(x)
-        ms, calls = defaultdict(float), defaultdict(int)
-        for line in open(log):
-            f = line.rstrip().split(",")
-            if len(f) > 6 and f[0] == "onednn_verbose" and f[3] == "exec":
-                ms[f[5]] += float(f[-1]) / forwards
-                calls[f[5]] += 1
-    if not calls:
+        lines = [line.rstrip().split(",") for line in open(log)]
+    lines = [f for f in lines if len(f) > 6 and f[0] == "onednn_verbose" and f[3] == "exec"]
+    if not lines:
         raise RuntimeError("oneDNN's verbose log was empty: is this torch built with oneDNN (mkldnn)?")
+    return lines
+
+
+def onednn_exec(fn, x, forwards: int, lines: Optional[list] = None) -> dict:
+    """Per forward: oneDNN's own execution time per primitive kind (ms) and its number of calls."""
+    ms, calls = defaultdict(float), defaultdict(int)
+    for f in lines if lines is not None else onednn_log(fn, x, forwards):
+        ms[f[5]] += float(f[-1]) / forwards
+        calls[f[5]] += 1
     return {kind: {"ms": ms[kind], "calls": calls[kind] // forwards} for kind in ms}
+
+
+_PROBLEM = re.compile(r"mb(\d+)_ic(\d+)oc(\d+)_ih(\d+)oh(\d+)kh(\d+)")
+
+
+def conv_class(ic: int, oc: int, k: int, ih: int, oh: int) -> str:
+    """A conv's class as the tables print it: kernel, stride, channels, input size."""
+    return f"{k}x{k}/{max(1, round(ih / oh))} {ic}->{oc} @{ih}"
+
+
+def onednn_conv_classes(lines: list, forwards: int) -> dict:
+    """Per conv class: [number per forward, oneDNN's exec ms per forward (median over forwards)]."""
+    per_forward = defaultdict(list)
+    convs = [f for f in lines if f[5] == "convolution"]
+    n = len(convs) // forwards
+    for i, f in enumerate(convs[:n * forwards]):
+        m = _PROBLEM.search(",".join(f))
+        mb, ic, oc, ih, oh, k = map(int, m.groups())
+        per_forward[(i % n, conv_class(ic, oc, k, ih, oh))].append(float(f[-1]))
+    out = {}
+    for (_, cls), ts in per_forward.items():
+        c = out.setdefault(cls, [0, 0.0])
+        c[0] += 1
+        c[1] += statistics.median(ts)
+    return out
 
 
 def per_call_cost_us(runs: int = 20000) -> float:
@@ -105,7 +137,8 @@ def per_call_cost_us(runs: int = 20000) -> float:
 
 
 def ort_profile(path: str, x: torch.Tensor, threads: int, forwards: int) -> dict:
-    """ONNX Runtime's kernel time per op type (ms per forward), from its own profiler."""
+    """ONNX Runtime's kernel time per op type (ms per forward), and per conv class [number, ms], from
+    its own profiler (a conv node's time includes the residual sum and ReLU it fused)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -122,14 +155,22 @@ def ort_profile(path: str, x: torch.Tensor, threads: int, forwards: int) -> dict
         sess.run(None, feed)
     prof = sess.end_profiling()
     events = [e for e in json.load(open(prof)) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
-    ms = defaultdict(float)
     per_node = defaultdict(list)
     for e in events:
-        per_node[e["name"]].append((e["args"].get("op_name"), e["dur"] / 1e3))
+        per_node[e["name"]].append(e)
+    ms, classes = defaultdict(float), {}
     for rec in per_node.values():
         tail = rec[-forwards:]  # the profiled forwards after the warm-up ones
-        ms[tail[0][0]] += statistics.median([t for _, t in tail])
-    return dict(ms)
+        t = statistics.median([e["dur"] / 1e3 for e in tail])
+        args = tail[0]["args"]
+        ms[args.get("op_name")] += t
+        if args.get("op_name") == "Conv":
+            (xs,), (ws,) = args["input_type_shape"][0].values(), args["input_type_shape"][1].values()
+            (ys,) = args["output_type_shape"][0].values()
+            c = classes.setdefault(conv_class(xs[1], ws[0], ws[2], xs[2], ys[2]), [0, 0.0])
+            c[0] += 1
+            c[1] += t
+    return dict(ms), classes
 
 
 def _git_sha() -> str:
@@ -180,7 +221,9 @@ def main() -> None:
     print("  fused_resnet: timing ...", flush=True)
     res["fused_ms"] = _time(fused, x, a.runs)
     print("  fused_resnet: oneDNN's verbose log ...", flush=True)
-    res["fused_onednn"] = onednn_exec(fused, x, a.logged)
+    lines = onednn_log(fused, x, a.logged)
+    res["fused_onednn"] = onednn_exec(fused, x, a.logged, lines)
+    res["fused_conv_classes"] = onednn_conv_classes(lines, a.logged)
     res["per_call_us"] = per_call_cost_us()
     del fused
 
@@ -199,7 +242,7 @@ def main() -> None:
             del ort_fn
             with tempfile.TemporaryDirectory() as d:
                 path = export_onnx(ref, x, os.path.join(d, "model.onnx"))
-                res["ort_kernels"] = ort_profile(path, x, threads, a.logged)
+                res["ort_kernels"], res["ort_conv_classes"] = ort_profile(path, x, threads, a.logged)
     if a.compile:
         import torch._inductor.config as inductor_config
 
@@ -241,6 +284,8 @@ def _report(r: dict) -> None:
         print(f"  other kernels                  {sum(v for k, v in ok.items() if k != 'Conv'):8.2f} ms")
         print(f"fused vs onnxruntime             {o / f:8.3f}x   oneDNN conv kernels alone: {o / conv['ms']:.3f}x "
               f"of onnxruntime's whole forward")
+    if "ort_conv_classes" in r:
+        _class_table(r["fused_conv_classes"], r["ort_conv_classes"])
     if "compile_ms" in r:
         c = r["compile_ms"]["median_ms"]
         cc = r["compile_onednn"].get("convolution", {"ms": 0.0, "calls": 0})
@@ -250,6 +295,22 @@ def _report(r: dict) -> None:
         print(f"  oneDNN conv kernels            {cc['ms']:8.2f} ms  ({cc['calls']} calls)")
         print(f"  the rest, as above             {c_rest:8.2f} ms")
         print(f"fused vs compile+freezing        {c / f:8.3f}x")
+
+
+def _class_table(ours: dict, ort: dict) -> None:
+    """Kernel against kernel, per conv class: oneDNN's exec time against ONNX Runtime's node time."""
+    print(f"\n{'conv class (kernel/stride)':28s} {'n':>3s} {'oneDNN ms':>10s} {'ORT ms':>8s} {'oneDNN/ORT':>10s}")
+    tot = [0.0, 0.0]
+    for cls, (n, t) in ours.items():
+        o = ort.get(cls, [0, 0.0])[1]
+        tot[0] += t
+        tot[1] += o
+        ratio = f"{t / o:10.2f}" if o else f"{'-':>10s}"
+        print(f"{cls:28s} {n:3d} {t:10.3f} {o:8.3f} {ratio}")
+    missing = sorted(set(ort) - set(ours))
+    if missing:
+        print(f"  (ONNX Runtime only: {', '.join(missing)})")
+    print(f"{'all convs':28s} {'':3s} {tot[0]:10.3f} {tot[1]:8.3f} {tot[0] / tot[1] if tot[1] else float('nan'):10.2f}")
 
 
 if __name__ == "__main__":

@@ -229,8 +229,12 @@ def test_cpu_gap_counts_each_onednn_conv_once(capfd):
 
     model = convert(build_reference_model("resnet18", seed=0).eval())
     x = torch.randn(1, 3, 64, 64)
-    split = cpu_gap.onednn_exec(model, x, forwards=2)
+    lines = cpu_gap.onednn_log(model, x, forwards=2)
+    split = cpu_gap.onednn_exec(model, x, 2, lines)
     assert split["convolution"]["calls"] == 20 and split["convolution"]["ms"] > 0, split
+    classes = cpu_gap.onednn_conv_classes(lines, 2)  # resnet18 at 64x64: 11 classes, 20 convs
+    assert sum(n for n, _ in classes.values()) == 20 and classes["3x3/1 64->64 @16"][0] == 4, classes
+    assert classes["7x7/2 3->64 @64"][0] == 1 and classes["1x1/2 256->512 @4"][0] == 1, classes
     assert cpu_gap.per_call_cost_us(runs=200) > 0
     os.write(1, b"fd 1 restored\n")  # lost in the deleted log if the redirection were left in place
     assert "fd 1 restored" in capfd.readouterr().out
