@@ -106,6 +106,7 @@ class _Hot(NamedTuple):
     fusable: bool  # the activation is nn.ReLU and every pair folds (else the slow path says why not)
     containers: tuple  # the _modules dicts of the skipped containers (the downsample Sequential)
     lens: list  # their lengths: Sequential.insert/pop/del edit _modules without a registration hook
+    modules: tuple  # the skipped modules themselves: the tree the recorded launch plans were made for
 
 
 class _Plan(NamedTuple):
@@ -313,7 +314,7 @@ class _FusedMixin:
 
     def _hot_state(self, rebuild: bool = False) -> _Hot:
         folding.install_epoch_hooks()  # (a module unpickled in a new process was never convert()ed there)
-        hot = self.__dict__.get("_hot")
+        hot = old = self.__dict__.get("_hot")
         if rebuild or hot is None or hot.epoch != structure_epoch():
             pairs = tuple(self._fold_pairs())
             ok = not [a for a in self._activations() if type(a) is not nn.ReLU] \
@@ -328,7 +329,12 @@ class _FusedMixin:
             containers = tuple([m._modules for m in skipped if m._modules])
             hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, source_slots(tensor_dicts(pairs)),
                                                attr_dicts(pairs), hooks, ok, containers,
-                                               list(map(len, containers)))
+                                               list(map(len, containers)), tuple(skipped))
+            if old is not None and old.modules != hot.modules:
+                # A module was set, deleted or inserted where the folds did not change (timm's se or
+                # aa on a block): which conv adds the residual and takes the ReLU may have, so the
+                # launch plans recorded against the old tree are dropped, not replayed.
+                self.__dict__.pop("_plans", None)
             self._keep_hook_dicts(skipped)
         return hot
 

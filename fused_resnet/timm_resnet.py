@@ -54,6 +54,16 @@ def _force_eager(reason: Optional[str]):
         _forced = saved
 
 
+def _child(m: nn.Module, name: str):
+    """``m.<name>`` without nn.Module.__getattr__'s lookup walk (this runs per block per planned
+    forward): a registered child, else a plain attribute (timm assigns None to drop_block, se, aa
+    before any module is registered under the name), else None."""
+    if torch.compiler.is_compiling():  # (dynamo traces plain attribute reads)
+        return getattr(m, name, None)
+    mods = m._modules
+    return mods[name] if name in mods else m.__dict__.get(name)
+
+
 def _drop_problem(m: Optional[nn.Module]) -> Optional[str]:
     if m is None:
         return None
@@ -107,7 +117,8 @@ class _TimmMixin(_FusedMixin):
     def _plan(self, x, donate: bool, ambient: str, amp=None) -> tuple:
         # timm's own per-call conditions first (grad checkpointing, autograd through any parameter,
         # drop modules): when one holds, no plan; the slow path says why.
-        if _forced is not None or _records_grad(x, self._grad_params()) or self._structure_problem():
+        if _forced is not None or (torch.is_grad_enabled() and _records_grad(x, self._grad_params())) \
+                or self._structure_problem():
             return None, None
         return super()._plan(x, donate, ambient, amp)
 
@@ -124,45 +135,68 @@ class _TimmBlock(_TimmMixin, _FusedBlock):
         return self._main_pairs() + ([layout[1:3]] if layout else [])
 
     def _structure_problem(self) -> Optional[str]:
-        return _drop_problem(self.drop_block) or _drop_problem(self.drop_path)
+        if torch.compiler.is_compiling():  # (dynamo traces plain attribute reads)
+            return _drop_problem(getattr(self, "drop_block", None)) or _drop_problem(getattr(self, "drop_path", None))
+        # (_drop_problem of drop_block and drop_path, inline: this runs per block per planned forward)
+        mods, attrs = self._modules, self.__dict__
+        for name in ("drop_block", "drop_path"):
+            m = mods[name] if name in mods else attrs.get(name)
+            if m is not None and (type(m) not in _DROPS or m.training):
+                return _drop_problem(m)
+        return None
+
+    def _parts(self, planned: bool) -> tuple:
+        """(downsample layout or None, downsample or None, aa or None, se or None), Identity read as
+        None. On the planned path they are read once per structure: kept with the ``_hot`` state that
+        _plan validated in this call (a registration or a container edit rebuilds that state, and so
+        these); a cold call reads them afresh."""
+        hot = self.__dict__.get("_hot") if planned else None
+        kept = self.__dict__.get("_timm_parts")
+        if hot is not None and kept is not None and kept[0] is hot:
+            return kept[1]
+        ds, aa, se = _child(self, "downsample"), _child(self, "aa"), _child(self, "se")
+        parts = (_downsample_layout(ds), ds,
+                 None if aa is None or isinstance(aa, nn.Identity) else aa,
+                 None if se is None or isinstance(se, nn.Identity) else se)
+        if hot is not None:
+            self.__dict__["_timm_parts"] = (hot, parts)
+        return parts
 
     def _body(self, x, donate, fmt, folded, steps):
+        layout, ds, aa, se = self._parts(folded is None)  # (folded is None: the planned path)
         f = folded or (None,) * steps.n
-        n = steps.n - (1 if self._ds_folds() else 0)  # convs of the main path
+        n = steps.n - (1 if layout is not None else 0)  # convs of the main path
         be = self._fused_backend
         out = x
         for i in range(n - 1):  # every conv of the main path but the last, with its act
-            out = _conv(out, f[i], f"conv{i + 1}", be, steps)
-            if i == self._aa_after:
-                out = self._anti_alias(out)
-        identity, owned = self._shortcut(x, f, n, donate, steps)
-        out = self._last_conv(out, f[n - 1], f"conv{n}", identity, owned, steps)
+            out = _conv(out, f[i], _CONV_NAMES[i], be, steps)
+            if i == self._aa_after and aa is not None:
+                out = _finite.forget(aa(out))
+        # The shortcut, and whether this block owns it (may write over it).
+        if layout is not None:  # the downsample's conv+bn is folded (the last of the pairs)
+            pool, _, _, name = layout
+            identity = _conv(pool(x) if pool is not None else x, f[n], name, be, steps, relu=False)
+            owned = True
+        elif ds is None:
+            identity, owned = x, donate
+        else:
+            identity, owned = _finite.forget(ds(x).contiguous(memory_format=CL)), False
+        if se is None:  # the last conv with the residual add and act
+            out = _conv(out, f[n - 1], _CONV_NAMES[n - 1], be, steps, residual=identity, into_residual=owned)
+        else:
+            out = self._se_last(out, f[n - 1], _CONV_NAMES[n - 1], identity, steps, se)
         return out.contiguous(memory_format=fmt)
 
-    def _ds_folds(self) -> bool:
-        return _downsample_layout(self.downsample) is not None
-
-    def _anti_alias(self, x):
-        return x if isinstance(self.aa, nn.Identity) or self.aa is None else _finite.forget(self.aa(x))
-
-    def _shortcut(self, x, f, ds_index: int, donate: bool, steps):
-        """(shortcut tensor, whether this block owns it and may overwrite it)."""
-        if self.downsample is None:
-            return x, donate
-        if steps.n > ds_index:  # the downsample's conv+bn is folded (last of the pairs)
-            pool, _, _, name = _downsample_layout(self.downsample)
-            y = pool(x) if pool is not None else x
-            return _conv(y, f[ds_index], name, self._fused_backend, steps, relu=False), True
-        return _finite.forget(self.downsample(x).contiguous(memory_format=CL)), False
-
-    def _last_conv(self, out, fc, name: str, identity, owned: bool, steps):
+    def _se_last(self, out, fc, name: str, identity, steps, se):
+        """The last conv when timm's attention module follows it: conv, se as timm's, add, act."""
         be = self._fused_backend
-        if self.se is None or isinstance(self.se, nn.Identity):
-            return _conv(out, fc, name, be, steps, residual=identity, into_residual=owned)
         out = _conv(out, fc, name, be, steps, relu=False)
-        with _trace.fallback(f"eager: timm attention module se ({type(self.se).__name__}) runs as timm's"):
-            out = self.se(out)
+        with _trace.fallback(f"eager: timm attention module se ({type(se).__name__}) runs as timm's"):
+            out = se(out)
         return add_relu(out, identity, backend=be)
+
+
+_CONV_NAMES = ("conv1", "conv2", "conv3")
 
 
 class BasicBlock(_TimmBlock, tr.BasicBlock):

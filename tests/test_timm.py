@@ -184,6 +184,42 @@ def test_foreign_drop_module_falls_back():
     assert rows["layer2.0.conv1"].fused and rows["layer3.0.conv1"].fused
 
 
+def test_structure_edits_after_planning_reach_the_planned_path():
+    """A planned block keeps its downsample/aa/se reads with the structure it validated: each edit
+    below (a module set, a drop module switched to train() alone, a Sequential's del) must still give
+    timm's result on the next call, not a replay of the old structure."""
+    torch.manual_seed(0)
+    m = _model("resnet18")
+    fused = fused_resnet.convert(copy.deepcopy(m))
+    x = _x(batch=1, size=32)
+
+    def same():
+        with torch.no_grad():
+            for _ in range(2):  # (the second call runs planned when the structure allows it)
+                torch.testing.assert_close(fused(x), m(x), rtol=1e-5, atol=1e-5)
+
+    same()
+    for net in (m, fused):  # an attention module where the block had none
+        net.layer2[1].se = torch.nn.Hardtanh(-0.5, 0.5)
+    same()
+    for net in (m, fused):  # timm's DropPath, then switched to training mode on its own
+        net.layer3[1].drop_path = timm.layers.DropPath(0.5).eval()
+    same()
+    for net in (m, fused):
+        net.layer3[1].drop_path.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        ref = m(x)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref, rtol=1e-5, atol=1e-5)  # (random drops: same seed)
+    for net in (m, fused):
+        net.layer3[1].drop_path.eval()
+        del net.layer4[0].downsample[1]  # the downsample's BN: its conv no longer folds
+    same()
+    assert fused_resnet.explain(fused, x).fused_count() == 19  # layer4.0's downsample conv runs as timm's
+
+
 def test_selective_kernel_blocks_not_converted():
     m = _model("skresnet18")
     fused = _check_against_timm(m, _x(batch=1, size=32))
