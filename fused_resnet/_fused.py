@@ -117,7 +117,7 @@ class _Plan(NamedTuple):
 
 _MAX_PLANS = 16  # input signatures kept per module, least recently used evicted first
 # Derived state: a cache of the parameters, never copied or pickled with the module (a copy refolds).
-_DERIVED = ("_fold_cache", "_plans", "_hot")
+_DERIVED = ("_fold_cache", "_plans", "_hot", "_hot_parts")  # (_hot_parts: timm blocks' reads kept with _hot)
 
 
 def _refresh_after_load(module, _incompatible_keys) -> None:

@@ -151,7 +151,7 @@ class _TimmBlock(_TimmMixin, _FusedBlock):
         _plan validated in this call (a registration or a container edit rebuilds that state, and so
         these); a cold call reads them afresh."""
         hot = self.__dict__.get("_hot") if planned else None
-        kept = self.__dict__.get("_timm_parts")
+        kept = self.__dict__.get("_hot_parts")
         if hot is not None and kept is not None and kept[0] is hot:
             return kept[1]
         ds, aa, se = _child(self, "downsample"), _child(self, "aa"), _child(self, "se")
@@ -159,7 +159,7 @@ class _TimmBlock(_TimmMixin, _FusedBlock):
                  None if aa is None or isinstance(aa, nn.Identity) else aa,
                  None if se is None or isinstance(se, nn.Identity) else se)
         if hot is not None:
-            self.__dict__["_timm_parts"] = (hot, parts)
+            self.__dict__["_hot_parts"] = (hot, parts)
         return parts
 
     def _body(self, x, donate, fmt, folded, steps):
