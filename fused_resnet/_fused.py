@@ -330,12 +330,8 @@ class _FusedMixin:
             hot = self.__dict__["_hot"] = _Hot(structure_epoch(), pairs, source_slots(tensor_dicts(pairs)),
                                                attr_dicts(pairs), hooks, ok, containers,
                                                list(map(len, containers)), tuple(skipped))
-            if old is not None and (len(old.modules) != len(hot.modules)
-                                    or any(a is not b for a, b in zip(old.modules, hot.modules))):
-                # A module was set, deleted or inserted where the folds did not change (timm's se or
-                # aa on a block): which conv adds the residual and takes the ReLU may have, so the
-                # launch plans recorded against the old tree are dropped, not replayed.
-                self.__dict__.pop("_plans", None)
+            if old is not None and list(map(id, old.modules)) != list(map(id, hot.modules)):
+                self.__dict__.pop("_plans", None)  # a new module tree (timm's se set): its launches may differ
             self._keep_hook_dicts(skipped)
         return hot
 

@@ -136,7 +136,8 @@ class _TimmBlock(_TimmMixin, _FusedBlock):
 
     def _structure_problem(self) -> Optional[str]:
         if torch.compiler.is_compiling():  # (dynamo traces plain attribute reads)
-            return _drop_problem(getattr(self, "drop_block", None)) or _drop_problem(getattr(self, "drop_path", None))
+            return _drop_problem(getattr(self, "drop_block", None)) or \
+                _drop_problem(getattr(self, "drop_path", None))
         # (_drop_problem of drop_block and drop_path, inline: this runs per block per planned forward)
         mods, attrs = self._modules, self.__dict__
         for name in ("drop_block", "drop_path"):
