@@ -133,7 +133,11 @@ def test_eval_with_autograd_runs_timm_forward():
     torch.testing.assert_close(yb, ya, rtol=0, atol=0)
     ya.sum().backward()
     yb.sum().backward()
-    torch.testing.assert_close(xb.grad, xa.grad, rtol=0, atol=0)
+    # Same graph, so the same gradients up to torch's own run-to-run spread: two identical timm
+    # seresnet50 models (no fused_resnet imported) give input gradients differing by up to 7.5e-8 in
+    # 5 of 24 fresh processes on a 2-core CPU (benchmarks/NOTES.md), so bit equality is not torch's.
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-6)
+    assert type(yb.grad_fn) is type(ya.grad_fn)
     # explain() traces under no_grad, so ask the block directly
     assert fused.layer1[0]._fusion_problem(torch.randn(1, 64, 8, 8)).startswith("eager: autograd is recording")
 
