@@ -1,0 +1,310 @@
+// A ResNet forward run as a list of oneDNN primitives, called from C++ with no torch op in between:
+// the measuring stick for "oneDNN without torch's cost per call" (benchmarks/onednn_direct.py).
+//
+// A benchmark, not a library path. It builds against the oneDNN C API headers torch ships and runs on
+// a separately installed libdnnl (the `onednn-cpu-gomp` wheel: GNU OpenMP, the runtime torch's own
+// oneDNN uses, so both share one thread pool). Only the C API is called, whose symbols and the enum
+// values used here are the same across oneDNN 3.x (the script checks the library's names for them).
+//
+// The graph: every activation is a buffer of its own, allocated once and kept across forwards (no
+// fresh pages to fault in); convs carry BN folded into weight and bias, the residual add as oneDNN's
+// sum post-op (written over the residual's buffer) and ReLU as its eltwise post-op. That ReLU maps
+// NaN to 0 where torch.relu keeps it, so each step also carries the finite bound the library uses
+// (bound(out) = bound(in) * gain + max|bias| + bound(residual)); a forward whose bound would pass
+// the float32 limit measures its input (max|x|, one read pass, as the library does) and reports a
+// step whose bound still does not hold (`unproven` count) rather than guessing.
+#include <torch/extension.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#define DNNL_OK(call)                                                                       \
+  do {                                                                                     \
+    dnnl_status_t s_ = (call);                                                             \
+    TORCH_CHECK(s_ == dnnl_success, #call " failed with oneDNN status ", static_cast<int>(s_)); \
+  } while (0)
+
+namespace {
+
+struct Buffer {
+  int64_t c, h, w;
+  dnnl_memory_desc_t md = nullptr;
+  torch::Tensor storage;  // kept across forwards
+  dnnl_memory_t mem = nullptr;
+  double bound = 0.0;  // finite bound of the values written this forward
+};
+
+struct Step {
+  enum Kind { CONV, MAXPOOL, AVGPOOL } kind;
+  int src, dst;
+  // conv
+  torch::Tensor weight, bias;  // user layout (OIHW), fp32
+  int64_t stride = 1, pad = 0, kernel = 1;
+  bool relu = false, sum = false;
+  double gain = 0.0, bias_max = 0.0;
+  torch::Tensor packed_weight;  // in the primitive's chosen layout
+  dnnl_memory_t w_mem = nullptr, b_mem = nullptr;
+  dnnl_primitive_t prim = nullptr;
+  std::vector<dnnl_exec_arg_t> args;
+};
+
+class Net {
+ public:
+  Net() {
+    DNNL_OK(dnnl_engine_create(&engine_, dnnl_cpu, 0));
+    DNNL_OK(dnnl_stream_create(&stream_, engine_, dnnl_stream_default_flags));
+  }
+  ~Net() {
+    for (auto& s : steps_) {
+      if (s.prim) dnnl_primitive_destroy(s.prim);
+      if (s.w_mem) dnnl_memory_destroy(s.w_mem);
+      if (s.b_mem) dnnl_memory_destroy(s.b_mem);
+    }
+    for (auto& b : buffers_) {
+      if (b.mem) dnnl_memory_destroy(b.mem);
+      if (b.md) dnnl_memory_desc_destroy(b.md);
+    }
+    if (scratch_mem_) dnnl_memory_destroy(scratch_mem_);
+    dnnl_stream_destroy(stream_);
+    dnnl_engine_destroy(engine_);
+  }
+
+  int64_t add_buffer(int64_t c, int64_t h, int64_t w) {
+    buffers_.push_back(Buffer{c, h, w});
+    return static_cast<int64_t>(buffers_.size()) - 1;
+  }
+
+  void add_conv(int64_t src, int64_t dst, torch::Tensor weight, torch::Tensor bias, int64_t stride, int64_t pad,
+                bool relu, bool sum) {
+    TORCH_CHECK(weight.dim() == 4 && weight.scalar_type() == torch::kFloat, "conv weight: 4-d float32 expected");
+    TORCH_CHECK(weight.size(2) == weight.size(3), "square kernels only");
+    Step s{Step::CONV, static_cast<int>(src), static_cast<int>(dst)};
+    s.weight = weight.contiguous();
+    s.bias = bias.contiguous();
+    s.stride = stride;
+    s.pad = pad;
+    s.kernel = weight.size(2);
+    s.relu = relu;
+    s.sum = sum;
+    s.gain = s.weight.abs().sum({1, 2, 3}).max().item<double>();
+    s.bias_max = s.bias.abs().max().item<double>();
+    steps_.push_back(std::move(s));
+  }
+
+  void add_pool(int64_t src, int64_t dst, bool max, int64_t kernel, int64_t stride, int64_t pad) {
+    Step s{max ? Step::MAXPOOL : Step::AVGPOOL, static_cast<int>(src), static_cast<int>(dst)};
+    s.kernel = kernel;
+    s.stride = stride;
+    s.pad = pad;
+    steps_.push_back(std::move(s));
+  }
+
+  // Creates every primitive for batch n. Buffer 0 is the input, described by the strides given (the
+  // caller's tensor); the others use `tag` (a dnnl_format_tag_t: acdb = NHWC, aBcd16b = nChw16c, ...).
+  void build(int64_t n, std::vector<int64_t> input_strides, int64_t tag) {
+    n_ = n;
+    for (size_t i = 0; i < buffers_.size(); ++i) {
+      Buffer& b = buffers_[i];
+      dnnl_dims_t dims = {n, b.c, b.h, b.w};
+      if (i == 0) {
+        dnnl_dims_t st = {input_strides[0], input_strides[1], input_strides[2], input_strides[3]};
+        DNNL_OK(dnnl_memory_desc_create_with_strides(&b.md, 4, dims, dnnl_f32, st));
+      } else {
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&b.md, 4, dims, dnnl_f32, static_cast<dnnl_format_tag_t>(tag)));
+        size_t bytes = dnnl_memory_desc_get_size(b.md);
+        b.storage = torch::zeros({static_cast<int64_t>(bytes / 4)}, torch::kFloat);
+        DNNL_OK(dnnl_memory_create(&b.mem, b.md, engine_, b.storage.data_ptr()));
+      }
+    }
+    DNNL_OK(dnnl_memory_create(&buffers_[0].mem, buffers_[0].md, engine_, DNNL_MEMORY_NONE));
+    size_t scratch = 0;
+    std::vector<dnnl_primitive_desc_t> pds;
+    for (auto& s : steps_) {
+      dnnl_primitive_attr_t attr;
+      DNNL_OK(dnnl_primitive_attr_create(&attr));
+      DNNL_OK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+      dnnl_primitive_desc_t pd;
+      const Buffer &src = buffers_[s.src], &dst = buffers_[s.dst];
+      dnnl_dims_t strides = {s.stride, s.stride}, pad = {s.pad, s.pad};
+      if (s.kind == Step::CONV) {
+        dnnl_post_ops_t po;
+        DNNL_OK(dnnl_post_ops_create(&po));
+        if (s.sum) DNNL_OK(dnnl_post_ops_append_sum(po, 1.0f, 0, dnnl_data_type_undef));
+        if (s.relu) DNNL_OK(dnnl_post_ops_append_eltwise(po, dnnl_eltwise_relu, 0.0f, 0.0f));
+        DNNL_OK(dnnl_primitive_attr_set_post_ops(attr, po));
+        dnnl_post_ops_destroy(po);
+        dnnl_memory_desc_t w_any, w_user, b_md;
+        dnnl_dims_t wd = {s.weight.size(0), s.weight.size(1), s.kernel, s.kernel};
+        dnnl_dims_t bd = {s.weight.size(0)};
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&w_any, 4, wd, dnnl_f32, dnnl_format_tag_any));
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&w_user, 4, wd, dnnl_f32, dnnl_abcd));
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&b_md, 1, bd, dnnl_f32, dnnl_a));
+        dnnl_dims_t dil = {0, 0};
+        DNNL_OK(dnnl_convolution_forward_primitive_desc_create(&pd, engine_, dnnl_forward_inference,
+                                                               dnnl_convolution_direct, src.md, w_any, b_md, dst.md,
+                                                               strides, dil, pad, pad, attr));
+        // Weights reordered once into the layout the chosen kernel wants.
+        const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        s.packed_weight = torch::empty({static_cast<int64_t>(dnnl_memory_desc_get_size(w_md) / 4)}, torch::kFloat);
+        DNNL_OK(dnnl_memory_create(&s.w_mem, w_md, engine_, s.packed_weight.data_ptr()));
+        dnnl_memory_t user_mem;
+        DNNL_OK(dnnl_memory_create(&user_mem, w_user, engine_, s.weight.data_ptr()));
+        dnnl_primitive_desc_t rpd;
+        dnnl_primitive_t reorder;
+        DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, w_user, engine_, w_md, engine_, nullptr));
+        DNNL_OK(dnnl_primitive_create(&reorder, rpd));
+        dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, s.w_mem}};
+        DNNL_OK(dnnl_primitive_execute(reorder, stream_, 2, rargs));
+        DNNL_OK(dnnl_stream_wait(stream_));
+        dnnl_primitive_destroy(reorder);
+        dnnl_primitive_desc_destroy(rpd);
+        dnnl_memory_destroy(user_mem);
+        DNNL_OK(dnnl_memory_create(&s.b_mem, b_md, engine_, s.bias.data_ptr()));
+        dnnl_memory_desc_destroy(w_any);
+        dnnl_memory_desc_destroy(w_user);
+        dnnl_memory_desc_destroy(b_md);
+        s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, s.w_mem}, {DNNL_ARG_BIAS, s.b_mem},
+                  {DNNL_ARG_DST, dst.mem}};
+      } else {
+        dnnl_dims_t kernel = {s.kernel, s.kernel}, dil = {0, 0};
+        if (s.kind == Step::AVGPOOL) {
+          kernel[0] = src.h;
+          kernel[1] = src.w;
+          strides[0] = strides[1] = 1;
+        }
+        DNNL_OK(dnnl_pooling_forward_primitive_desc_create(
+            &pd, engine_, dnnl_forward_inference, s.kind == Step::MAXPOOL ? dnnl_pooling_max : dnnl_pooling_avg_exclude_padding,
+            src.md, dst.md, strides, kernel, dil, pad, pad, attr));
+        s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_DST, dst.mem}};
+      }
+      const_dnnl_memory_desc_t sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+      scratch = std::max(scratch, sp ? dnnl_memory_desc_get_size(sp) : size_t(0));
+      DNNL_OK(dnnl_primitive_create(&s.prim, pd));
+      pds.push_back(pd);
+      dnnl_primitive_attr_destroy(attr);
+    }
+    // One scratchpad, as large as the largest step's, shared by all (they run one after another).
+    scratch_ = torch::empty({static_cast<int64_t>(scratch / 4 + 16)}, torch::kFloat);
+    dnnl_memory_desc_t sp_md;
+    dnnl_dims_t sd = {static_cast<int64_t>(scratch)};
+    DNNL_OK(dnnl_memory_desc_create_with_tag(&sp_md, 1, sd, dnnl_u8, dnnl_a));
+    DNNL_OK(dnnl_memory_create(&scratch_mem_, sp_md, engine_, scratch_.data_ptr()));
+    dnnl_memory_desc_destroy(sp_md);
+    for (auto& s : steps_) s.args.push_back({DNNL_ARG_SCRATCHPAD, scratch_mem_});
+    for (auto pd : pds) dnnl_primitive_desc_destroy(pd);
+  }
+
+  // max|x| over a buffer (NaN counts as infinite): one read pass, on all threads.
+  static double measure(const Buffer& b) {
+    const float* p = b.storage.data_ptr<float>();
+    const int64_t n = b.storage.numel();
+    float m = 0.0f;
+#pragma omp parallel for reduction(max : m)
+    for (int64_t i = 0; i < n; ++i) {
+      float a = std::fabs(p[i]);
+      m = std::max(m, a == a ? a : INFINITY);
+    }
+    return m;
+  }
+
+  // One forward. x: the input with the strides given to build; x_bound: max|x| (measured by the
+  // caller). Returns the last buffer, copied out as (n, c) for a global average pool at the end.
+  std::tuple<torch::Tensor, int64_t> forward(torch::Tensor x, double x_bound) {
+    TORCH_CHECK(x.size(0) == n_, "batch size differs from the one built for");
+    DNNL_OK(dnnl_memory_set_data_handle(buffers_[0].mem, x.data_ptr()));
+    buffers_[0].bound = x_bound;
+    const double limit = 3.4028234663852886e38 / 4;
+    int64_t unproven = 0;
+    for (auto& s : steps_) {
+      Buffer &src = buffers_[s.src], &dst = buffers_[s.dst];
+      if (s.kind == Step::CONV) {
+        double b = src.bound * s.gain + s.bias_max + (s.sum ? dst.bound : 0.0);
+        if (!(b <= limit)) {  // (NaN-safe: a NaN bound fails too)
+          if (s.src != 0) {  // a propagated bound got loose: measure the values (the input's is measured)
+            src.bound = measure(src);
+            ++measured_;
+          }
+          if (s.sum && !(src.bound * s.gain + s.bias_max + dst.bound <= limit)) {
+            dst.bound = measure(dst);
+            ++measured_;
+          }
+          b = src.bound * s.gain + s.bias_max + (s.sum ? dst.bound : 0.0);
+          if (!(b <= limit)) ++unproven;
+        }
+        dst.bound = b;
+      } else {
+        dst.bound = src.bound;
+      }
+      DNNL_OK(dnnl_primitive_execute(s.prim, stream_, static_cast<int>(s.args.size()), s.args.data()));
+    }
+    const Buffer& last = buffers_.back();
+    last_measured_ = measured_;
+    measured_ = 0;
+    return {last.storage.narrow(0, 0, n_ * last.c).view({n_, last.c}).clone(), unproven};
+  }
+
+  // A buffer's contents as an NCHW tensor (for checking the intermediate steps).
+  torch::Tensor read(int64_t i) {
+    Buffer& b = buffers_[i];
+    dnnl_dims_t dims = {n_, b.c, b.h, b.w};
+    dnnl_memory_desc_t plain;
+    DNNL_OK(dnnl_memory_desc_create_with_tag(&plain, 4, dims, dnnl_f32, dnnl_abcd));
+    torch::Tensor out = torch::empty({n_, b.c, b.h, b.w}, torch::kFloat);
+    dnnl_memory_t out_mem;
+    DNNL_OK(dnnl_memory_create(&out_mem, plain, engine_, out.data_ptr()));
+    dnnl_primitive_desc_t rpd;
+    dnnl_primitive_t reorder;
+    DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, b.md, engine_, plain, engine_, nullptr));
+    DNNL_OK(dnnl_primitive_create(&reorder, rpd));
+    dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, b.mem}, {DNNL_ARG_TO, out_mem}};
+    DNNL_OK(dnnl_primitive_execute(reorder, stream_, 2, rargs));
+    DNNL_OK(dnnl_stream_wait(stream_));
+    dnnl_primitive_destroy(reorder);
+    dnnl_primitive_desc_destroy(rpd);
+    dnnl_memory_destroy(out_mem);
+    dnnl_memory_desc_destroy(plain);
+    return out;
+  }
+
+ private:
+  dnnl_engine_t engine_ = nullptr;
+  dnnl_stream_t stream_ = nullptr;
+  std::vector<Buffer> buffers_;
+  std::vector<Step> steps_;
+  torch::Tensor scratch_;
+  dnnl_memory_t scratch_mem_ = nullptr;
+  int64_t n_ = 0;
+  int64_t measured_ = 0;
+
+ public:
+  int64_t last_measured_ = 0;  // measuring passes in the last forward
+};
+
+std::string library_version() {
+  const dnnl_version_t* v = dnnl_version();
+  return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) + " (" +
+         v->hash + ")";
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  pybind11::class_<Net>(m, "Net")
+      .def(pybind11::init<>())
+      .def("add_buffer", &Net::add_buffer)
+      .def("add_conv", &Net::add_conv)
+      .def("add_pool", &Net::add_pool)
+      .def("build", &Net::build)
+      .def("forward", &Net::forward)
+      .def("read", &Net::read)
+      .def_readonly("last_measured", &Net::last_measured_);
+  m.def("library_version", &library_version);
+  m.attr("TAG_NHWC") = static_cast<int64_t>(dnnl_acdb);
+  m.attr("TAG_NCHW16C") = static_cast<int64_t>(dnnl_aBcd16b);
+  m.attr("TAG_NCHW8C") = static_cast<int64_t>(dnnl_aBcd8b);
+  m.attr("TAG_ANY") = static_cast<int64_t>(dnnl_format_tag_any);
+}
