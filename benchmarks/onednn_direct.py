@@ -8,8 +8,8 @@ and everything else around the kernels: the whole network is a list of oneDNN pr
 and run from C++ (onednn_direct.cpp), every activation in a buffer kept across forwards, BN folded,
 residual adds and ReLUs as post-ops, in NHWC or in oneDNN's blocked layout across the whole network.
 The fc runs in torch. What it measures is a ceiling for any path that still uses oneDNN's kernels;
-it is not a library path (its ReLU post-op is exact only where the finite bound holds, and the script
-reports every step where it would not).
+it is not a library path (its ReLU post-op is exact only where the finite bound holds; a forward
+where it would not hold raises instead of returning).
 
 Needs the `onednn-cpu-gomp` wheel (a libdnnl built with GNU OpenMP, which this script finds beside
 the interpreter), a C++ compiler and ninja; the build takes about a minute the first time.
@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=25, help="interleaved rounds (default 25)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--no-ort", action="store_true", help="leave ONNX Runtime out")
+    p.add_argument("--compile", action="store_true", help="add torch.compile with freezing (a minute or two to build)")
     p.add_argument("--out", help="write the numbers as JSON here")
     a = p.parse_args(argv)
     for name in ("batch", "size", "runs"):
@@ -151,6 +152,13 @@ def main(argv=None) -> int:
         providers["onnxruntime"] = build_external("onnxruntime", model, x)
     else:
         print(f"  onnxruntime skipped: {skip}")
+    if a.compile:
+        from fused_resnet.bench.model import build_provider
+
+        print("compiling torch.compile with freezing ...", flush=True)
+        fn, x_cl, secs = build_provider("compile", model, x)
+        providers["compile_freezing"] = lambda x, fn=fn: fn(x.contiguous(memory_format=torch.channels_last))
+        print(f"  compiled in {secs:.0f} s", flush=True)
     errors = {}
     with torch.inference_mode():
         ref, eager = reference_outputs(model, x)
@@ -177,10 +185,16 @@ def main(argv=None) -> int:
         print(f"  {n:18s} {t.median_s * 1e3:8.2f} ms  (IQR {t.spread_s * 1e3:5.2f})   {r:5.3f}x fused_resnet's speed")
     if "onnxruntime" in names:
         ort = times[names.index("onnxruntime")]
-        for n in ("onednn_nhwc", "onednn_blocked16"):
+        for n in ("fused_resnet", "onednn_nhwc", "onednn_blocked16"):
             r, iqr = paired_ratio(ort, times[names.index(n)])
             rows[n]["speedup_over_onnxruntime"] = r
             print(f"  {n} vs onnxruntime: {r:5.3f}x (paired, IQR {iqr:.3f})")
+    if "compile_freezing" in names:
+        comp = times[names.index("compile_freezing")]
+        for n in ("fused_resnet", "onednn_nhwc", "onednn_blocked16"):
+            r, iqr = paired_ratio(comp, times[names.index(n)])
+            rows[n]["speedup_over_compile_freezing"] = r
+            print(f"  {n} vs compile+freezing: {r:5.3f}x (paired, IQR {iqr:.3f})")
     if a.out:
         meta = {"model": a.model, "batch": a.batch, "size": a.size, "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "onednn_direct": ext.library_version(),
