@@ -24,6 +24,7 @@ VARIABLES = {
     "FUSED_RESNET_SM90_EXCLUDE": "comma list of sm90 configs taken out of the tactics (failed their check)",
     "FUSED_RESNET_SM90": "0: build the CUDA extension without the Hopper (sm90) kernels",
     "FUSED_RESNET_JIT": "0: never JIT-build the CUDA extension (use a prebuilt library or report why not)",
+    "FUSED_RESNET_CPU_GRAPH": "0: optimize() runs CPU inputs through the converted model, never the oneDNN CPU graph",
     "FUSED_RESNET_GIT_SHA": "the commit recorded in benchmark and tuning results (else git is asked)",
     "FUSED_RESNET_AOT_DEBUG": "1: keep the Triton ahead-of-time compiler's intermediate files",
     # Read by scripts that do not import the package (listed here so the list is whole):

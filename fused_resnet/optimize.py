@@ -1,4 +1,5 @@
-"""fused_resnet.optimize(model, example_input): a converted model that replays CUDA graphs.
+"""fused_resnet.optimize(model, example_input): a converted model that replays CUDA graphs, and on
+the CPU runs a torchvision ResNet as one oneDNN graph.
 
 Batch-1 inference is host-bound: without graphs a ResNet-50 forward spends more time in Python and
 kernel launches than on the GPU. ``optimize`` captures one CUDA graph per input signature (shape,
@@ -16,9 +17,14 @@ Weights changed after capture (load_state_dict, in-place edits, parameter replac
 detected on the next call from the parameters' and buffers' version counters and storage, and so is
 any refresh point (eval()/train() of a converted module, fused_resnet.refresh(), after writes through
 .data); the graphs are then dropped and captured again (warm-up included), so a forward never runs on stale
-weights. Each input signature (shape, strides, dtype, device) gets its own graph; CPU inputs and
-training mode run the converted model directly, under torch.no_grad(): this module is for
-inference only. While any module of the model (or a global hook) has a forward hook, calls run the
+weights. Each input signature (shape, strides, dtype, device) gets its own graph; training mode runs
+the converted model directly, under torch.no_grad(): this module is for inference only.
+
+On the CPU (float32), a torchvision ResNet runs as a CPU graph (``_cpu_graph``: oneDNN primitives
+called from C++, one net per input shape) when the onednn-cpu-gomp wheel is installed; the same
+stamp rebuilds the nets after a weight change. Everything the net cannot take (another model, a
+mode, autocast, an input whose ReLU post-op it cannot prove exact, such as one holding NaN) runs
+the converted model, and ``cpu_graph_status`` says why. While any module of the model (or a global hook) has a forward hook, calls run the
 model itself, so the hooks fire. Calls from several threads are serialized, and each waits on the GPU for the
 previous replay before overwriting the static input.
 """
@@ -32,7 +38,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import folding
+from . import _cpu_graph, folding
 from ._fused import _GLOBAL_HOOKS, _FusedMixin
 from .swap import convert
 
@@ -46,6 +52,8 @@ class _Structure(NamedTuple):
     attrs: tuple  # (conv instance dicts, BN instance dicts): geometry, eps, BN mode (folding.stamp)
     hooks: tuple  # every module's forward and pre-hook dicts
     fused: tuple  # the converted modules (their refresh counters)
+    containers: tuple  # every module's _modules dict: Sequential.insert/pop/del edit these without a
+    lens: tuple  # registration hook, so their lengths are compared on every call
 
 
 class _Graph(NamedTuple):
@@ -58,10 +66,15 @@ class OptimizedModel(nn.Module):
     """What ``fused_resnet.optimize`` returns; call it like the model (see ``optimize``)."""
 
     def __init__(self, model: nn.Module, *, cuda_graphs: bool = True, max_graphs: int = 8,
-                 copy_output: bool = False, warmup: int = 3) -> None:
+                 copy_output: bool = False, warmup: int = 3, cpu_graph: bool = True) -> None:
         super().__init__()
         self.model = model  # a registered submodule: .to(), state_dict(), parameters() reach it
         self.cuda_graphs = cuda_graphs
+        self.cpu_graph = cpu_graph
+        self._cpu_nets: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()  # LRU order
+        self._cpu_stamp = None  # of the weights the CPU nets were built from
+        self.cpu_graph_status = "no CPU call yet"  # what the last CPU call ran, or why not the CPU graph
+        self.cpu_graph_runs = 0  # CPU forwards the CPU graph answered; for tests and logs
         self.max_graphs = max_graphs
         self.copy_output = copy_output
         self.warmup = warmup
@@ -77,15 +90,17 @@ class OptimizedModel(nn.Module):
     def _structure(self) -> _Structure:
         """What the stamp reads, collected again whenever structure_epoch() moved."""
         epoch = folding.structure_epoch()
-        if self._dicts is None or self._dicts.epoch != epoch:
+        if self._dicts is None or self._dicts.epoch != epoch \
+                or tuple(map(len, self._dicts.containers)) != self._dicts.lens:
             mods = tuple(self.model.modules())
+            containers = tuple(m._modules for m in mods)
             convs = tuple(m for m in mods if type(m) is nn.Conv2d)
             bns = tuple(m for m in mods if isinstance(m, nn.BatchNorm2d) or type(m) is FrozenBatchNorm2d)
             self._dicts = _Structure(
                 epoch, tuple(d for m in mods for d in (m._parameters, m._buffers)),
                 tuple((id(m), type(m)) for m in mods), (tuple(map(vars, convs)), tuple(map(vars, bns))),
                 tuple(d for m in mods for d in (m._forward_hooks, m._forward_pre_hooks)),
-                tuple(m for m in mods if isinstance(m, _FusedMixin)))
+                tuple(m for m in mods if isinstance(m, _FusedMixin)), containers, tuple(map(len, containers)))
         return self._dicts
 
     def _weights_stamp(self) -> tuple:
@@ -114,7 +129,8 @@ class OptimizedModel(nn.Module):
         # A copy (deepcopy, pickle, Ray) owns its model copy and captures its own graphs on first use.
         state = dict(super().__getstate__())
         state.update(_graphs=collections.OrderedDict(), _pool=None, _stream=None, _stamp=None, _dicts=None,
-                     _lock=None, _done=None, captures=0)
+                     _lock=None, _done=None, captures=0, _cpu_nets=collections.OrderedDict(), _cpu_stamp=None,
+                     cpu_graph_runs=0)
         return state
 
     def __setstate__(self, state):
@@ -123,10 +139,47 @@ class OptimizedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output for ``x`` (inference only: no autograd graph is recorded)."""
-        if not (self.cuda_graphs and isinstance(x, torch.Tensor) and x.is_cuda) or self.model.training \
-                or self._hooked():  # hooks fire only in a real forward: run one
-            with torch.no_grad():
-                return self.model(x)
+        # hooks fire only in a real forward: run one
+        if isinstance(x, torch.Tensor) and not self.model.training and not self._hooked():
+            if self.cuda_graphs and x.is_cuda:
+                return self._replay(x)
+            if self.cpu_graph and x.device.type == "cpu":
+                out = self._cpu_graph_forward(x)
+                if out is not None:
+                    return out
+        with torch.no_grad():
+            return self.model(x)
+
+    def _cpu_graph_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The CPU graph's output for x (fused_resnet/_cpu_graph.py), or None: then the model runs,
+        and ``cpu_graph_status`` says why."""
+        why = _cpu_graph.input_problem(x)
+        if why:
+            self.cpu_graph_status = why
+            return None
+        with self._lock:  # the nets' buffers are shared by every call
+            stamp = self._weights_stamp()
+            if stamp != self._cpu_stamp:
+                self._cpu_nets.clear()  # they hold folds of the old weights
+                self._cpu_stamp = stamp
+            key = tuple(x.shape)
+            entry = self._cpu_nets.get(key)
+            if entry is None:
+                while len(self._cpu_nets) >= self.max_graphs:
+                    self._cpu_nets.popitem(last=False)
+                entry = self._cpu_nets[key] = _cpu_graph.build(self.model, x)  # (net, why not); failures kept too
+            else:
+                self._cpu_nets.move_to_end(key)
+            net, why = entry
+            out = net.run(x) if net is not None else None
+            if out is None:
+                self.cpu_graph_status = why or "an input or weight the ReLU post-op cannot be proven exact for (NaN, Inf, near float32's range)"
+                return None
+            self.cpu_graph_runs += 1
+            self.cpu_graph_status = "oneDNN CPU graph"
+            return out
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
         with self._lock:
             stamp = self._weights_stamp()
             if stamp != self._stamp:
@@ -168,11 +221,13 @@ class OptimizedModel(nn.Module):
         self.drop_graphs()
 
     def drop_graphs(self) -> None:
-        """Release every captured graph (the next call of each shape captures again)."""
+        """Release every captured graph and CPU net (the next call of each shape builds again)."""
         if self._graphs:
             torch.cuda.synchronize()  # replays may still run on callers' streams
         self._graphs.clear()
         self._stamp = None
+        self._cpu_nets.clear()
+        self._cpu_stamp = None
 
     def graph_shapes(self) -> list:
         """Input shapes with a captured graph, least recently used first."""
@@ -200,9 +255,10 @@ def capture(fn, static_input: torch.Tensor, *, warmup: int = 3, pool=None, strea
 
 
 def optimize(model: nn.Module, example_input: Optional[torch.Tensor] = None, *, cuda_graphs: bool = True,
-             max_graphs: int = 8, copy_output: bool = False) -> OptimizedModel:
+             max_graphs: int = 8, copy_output: bool = False, cpu_graph: bool = True) -> OptimizedModel:
     """Convert ``model`` (if needed), put it in eval mode and return a module that owns it and, on
-    CUDA, replays one captured CUDA graph per input signature.
+    CUDA, replays one captured CUDA graph per input signature; on the CPU a torchvision ResNet runs
+    as one oneDNN graph per input shape where it can (see the module's docstring).
 
     Args:
         model: a torchvision/timm ResNet (or any module containing their blocks), on its device and
@@ -216,14 +272,16 @@ def optimize(model: nn.Module, example_input: Optional[torch.Tensor] = None, *, 
             few sizes if they vary a lot).
         copy_output: the returned tensor is this module's static output buffer, overwritten by the
             next call with the same input shape; True returns a copy instead (one extra pass).
+        cpu_graph: False runs CPU inputs through the converted model (as FUSED_RESNET_CPU_GRAPH=0).
     Returns:
         an ``OptimizedModel``. Weights changed after capture are detected on the next call and the
-        graphs are captured again. CPU inputs and training mode run the converted model directly
+        graphs (or CPU nets) are built again. Training mode runs the converted model directly
         (under torch.no_grad(): inference only).
     """
     convert(model)
     model.eval()
-    opt = OptimizedModel(model, cuda_graphs=cuda_graphs, max_graphs=max_graphs, copy_output=copy_output)
+    opt = OptimizedModel(model, cuda_graphs=cuda_graphs, max_graphs=max_graphs, copy_output=copy_output,
+                         cpu_graph=cpu_graph)
     if example_input is not None:
         with torch.inference_mode():
             opt(example_input)

@@ -234,10 +234,11 @@ def test_optimize_on_cpu_equals_converted_model():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = fused_resnet.convert(copy.deepcopy(tv))(x)
-    opt = fused_resnet.optimize(copy.deepcopy(tv), x)
+    opt = fused_resnet.optimize(copy.deepcopy(tv), x, cpu_graph=False)
     assert isinstance(opt, fused_resnet.OptimizedModel)
     assert torch.equal(opt(x), expected)
     assert opt.captures == 0 and opt.graph_shapes() == []  # no graphs on CPU
+    assert opt.cpu_graph_runs == 0  # (the CPU graph: tests/test_cpu_graph.py)
     assert set(opt.state_dict()) == {"model." + k for k in tv.state_dict()}
 
 
@@ -345,6 +346,11 @@ def test_optimize_stamp_sees_what_its_graphs_bake_in():
         lambda: m.eval(),  # the refresh point after writes through .data
         lambda: fused_resnet.refresh(m),
         lambda: (m.layer1[0].bn1.weight.data.mul_(2.0), m.layer1[0].eval()),
+        # Sequential edits with no registration hook (found when the CPU graph ran the matrix: the
+        # stamp kept, and a graph built before `del` replayed the removed BN)
+        lambda: m.layer2[0].downsample.__delitem__(1),
+        lambda: m.layer3[0].downsample.insert(1, torch.nn.Identity()),
+        lambda: m.layer4.pop(1),
     ]
     for i, edit in enumerate(edits):
         before = opt._weights_stamp()

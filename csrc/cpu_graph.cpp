@@ -1,23 +1,30 @@
-// A ResNet forward run as a list of oneDNN primitives, called from C++ with no torch op in between:
-// the measuring stick for "oneDNN without torch's cost per call" (benchmarks/onednn_direct.py).
+// fused_resnet's CPU graph: a whole torchvision ResNet forward as a list of oneDNN primitives, built
+// once per input signature and run from C++ with no torch op in between (fused_resnet/_cpu_graph.py
+// builds it; fused_resnet.optimize runs it for CPU inputs).
 //
-// A benchmark, not a library path. It builds against the oneDNN C API headers torch ships and runs on
-// a separately installed libdnnl (the `onednn-cpu-gomp` wheel: GNU OpenMP, the runtime torch's own
-// oneDNN uses, so both share one thread pool). Only the C API is called, whose symbols and the enum
-// values used here are the same across oneDNN 3.x (the script checks the library's names for them).
+// It builds against the oneDNN C API headers torch ships and runs on a separately installed libdnnl
+// (the `onednn-cpu-gomp` wheel: GNU OpenMP, the runtime torch's own oneDNN uses, so both share one
+// thread pool). Only the C API is called; its symbols and the enum values used here are the same
+// across oneDNN 3.x (the loader checks the library's major version).
 //
-// The graph: every activation is a buffer of its own, allocated once and kept across forwards (no
-// fresh pages to fault in); convs carry BN folded into weight and bias, the residual add as oneDNN's
-// sum post-op (written over the residual's buffer) and ReLU as its eltwise post-op. That ReLU maps
-// NaN to 0 where torch.relu keeps it, so each step also carries the finite bound the library uses
-// (bound(out) = bound(in) * gain + max|bias| + bound(residual)); a forward whose bound would pass
-// the float32 limit measures its input (max|x|, one read pass, as the library does) and reports a
-// step whose bound still does not hold (`unproven` count) rather than guessing.
+// Every activation is a buffer allocated once and kept with the net (no fresh pages to fault in;
+// the builder reuses a buffer whose values are dead for the next one of the same shape). Convs carry
+// BN folded into weight and bias, the residual add as oneDNN's sum post-op (written over the
+// residual's buffer) and ReLU as its eltwise post-op. That ReLU maps NaN to 0 where torch.relu keeps
+// it, so before each conv the net proves that no NaN or Inf can arise, with the finite bound the
+// library's eager path uses:
+//     bound(out) = bound(in) * gain(W) + max|bias| (+ bound(residual)),
+// gain(W) the largest per-output-channel sum of |W|. A propagated bound past the float32 limit is
+// replaced by the measured max|x| of the buffer (one read pass); if the bound still fails (a NaN or
+// Inf in the input or the weights, values near the float32 range), forward() returns None before
+// running that step and the caller runs the model itself: nothing the caller can see was written.
 #include <torch/extension.h>
 
 #include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
 
 #include <algorithm>
+#include <optional>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -106,7 +113,9 @@ class Net {
   // Creates every primitive for batch n. Buffer 0 is the input, described by the strides given (the
   // caller's tensor); the others use `tag` (a dnnl_format_tag_t: acdb = NHWC, aBcd16b = nChw16c, ...).
   void build(int64_t n, std::vector<int64_t> input_strides, int64_t tag) {
+    TORCH_CHECK(n_ == 0 && n > 0 && input_strides.size() == 4, "cpu_graph: build(n > 0, 4 strides) once per net");
     n_ = n;
+    in_strides_ = input_strides;
     for (size_t i = 0; i < buffers_.size(); ++i) {
       Buffer& b = buffers_[i];
       dnnl_dims_t dims = {n, b.c, b.h, b.w};
@@ -198,10 +207,8 @@ class Net {
     for (auto pd : pds) dnnl_primitive_desc_destroy(pd);
   }
 
-  // max|x| over a buffer (NaN counts as infinite): one read pass, on all threads.
-  static double measure(const Buffer& b) {
-    const float* p = b.storage.data_ptr<float>();
-    const int64_t n = b.storage.numel();
+  // max|x| over n floats (NaN counts as infinite): one read pass, on all threads.
+  static double measure(const float* p, int64_t n) {
     float m = 0.0f;
 #pragma omp parallel for reduction(max : m)
     for (int64_t i = 0; i < n; ++i) {
@@ -211,64 +218,46 @@ class Net {
     return m;
   }
 
-  // One forward. x: the input with the strides given to build; x_bound: max|x| (measured by the
-  // caller). Returns the last buffer, copied out as (n, c) for a global average pool at the end.
-  std::tuple<torch::Tensor, int64_t> forward(torch::Tensor x, double x_bound) {
-    TORCH_CHECK(x.size(0) == n_, "batch size differs from the one built for");
+  // One forward. x: a float32 tensor with the sizes and strides given to build. Returns the last
+  // buffer copied out as (n, c) (a global average pool ends the net), or None when a step's finite
+  // bound does not hold: then that step and the ones after it have not run.
+  std::optional<torch::Tensor> forward(const torch::Tensor& x) {
+    const Buffer& in = buffers_[0];
+    TORCH_CHECK(x.dim() == 4 && x.size(0) == n_ && x.size(1) == in.c && x.size(2) == in.h && x.size(3) == in.w &&
+                    x.scalar_type() == torch::kFloat && x.strides() == c10::IntArrayRef(in_strides_),
+                "cpu_graph: the input differs from the signature the net was built for");
+    omp_set_num_threads(at::get_num_threads());  // torch's intra-op threads, on whichever thread calls
     DNNL_OK(dnnl_memory_set_data_handle(buffers_[0].mem, x.data_ptr()));
-    buffers_[0].bound = x_bound;
-    const double limit = 3.4028234663852886e38 / 4;
-    int64_t unproven = 0;
+    const double limit = 3.4028234663852886e38 / 4;  // float32 max / 4, as the eager path's _finite.LIMIT
+    buffers_[0].bound = measure(x.data_ptr<float>(), x.numel());
+    last_measured_ = 1;
     for (auto& s : steps_) {
       Buffer &src = buffers_[s.src], &dst = buffers_[s.dst];
       if (s.kind == Step::CONV) {
         double b = src.bound * s.gain + s.bias_max + (s.sum ? dst.bound : 0.0);
         if (!(b <= limit)) {  // (NaN-safe: a NaN bound fails too)
           if (s.src != 0) {  // a propagated bound got loose: measure the values (the input's is measured)
-            src.bound = measure(src);
-            ++measured_;
+            src.bound = measure(src.storage.data_ptr<float>(), src.storage.numel());
+            ++last_measured_;
           }
           if (s.sum && !(src.bound * s.gain + s.bias_max + dst.bound <= limit)) {
-            dst.bound = measure(dst);
-            ++measured_;
+            dst.bound = measure(dst.storage.data_ptr<float>(), dst.storage.numel());
+            ++last_measured_;
           }
           b = src.bound * s.gain + s.bias_max + (s.sum ? dst.bound : 0.0);
-          if (!(b <= limit)) ++unproven;
+          if (!(b <= limit)) return std::nullopt;
         }
         dst.bound = b;
       } else {
-        dst.bound = src.bound;
+        dst.bound = src.bound;  // (pools do not raise a bound)
       }
       DNNL_OK(dnnl_primitive_execute(s.prim, stream_, static_cast<int>(s.args.size()), s.args.data()));
     }
     const Buffer& last = buffers_.back();
-    last_measured_ = measured_;
-    measured_ = 0;
-    return {last.storage.narrow(0, 0, n_ * last.c).view({n_, last.c}).clone(), unproven};
+    return last.storage.narrow(0, 0, n_ * last.c).view({n_, last.c}).clone();
   }
 
-  // A buffer's contents as an NCHW tensor (for checking the intermediate steps).
-  torch::Tensor read(int64_t i) {
-    Buffer& b = buffers_[i];
-    dnnl_dims_t dims = {n_, b.c, b.h, b.w};
-    dnnl_memory_desc_t plain;
-    DNNL_OK(dnnl_memory_desc_create_with_tag(&plain, 4, dims, dnnl_f32, dnnl_abcd));
-    torch::Tensor out = torch::empty({n_, b.c, b.h, b.w}, torch::kFloat);
-    dnnl_memory_t out_mem;
-    DNNL_OK(dnnl_memory_create(&out_mem, plain, engine_, out.data_ptr()));
-    dnnl_primitive_desc_t rpd;
-    dnnl_primitive_t reorder;
-    DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, b.md, engine_, plain, engine_, nullptr));
-    DNNL_OK(dnnl_primitive_create(&reorder, rpd));
-    dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, b.mem}, {DNNL_ARG_TO, out_mem}};
-    DNNL_OK(dnnl_primitive_execute(reorder, stream_, 2, rargs));
-    DNNL_OK(dnnl_stream_wait(stream_));
-    dnnl_primitive_destroy(reorder);
-    dnnl_primitive_desc_destroy(rpd);
-    dnnl_memory_destroy(out_mem);
-    dnnl_memory_desc_destroy(plain);
-    return out;
-  }
+  int64_t last_measured_ = 0;  // read passes in the last forward (the input's included)
 
  private:
   dnnl_engine_t engine_ = nullptr;
@@ -278,10 +267,7 @@ class Net {
   torch::Tensor scratch_;
   dnnl_memory_t scratch_mem_ = nullptr;
   int64_t n_ = 0;
-  int64_t measured_ = 0;
-
- public:
-  int64_t last_measured_ = 0;  // measuring passes in the last forward
+  std::vector<int64_t> in_strides_;
 };
 
 std::string library_version() {
@@ -299,12 +285,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_conv", &Net::add_conv)
       .def("add_pool", &Net::add_pool)
       .def("build", &Net::build)
-      .def("forward", &Net::forward)
-      .def("read", &Net::read)
+      .def("forward", &Net::forward, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def_readonly("last_measured", &Net::last_measured_);
   m.def("library_version", &library_version);
+  m.def("library_major", []() { return dnnl_version()->major; });
   m.attr("TAG_NHWC") = static_cast<int64_t>(dnnl_acdb);
   m.attr("TAG_NCHW16C") = static_cast<int64_t>(dnnl_aBcd16b);
-  m.attr("TAG_NCHW8C") = static_cast<int64_t>(dnnl_aBcd8b);
-  m.attr("TAG_ANY") = static_cast<int64_t>(dnnl_format_tag_any);
 }

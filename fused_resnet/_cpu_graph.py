@@ -1,0 +1,290 @@
+"""The CPU graph: a whole torchvision ResNet forward as oneDNN primitives run from C++.
+
+Why: on the CPU the converted model's convs are oneDNN's kernels reached through torch ops, and each
+such call costs ~35 us of torch's own work besides the kernel (descriptor building, allocation); with
+fresh output buffers, page faults, a max-pool that also writes indices and Python around them, that
+kept the converted model behind ONNX Runtime at batch 1 whatever was done around the kernels
+(benchmarks/NOTES.md, "The CPU gap, split at the kernels"). Here the network is built once per input
+signature into oneDNN primitives with BN folded, residual adds and ReLUs as post-ops, weights
+reordered once and every activation in a buffer kept with the net, and a forward is one C++ call
+(csrc/cpu_graph.cpp, which also explains how the ReLU post-op is kept exact).
+
+Who runs it: ``fused_resnet.optimize`` for float32 CPU inputs (``OptimizedModel`` owns the model, so
+it can check the weights' stamp, hooks and modes before each call and rebuild or step aside). A net
+that cannot prove its ReLU post-op exact for an input returns None and the model itself runs.
+
+What it needs: the ``onednn-cpu-gomp`` wheel (``pip install fused_resnet[cpu]``: libdnnl with GNU
+OpenMP, the runtime torch uses), a C++ compiler and ninja; the extension is built on first use
+(~35 s on 2 cores) and cached in ``TORCH_EXTENSIONS_DIR``. ``FUSED_RESNET_CPU_GRAPH=0`` turns the path off.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import threading
+import time
+from typing import Optional
+
+import torch
+from torch import nn
+from torchvision.models import resnet as tvr
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from . import _env
+from .folding import fold_bn
+
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def library_dir() -> Optional[str]:
+    """Where pip put the onednn-cpu-gomp wheel's libdnnl (its data files go under the prefix)."""
+    for prefix in (sys.prefix, sys.base_prefix, os.path.expanduser("~/.local")):
+        if glob.glob(os.path.join(prefix, "lib", "libdnnl.so.3*")):
+            return os.path.join(prefix, "lib")
+    return None
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    lib = library_dir()
+    if lib is None:
+        raise RuntimeError("onednn-cpu-gomp is not installed (pip install fused_resnet[cpu])")
+    if not os.path.exists(os.path.join(CSRC, "cpu_graph.cpp")):
+        raise RuntimeError(f"csrc/cpu_graph.cpp not found beside the package ({CSRC})")
+    import importlib.util
+
+    if importlib.util.find_spec("ninja") is not None:  # the pip wheel's ninja binary onto PATH
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    # One build folder per torch and Python: the library links against this torch.
+    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser("~/.cache/torch_extensions")
+    build_dir = os.path.join(root, f"fused_resnet_cpu_graph-{tag}")
+    os.makedirs(build_dir, exist_ok=True)
+    t0 = time.perf_counter()
+    print("fused_resnet: building the CPU graph extension (first use, ~35 s; cached afterwards) ...",
+          file=sys.stderr, flush=True)
+    mod = cpp_extension.load(name="fused_resnet_cpu_graph", sources=[os.path.join(CSRC, "cpu_graph.cpp")],
+                             extra_cflags=["-O2", "-fopenmp"],
+                             extra_ldflags=["-fopenmp", f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"],
+                             build_directory=build_dir, verbose=False)
+    print(f"fused_resnet: CPU graph extension ready ({time.perf_counter() - t0:.0f} s; libdnnl "
+          f"{mod.library_version()})", file=sys.stderr, flush=True)
+    if mod.library_major() != 3:
+        raise RuntimeError(f"libdnnl {mod.library_version()} found; the CPU graph is written for oneDNN 3.x")
+    return mod
+
+
+def extension():
+    """(module, None) once built or loaded, else (None, why not). Built at most once per process."""
+    with _lock:
+        if "ext" not in _state:
+            if _env.get("FUSED_RESNET_CPU_GRAPH", "1") == "0":
+                return None, "FUSED_RESNET_CPU_GRAPH=0"
+            if not torch.backends.mkldnn.is_available():
+                _state["ext"] = (None, "torch is built without oneDNN (its headers are what the extension uses)")
+            else:
+                try:
+                    _state["ext"] = (_build(), None)
+                except Exception as e:  # reported (OptimizedModel.cpu_graph_status), never raised
+                    _state["ext"] = (None, f"CPU graph unavailable: {str(e).splitlines()[0][:200]}")
+        return _state["ext"]
+
+
+# --- what the net can express ---------------------------------------------------------------------
+
+_BN = (nn.BatchNorm2d, FrozenBatchNorm2d)
+
+
+def _conv_problem(conv, where: str) -> Optional[str]:
+    if type(conv) is not nn.Conv2d:
+        return f"{where} is a {type(conv).__name__}, not an nn.Conv2d"
+    k, s, p = conv.kernel_size, conv.stride, conv.padding
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(p, str) \
+            or k[0] != k[1] or s[0] != s[1] or p[0] != p[1]:
+        return f"{where}: grouped, dilated or non-square conv"
+    if conv.weight.dtype != torch.float32 or conv.weight.device.type != "cpu":
+        return f"{where}: weights are not float32 on the CPU"
+    return None
+
+
+def _pair_problem(conv, bn, where: str) -> Optional[str]:
+    why = _conv_problem(conv, where)
+    if why:
+        return why
+    if type(bn) not in _BN or (type(bn) is nn.BatchNorm2d and (bn.training or not bn.track_running_stats)):
+        return f"{where}'s norm is not an eval-mode BatchNorm2d with running statistics"
+    return None
+
+
+def unsupported(model: nn.Module) -> Optional[str]:
+    """None if ``model`` (eval, float32, CPU) is a plain torchvision ResNet the net computes exactly as
+    its forward does, else why not. Exact types only: a subclass may override forward."""
+    from . import blocks
+
+    if type(model) not in (tvr.ResNet, blocks.ResNet):
+        return f"{type(model).__name__} is not a torchvision ResNet"
+    blocks_ok = (tvr.BasicBlock, tvr.Bottleneck, blocks.BasicBlock, blocks.Bottleneck)
+    why = _pair_problem(model.conv1, model.bn1, "conv1")
+    if why:
+        return why
+    mp = model.maxpool
+    if type(model.relu) is not nn.ReLU or type(mp) is not nn.MaxPool2d or mp.ceil_mode or mp.return_indices \
+            or mp.dilation not in (1, (1, 1)) or type(model.avgpool) is not nn.AdaptiveAvgPool2d \
+            or model.avgpool.output_size not in (1, (1, 1)) or type(model.fc) is not nn.Linear:
+        return "the stem's ReLU / max-pool or the head (average pool to 1x1, Linear) differ from torchvision's"
+    if any(isinstance(v, (tuple, list)) and len(set(v)) != 1 for v in (mp.kernel_size, mp.stride, mp.padding)):
+        return "non-square max-pool"
+    for li in range(1, 5):
+        layer = getattr(model, f"layer{li}")
+        if type(layer) is not nn.Sequential:
+            return f"layer{li} is not an nn.Sequential"
+        for bi, blk in enumerate(layer):
+            where = f"layer{li}.{bi}"
+            if type(blk) not in blocks_ok:
+                return f"{where} is a {type(blk).__name__}"
+            n = 3 if hasattr(blk, "conv3") else 2
+            for j in range(1, n + 1):
+                why = _pair_problem(getattr(blk, f"conv{j}"), getattr(blk, f"bn{j}"), f"{where}.conv{j}")
+                if why:
+                    return why
+            if type(blk.relu) is not nn.ReLU:
+                return f"{where}.relu is not an nn.ReLU"
+            ds = blk.downsample
+            if ds is not None:
+                if type(ds) is not nn.Sequential or len(ds) != 2:
+                    return f"{where}.downsample is not Sequential(conv, norm)"
+                why = _pair_problem(ds[0], ds[1], f"{where}.downsample")
+                if why:
+                    return why
+    if model.fc.weight.dtype != torch.float32:
+        return "fc is not float32"
+    return None
+
+
+def _single(v) -> int:
+    return v[0] if isinstance(v, (tuple, list)) else v
+
+
+class CpuGraph:
+    """One built net for one input signature; ``run(x)`` -> logits, or None (the caller runs the model)."""
+
+    def __init__(self, ext, model: nn.Module, x: torch.Tensor, blocked: bool = False):
+        self.blocked = blocked
+        tag = ext.TAG_NCHW16C if blocked else ext.TAG_NHWC
+        # NHWC nets read NHWC input; blocked ones NCHW (oneDNN's stem kernel for a blocked output
+        # reads plain NCHW). run() converts an input in the other format first.
+        self.fmt = torch.contiguous_format if blocked else torch.channels_last
+        x = x.contiguous(memory_format=self.fmt)
+        self.signature = (tuple(x.shape), x.stride())
+        net = self.net = ext.Net()
+        free: dict = {}  # (c, h, w) -> ids of buffers whose values are dead
+
+        def buffer(c, h, w):
+            ids = free.get((c, h, w))
+            return ids.pop() if ids else net.add_buffer(c, h, w)
+
+        def release(i, shape):
+            free.setdefault(shape, []).append(i)
+
+        def conv(src, hw, c, bn, relu, dst=None, sum_=False):
+            k, s, p = c.kernel_size[0], c.stride[0], c.padding[0]
+            ohw = (hw + 2 * p - k) // s + 1
+            if ohw < 1:
+                raise ValueError(f"input too small: a conv's output would be {ohw}x{ohw}")
+            if dst is None:
+                dst = buffer(c.out_channels, ohw, ohw)
+            w, b = fold_bn(c.weight.detach(), c.bias.detach() if c.bias is not None else None, bn)
+            net.add_conv(src, dst, w.contiguous(), b.float().contiguous(), s, p, relu, sum_)
+            return dst, ohw
+
+        n, cin, h, w = x.shape
+        if h != w or n == 0 or cin != model.conv1.in_channels:
+            raise ValueError(f"input of shape {tuple(x.shape)}: the net takes square, non-empty inputs with "
+                             f"{model.conv1.in_channels} channels")
+        cur = net.add_buffer(cin, h, w)
+        stem, h = conv(cur, h, model.conv1, model.bn1, True)
+        mp = model.maxpool
+        k, s, p = _single(mp.kernel_size), _single(mp.stride), _single(mp.padding)
+        hp = (h + 2 * p - k) // s + 1
+        cur = buffer(model.conv1.out_channels, hp, hp)
+        net.add_pool(stem, cur, True, k, s, p)
+        release(stem, (model.conv1.out_channels, h, h))
+        h = hp
+        for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+            for blk in layer:
+                n_convs = 3 if hasattr(blk, "conv3") else 2
+                t, th, tc = cur, h, None
+                for j in range(1, n_convs):
+                    c = getattr(blk, f"conv{j}")
+                    nt, th = conv(t, th, c, getattr(blk, f"bn{j}"), True)
+                    if tc is not None:
+                        release(t, tc)
+                    t, tc = nt, (c.out_channels, th, th)
+                res, cur_shape = cur, (blk.conv1.in_channels, h, h)
+                if blk.downsample is not None:
+                    res, _ = conv(cur, h, blk.downsample[0], blk.downsample[1], False)
+                last = getattr(blk, f"conv{n_convs}")
+                # the residual add and ReLU as post-ops, written over the residual's buffer
+                _, oh = conv(t, th, last, getattr(blk, f"bn{n_convs}"), True, dst=res, sum_=True)
+                release(t, tc)
+                if res != cur:
+                    release(cur, cur_shape)
+                cur, h = res, oh
+        pooled = net.add_buffer(model.fc.in_features, 1, 1)
+        net.add_pool(cur, pooled, False, h, 1, 0)
+        net.build(n, list(x.stride()), tag)
+        self.fc_weight = model.fc.weight.detach().t()
+        self.fc_bias = model.fc.bias.detach() if model.fc.bias is not None else None
+
+    @property
+    def measured(self) -> int:
+        """Read passes in the last run (the input's included): where propagated bounds got loose."""
+        return self.net.last_measured
+
+    def run(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        x = x.contiguous(memory_format=self.fmt)
+        feats = self.net.forward(x)
+        if feats is None:
+            return None
+        if self.fc_bias is None:
+            return feats @ self.fc_weight
+        return torch.addmm(self.fc_bias, feats, self.fc_weight)
+
+
+def input_problem(x: torch.Tensor) -> Optional[str]:
+    """None if a net may run this call, else why the model itself runs it (torch's modes and
+    transforms and autocast: the net knows none of them). The model and the input's shape are
+    checked when a net is built for it (``build``)."""
+    if type(x) is not torch.Tensor or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+        return "not a plain 4-d float32 CPU tensor"
+    if torch._C._is_any_autocast_enabled():
+        return "autocast is enabled"
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return "a torch.func transform, torch.compile or a tracer is active"
+    from . import _context
+
+    if _context.in_dispatch_mode():
+        return "a dispatch mode (FakeTensorMode, make_fx, ...) is active"
+    return None
+
+
+def build(model: nn.Module, x: torch.Tensor, blocked: bool = False) -> tuple[Optional[CpuGraph], Optional[str]]:
+    """(net, None) for ``model`` at x's signature, or (None, why not)."""
+    ext, why = extension()
+    if ext is None:
+        return None, why
+    why = unsupported(model)
+    if why:
+        return None, why
+    try:
+        with torch.no_grad():
+            return CpuGraph(ext, model, x, blocked), None
+    except (RuntimeError, ValueError) as e:  # e.g. an input too small for the net's pools
+        return None, f"cannot build the CPU graph for this input: {str(e).splitlines()[0][:200]}"
+

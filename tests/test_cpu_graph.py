@@ -1,0 +1,156 @@
+"""The CPU graph (fused_resnet/_cpu_graph.py, csrc/cpu_graph.cpp): oneDNN primitives run from C++ for a
+whole torchvision ResNet, as fused_resnet.optimize runs it on CPU inputs. Its output against the
+float64 reference, the exact fallback wherever the ReLU post-op cannot be proven exact, rebuilding
+after weight edits, and every mode or model it must leave to the converted model."""
+import copy
+import pickle
+import threading
+
+import pytest
+import torch
+import torchvision
+
+import fused_resnet
+from fused_resnet import _cpu_graph
+from fused_resnet.testing import compare, max_rel_error, reference_outputs
+
+from helpers import random_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _extension():
+    ext, why = _cpu_graph.extension()
+    if ext is None:
+        pytest.skip(f"CPU graph unavailable here: {why}")
+
+
+def _check(out, model, x):
+    ref, eager = reference_outputs(model, x)
+    c = compare(out, eager, ref)
+    assert c.ok, str(c)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "wide_resnet50_2"])
+@pytest.mark.parametrize("blocked", [False, True])
+def test_net_matches_the_reference(name, blocked):
+    model = random_model(getattr(torchvision.models, name))
+    x = torch.randn(2, 3, 64, 64)
+    net, why = _cpu_graph.build(model, x, blocked)
+    assert net is not None, why
+    with torch.inference_mode():
+        _check(net.run(x), model, x)
+        _check(net.run(x.contiguous(memory_format=torch.channels_last)), model, x)  # the other format
+    assert 1 <= net.measured <= 20  # the input's pass, plus one per bound that got loose
+
+
+def test_optimize_runs_the_net_and_steps_aside_exactly():
+    """NaN or Inf in the input or the weights, or values near float32's range: the ReLU post-op cannot
+    be proven exact, so the converted model runs (NaN where torchvision puts it)."""
+    tv = random_model(torchvision.models.resnet18)
+    x = torch.randn(2, 3, 48, 48)
+    opt = fused_resnet.optimize(copy.deepcopy(tv))
+    with torch.no_grad():
+        _check(opt(x), tv, x)
+        assert opt.cpu_graph_runs == 1 and opt.cpu_graph_status == "oneDNN CPU graph"
+        for value in (float("nan"), float("inf"), 3e38):
+            bad = x.clone()
+            bad[1, 2, 7, 9] = value
+            out = opt(bad)
+            assert opt.cpu_graph_runs == 1 and "cannot be proven" in opt.cpu_graph_status, value
+            ref = tv(bad)
+            assert max_rel_error(out, ref) <= 1e-5 or torch.equal(out.isnan(), ref.isnan()), value
+            if value != value:
+                assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+        opt.model.layer2[0].bn1.running_var[3] = float("nan")  # NaN in a folded weight
+        tv.layer2[0].bn1.running_var[3] = float("nan")
+        out = opt(x)
+        assert opt.cpu_graph_runs == 1, opt.cpu_graph_status
+        assert torch.equal(out.isnan(), tv(x).isnan())
+
+
+def test_weight_edits_rebuild_the_nets():
+    tv = random_model(torchvision.models.resnet50)
+    x = torch.randn(1, 3, 64, 64)
+    opt = fused_resnet.optimize(copy.deepcopy(tv), x)
+    m = opt.model
+    edits = [
+        lambda t: t.layer3[1].conv2.weight.mul_(1.5),
+        lambda t: t.layer1[0].downsample[1].running_mean.add_(0.25),
+        lambda t: t.fc.bias.add_(1.0),
+        lambda t: t.load_state_dict(random_model(torchvision.models.resnet50).state_dict()),
+    ]
+    with torch.no_grad():
+        for i, edit in enumerate(edits):
+            edit(m)
+            edit(tv)
+            runs = opt.cpu_graph_runs
+            _check(opt(x), tv, x)
+            assert opt.cpu_graph_runs == runs + 1, (i, opt.cpu_graph_status)
+        x2 = torch.randn(3, 3, 32, 32)  # another shape: its own net
+        _check(opt(x2), tv, x2)
+        _check(opt(x), tv, x)
+        assert len(opt._cpu_nets) == 2
+
+
+def test_modes_hooks_and_other_models_run_the_converted_model():
+    tv = random_model(torchvision.models.resnet18)
+    x = torch.randn(2, 3, 32, 32)
+    opt = fused_resnet.optimize(copy.deepcopy(tv))
+    with torch.no_grad():
+        opt(x)
+        runs = opt.cpu_graph_runs
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = opt(x)
+        assert out.dtype == torch.bfloat16 and "autocast" in opt.cpu_graph_status
+        seen = []
+        h = opt.model.layer3[1].conv1.register_forward_hook(lambda *a: seen.append(1))
+        opt(x)
+        h.remove()
+        assert seen == [1]
+        assert opt.cpu_graph_runs == runs
+        opt(x)
+        assert opt.cpu_graph_runs == runs + 1
+    for builder, kwargs, reason in [(torchvision.models.resnext50_32x4d, {}, "grouped"),
+                                    (torchvision.models.resnet50, {"replace_stride_with_dilation": [False, True, True]},
+                                     "dilated")]:
+        tv2 = random_model(builder, **kwargs)
+        opt2 = fused_resnet.optimize(copy.deepcopy(tv2))
+        with torch.no_grad():
+            _check(opt2(x), tv2, x)
+        assert opt2.cpu_graph_runs == 0 and reason in opt2.cpu_graph_status
+    tv3 = random_model(torchvision.models.resnet18)
+    opt3 = fused_resnet.optimize(copy.deepcopy(tv3))
+    opt3.model.layer1[0].relu = torch.nn.GELU()  # not a ReLU any more: the net cannot express it
+    tv3.layer1[0].relu = torch.nn.GELU()
+    with torch.no_grad():
+        _check(opt3(x), tv3, x)
+    assert opt3.cpu_graph_runs == 0 and "relu" in opt3.cpu_graph_status
+
+
+def test_threads_and_copies():
+    tv = random_model(torchvision.models.resnet18)
+    xs = [torch.randn(2, 3, 32, 32) for _ in range(4)]
+    opt = fused_resnet.optimize(copy.deepcopy(tv))
+    with torch.no_grad():
+        expected = [tv(x) for x in xs]
+        opt(xs[0])
+    errors = []
+
+    def work(i):
+        with torch.no_grad():
+            for _ in range(5):
+                for x, e in zip(xs, expected):
+                    if not max_rel_error(opt(x), e) <= 1e-5:
+                        errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and opt.cpu_graph_runs == 1 + 3 * 5 * 4
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone.cpu_graph_runs == 0 and not clone._cpu_nets
+        with torch.no_grad():
+            assert max_rel_error(clone(xs[1]), expected[1]) <= 1e-5
+        assert clone.cpu_graph_runs == 1
