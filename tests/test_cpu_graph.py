@@ -154,3 +154,28 @@ def test_threads_and_copies():
         with torch.no_grad():
             assert max_rel_error(clone(xs[1]), expected[1]) <= 1e-5
         assert clone.cpu_graph_runs == 1
+
+
+def test_a_fused_optimizer_step_rebuilds_the_net():
+    """Fused optimizer steps write parameters with no version bump: the step counter in the stamp
+    must still rebuild the net (fine-tuning in eval mode, then serving the same module)."""
+    tv = random_model(torchvision.models.resnet18)
+    x = torch.randn(2, 3, 32, 32)
+    opt = fused_resnet.optimize(copy.deepcopy(tv))
+    with torch.no_grad():
+        before = opt(x)
+    params = [p for p in opt.model.parameters() if p.requires_grad]
+    try:
+        adam = torch.optim.Adam(params, lr=1e-2, fused=True)
+    except (RuntimeError, ValueError) as e:
+        pytest.skip(f"no fused Adam on the CPU here: {e}")
+    versions = [p._version for p in params]
+    opt.model(x).square().mean().backward()  # (eval mode: frozen-BN fine-tuning)
+    adam.step()
+    assert [p._version for p in params] == versions  # the write PyTorch gives no signal for
+    runs = opt.cpu_graph_runs
+    with torch.no_grad():
+        after = opt(x)
+        tv.load_state_dict(opt.model.state_dict())
+        _check(after, tv, x)
+    assert opt.cpu_graph_runs == runs + 1 and not torch.equal(after, before)

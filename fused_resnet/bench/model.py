@@ -57,8 +57,8 @@ def build_provider(name: str, tv_model: torch.nn.Module, example: torch.Tensor) 
             fn(cl)
         x = cl
     elif name == "optimized":
-        # fused_resnet.optimize: owns the model and replays its own CUDA graphs (on CPU: the converted
-        # model); its rows count as "graphs" on a GPU.
+        # fused_resnet.optimize: owns the model and replays its own CUDA graphs (on CPU: the oneDNN
+        # CPU graph where it is installed, else the converted model); its rows count as "graphs" on a GPU.
         from ..optimize import optimize
 
         fn, x = optimize(copy.deepcopy(tv_model), example), example
