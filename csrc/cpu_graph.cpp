@@ -190,6 +190,9 @@ class Net {
             src.md, dst.md, strides, kernel, dil, pad, pad, attr));
         s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_DST, dst.mem}};
       }
+      const char* impl = nullptr;
+      DNNL_OK(dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl));
+      impls_.push_back(impl ? impl : "?");
       const_dnnl_memory_desc_t sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
       scratch = std::max(scratch, sp ? dnnl_memory_desc_get_size(sp) : size_t(0));
       DNNL_OK(dnnl_primitive_create(&s.prim, pd));
@@ -268,6 +271,9 @@ class Net {
   dnnl_memory_t scratch_mem_ = nullptr;
   int64_t n_ = 0;
   std::vector<int64_t> in_strides_;
+
+ public:
+  std::vector<std::string> impls_;  // oneDNN's implementation of each step ("ref:any": no fast kernel)
 };
 
 std::string library_version() {
@@ -286,7 +292,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_pool", &Net::add_pool)
       .def("build", &Net::build)
       .def("forward", &Net::forward, pybind11::call_guard<pybind11::gil_scoped_release>())
-      .def_readonly("last_measured", &Net::last_measured_);
+      .def_readonly("last_measured", &Net::last_measured_)
+      .def_readonly("implementations", &Net::impls_);
   m.def("library_version", &library_version);
   m.def("library_major", []() { return dnnl_version()->major; });
   m.attr("TAG_NHWC") = static_cast<int64_t>(dnnl_acdb);

@@ -239,6 +239,10 @@ class CpuGraph:
         pooled = net.add_buffer(model.fc.in_features, 1, 1)
         net.add_pool(cur, pooled, False, h, 1, 0)
         net.build(n, list(x.stride()), tag)
+        slow = [i for i, impl in enumerate(net.implementations) if impl.startswith("ref")]
+        if slow:  # oneDNN's reference loops: correct, but orders of magnitude slower than the model
+            raise ValueError(f"oneDNN has no optimized kernel on this CPU for step {slow[0]} of the net "
+                             f"({net.implementations[slow[0]]})")
         self.fc_weight = model.fc.weight.detach().t()
         self.fc_bias = model.fc.bias.detach() if model.fc.bias is not None else None
 

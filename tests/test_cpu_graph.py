@@ -41,6 +41,7 @@ def test_net_matches_the_reference(name, blocked):
         _check(net.run(x), model, x)
         _check(net.run(x.contiguous(memory_format=torch.channels_last)), model, x)  # the other format
     assert 1 <= net.measured <= 20  # the input's pass, plus one per bound that got loose
+    assert not any(impl.startswith("ref") for impl in net.net.implementations), net.net.implementations
 
 
 def test_optimize_runs_the_net_and_steps_aside_exactly():
