@@ -175,6 +175,8 @@ class CpuGraph:
     """One built net for one input signature; ``run(x)`` -> logits, or None (the caller runs the model)."""
 
     def __init__(self, ext, model: nn.Module, x: torch.Tensor, blocked: bool = False):
+        if blocked and model.fc.in_features % 16:
+            raise ValueError("the blocked layout needs the last conv's channels in whole 16-channel blocks")
         self.blocked = blocked
         tag = ext.TAG_NCHW16C if blocked else ext.TAG_NHWC
         # NHWC nets read NHWC input; blocked ones NCHW (oneDNN's stem kernel for a blocked output
@@ -278,8 +280,25 @@ def input_problem(x: torch.Tensor) -> Optional[str]:
     return None
 
 
-def build(model: nn.Module, x: torch.Tensor, blocked: bool = False) -> tuple[Optional[CpuGraph], Optional[str]]:
-    """(net, None) for ``model`` at x's signature, or (None, why not)."""
+# The layout of the net's activations. oneDNN's kernels for its blocked layout (nChw16c: 16 channels
+# innermost) beat its NHWC kernels once a conv has enough pixels to spread over the threads; NHWC
+# wins when the late layers' maps are small (ResNet-50 at 224x224 on a 2-core AVX-512 machine, each
+# net alone: batch 1 NHWC 29.2 ms vs blocked 29.3-32.2; batch 2 57.4-58.5 vs 53.4-54.3; batch 4
+# 110.5-117.7 vs 103.7-106.4; batch 8 216.8 vs 204.6, benchmarks/NOTES.md "The CPU graph").
+BLOCKED_MIN_PIXELS = 2 * 224 * 224  # batch x height x width of the input
+
+
+def choose_blocked(model: nn.Module, x: torch.Tensor) -> bool:
+    """The blocked layout for inputs with at least BLOCKED_MIN_PIXELS, when every conv's channel count
+    fills whole 16-channel blocks (the net's output is read as plain (n, c) memory)."""
+    if x.shape[0] * x.shape[2] * x.shape[3] < BLOCKED_MIN_PIXELS:
+        return False
+    return all(m.out_channels % 16 == 0 for m in model.modules() if type(m) is nn.Conv2d)
+
+
+def build(model: nn.Module, x: torch.Tensor, blocked: Optional[bool] = None) -> tuple[Optional[CpuGraph], Optional[str]]:
+    """(net, None) for ``model`` at x's signature, or (None, why not). blocked: the activations'
+    layout (None: ``choose_blocked``)."""
     ext, why = extension()
     if ext is None:
         return None, why
@@ -288,7 +307,7 @@ def build(model: nn.Module, x: torch.Tensor, blocked: bool = False) -> tuple[Opt
         return None, why
     try:
         with torch.no_grad():
-            return CpuGraph(ext, model, x, blocked), None
+            return CpuGraph(ext, model, x, choose_blocked(model, x) if blocked is None else blocked), None
     except (RuntimeError, ValueError) as e:  # e.g. an input too small for the net's pools
         return None, f"cannot build the CPU graph for this input: {str(e).splitlines()[0][:200]}"
 

@@ -180,3 +180,18 @@ def test_a_fused_optimizer_step_rebuilds_the_net():
         tv.load_state_dict(opt.model.state_dict())
         _check(after, tv, x)
     assert opt.cpu_graph_runs == runs + 1 and not torch.equal(after, before)
+
+
+def test_layout_follows_the_input_size():
+    """Small inputs run NHWC, large ones oneDNN's blocked layout (benchmarks/NOTES.md, "The CPU graph");
+    both give the reference's output through optimize()."""
+    tv = random_model(torchvision.models.resnet18)
+    opt = fused_resnet.optimize(copy.deepcopy(tv))
+    side = 224
+    for n, blocked in ((1, False), (2, True)):
+        x = torch.randn(n, 3, side, side)
+        assert _cpu_graph.choose_blocked(tv, x) is blocked
+        with torch.no_grad():
+            _check(opt(x), tv, x)
+        net, _ = opt._cpu_nets[tuple(x.shape)]
+        assert net.blocked is blocked
