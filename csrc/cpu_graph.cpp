@@ -239,11 +239,13 @@ class Net {
       if (s.kind == Step::CONV) {
         double b = src.bound * s.gain + s.bias_max + (s.sum ? dst.bound : 0.0);
         if (!(b <= limit)) {  // (NaN-safe: a NaN bound fails too)
-          if (s.src != 0) {  // a propagated bound got loose: measure the values (the input's is measured)
+          // the input (buffer 0) has no storage of ours; its bound is measured already, so only an
+          // intermediate buffer is measured again
+          if (s.src != 0 && src.storage.defined()) {  // a propagated bound got loose: measure the values
             src.bound = measure(src.storage.data_ptr<float>(), src.storage.numel());
             ++last_measured_;
           }
-          if (s.sum && !(src.bound * s.gain + s.bias_max + dst.bound <= limit)) {
+          if (s.sum && dst.storage.defined() && !(src.bound * s.gain + s.bias_max + dst.bound <= limit)) {
             dst.bound = measure(dst.storage.data_ptr<float>(), dst.storage.numel());
             ++last_measured_;
           }

@@ -136,8 +136,8 @@ def unsupported(model: nn.Module) -> Optional[str]:
     mp = model.maxpool
     if type(model.relu) is not nn.ReLU or type(mp) is not nn.MaxPool2d or mp.ceil_mode or mp.return_indices \
             or mp.dilation not in (1, (1, 1)) or type(model.avgpool) is not nn.AdaptiveAvgPool2d \
-            or model.avgpool.output_size not in (1, (1, 1)) or type(model.fc) is not nn.Linear:
-        return "the stem's ReLU / max-pool or the head (average pool to 1x1, Linear) differ from torchvision's"
+            or model.avgpool.output_size not in (1, (1, 1)) or type(model.fc) not in (nn.Linear, nn.Identity):
+        return "the stem's ReLU / max-pool or the head (average pool to 1x1, Linear or Identity) differ from torchvision's"
     if any(isinstance(v, (tuple, list)) and len(set(v)) != 1 for v in (mp.kernel_size, mp.stride, mp.padding)):
         return "non-square max-pool"
     for li in range(1, 5):
@@ -162,7 +162,7 @@ def unsupported(model: nn.Module) -> Optional[str]:
                 why = _pair_problem(ds[0], ds[1], f"{where}.downsample")
                 if why:
                     return why
-    if model.fc.weight.dtype != torch.float32:
+    if type(model.fc) is nn.Linear and model.fc.weight.dtype != torch.float32:
         return "fc is not float32"
     return None
 
@@ -175,8 +175,6 @@ class CpuGraph:
     """One built net for one input signature; ``run(x)`` -> logits, or None (the caller runs the model)."""
 
     def __init__(self, ext, model: nn.Module, x: torch.Tensor, blocked: bool = False):
-        if blocked and model.fc.in_features % 16:
-            raise ValueError("the blocked layout needs the last conv's channels in whole 16-channel blocks")
         self.blocked = blocked
         tag = ext.TAG_NCHW16C if blocked else ext.TAG_NHWC
         # NHWC nets read NHWC input; blocked ones NCHW (oneDNN's stem kernel for a blocked output
@@ -205,6 +203,7 @@ class CpuGraph:
             net.add_conv(src, dst, w.contiguous(), b.float().contiguous(), s, p, relu, sum_)
             return dst, ohw
 
+        net_channels = [model.conv1.out_channels]  # channels of the block output so far
         n, cin, h, w = x.shape
         if h != w or n == 0 or cin != model.conv1.in_channels:
             raise ValueError(f"input of shape {tuple(x.shape)}: the net takes square, non-empty inputs with "
@@ -238,15 +237,20 @@ class CpuGraph:
                 if res != cur:
                     release(cur, cur_shape)
                 cur, h = res, oh
-        pooled = net.add_buffer(model.fc.in_features, 1, 1)
+                net_channels[0] = last.out_channels
+        c_out = net_channels[0]
+        if blocked and c_out % 16:
+            raise ValueError("the blocked layout needs the last conv's channels in whole 16-channel blocks")
+        pooled = net.add_buffer(c_out, 1, 1)
         net.add_pool(cur, pooled, False, h, 1, 0)
         net.build(n, list(x.stride()), tag)
         slow = [i for i, impl in enumerate(net.implementations) if impl.startswith("ref")]
         if slow:  # oneDNN's reference loops: correct, but orders of magnitude slower than the model
             raise ValueError(f"oneDNN has no optimized kernel on this CPU for step {slow[0]} of the net "
                              f"({net.implementations[slow[0]]})")
-        self.fc_weight = model.fc.weight.detach().t()
-        self.fc_bias = model.fc.bias.detach() if model.fc.bias is not None else None
+        fc = model.fc if type(model.fc) is nn.Linear else None  # (nn.Identity: the pooled features, as a backbone)
+        self.fc_weight = fc.weight.detach().t() if fc is not None else None
+        self.fc_bias = fc.bias.detach() if fc is not None and fc.bias is not None else None
 
     @property
     def measured(self) -> int:
@@ -258,6 +262,8 @@ class CpuGraph:
         feats = self.net.forward(x)
         if feats is None:
             return None
+        if self.fc_weight is None:
+            return feats
         if self.fc_bias is None:
             return feats @ self.fc_weight
         return torch.addmm(self.fc_bias, feats, self.fc_weight)

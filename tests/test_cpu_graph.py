@@ -195,3 +195,16 @@ def test_layout_follows_the_input_size():
             _check(opt(x), tv, x)
         net, _ = opt._cpu_nets[tuple(x.shape)]
         assert net.blocked is blocked
+
+
+def test_a_backbone_without_its_fc():
+    """model.fc = nn.Identity() (the pooled features, as a backbone): the net returns them."""
+    tv = random_model(torchvision.models.resnet50)
+    tv.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    opt = fused_resnet.optimize(copy.deepcopy(tv))
+    with torch.no_grad():
+        out = opt(x)
+        assert out.shape == (2, 2048)
+        _check(out, tv, x)
+    assert opt.cpu_graph_runs == 1, opt.cpu_graph_status
