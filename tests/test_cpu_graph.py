@@ -208,3 +208,33 @@ def test_a_backbone_without_its_fc():
         assert out.shape == (2, 2048)
         _check(out, tv, x)
     assert opt.cpu_graph_runs == 1, opt.cpu_graph_status
+
+
+@pytest.mark.parametrize("name,shape,blocked", [
+    ("resnet34", (3, 3, 33, 33), False),   # odd sizes: 1x1 maps in layer4
+    ("resnet34", (3, 3, 33, 33), True),
+    ("resnet101", (1, 3, 65, 65), True),
+    ("resnet18", (2, 3, 7, 7), False),     # small inputs: 1x1 maps from layer1 on
+    ("resnet18", (2, 3, 3, 3), False),
+])
+def test_odd_shapes_and_depths(name, shape, blocked):
+    model = random_model(getattr(torchvision.models, name))
+    x = torch.randn(*shape)
+    net, why = _cpu_graph.build(model, x, blocked)
+    assert net is not None, why
+    with torch.inference_mode():
+        _check(net.run(x), model, x)
+        wide = torch.randn(shape[0], shape[1], shape[2], 2 * shape[3])[..., ::2]  # strided, not contiguous
+        _check(net.run(wide), model, wide)
+
+
+def test_inputs_the_net_does_not_take_run_the_model():
+    tv = random_model(torchvision.models.resnet18)
+    opt = fused_resnet.optimize(copy.deepcopy(tv))
+    with torch.no_grad():
+        x = torch.randn(2, 3, 40, 48)  # non-square
+        _check(opt(x), tv, x)
+        assert opt.cpu_graph_runs == 0 and "square" in opt.cpu_graph_status, opt.cpu_graph_status
+        with pytest.raises(RuntimeError, match="Double"):  # float64 into a float32 model: torch's own error
+            opt(torch.randn(2, 3, 32, 32).double())
+        assert opt.cpu_graph_runs == 0 and "float32" in opt.cpu_graph_status
