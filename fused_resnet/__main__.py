@@ -52,6 +52,10 @@ def cmd_info(args) -> int:
     print("backends:")
     for name, (ok, why) in _selector.backend_status().items():
         print(f"  {name:7s} {'yes' if ok else 'no ':3s}  {why}")
+    from . import _cpu_graph
+
+    lib = _cpu_graph.library_dir()
+    print(f"CPU graph    {'libdnnl in ' + lib + ' (optimize() builds the extension on its first CPU call)' if lib else 'no: onednn-cpu-gomp is not installed (pip install fused_resnet[cpu])'}")
     if torch.cuda.is_available():
         from . import _env, tuning
         from .triton import configs
@@ -180,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "freeze+optimize_for_inference, on CPU also ONNX Runtime and OpenVINO (the "
                                    "model exported to ONNX; optional packages, skipped with the reason when "
                                    "missing), interleaved on the same inputs, with "
-                                   "roofline columns. See benchmarks/README.md.")
+                                   "roofline columns. Provider 'optimized' is fused_resnet.optimize(): CUDA graphs "
+                                   "on a GPU, on the CPU its oneDNN CPU graph where onednn-cpu-gomp is installed "
+                                   "(the converted model otherwise). See benchmarks/README.md.")
     add_arguments(b)
 
     from . import tuner
