@@ -24,9 +24,11 @@ On the CPU (float32), a torchvision ResNet runs as a CPU graph (``_cpu_graph``: 
 called from C++, one net per input shape) when the onednn-cpu-gomp wheel is installed; the same
 stamp rebuilds the nets after a weight change. Everything the net cannot take (another model, a
 mode, autocast, an input whose ReLU post-op it cannot prove exact, such as one holding NaN) runs
-the converted model, and ``cpu_graph_status`` says why. While any module of the model (or a global hook) has a forward hook, calls run the
-model itself, so the hooks fire. Calls from several threads are serialized, and each waits on the GPU for the
-previous replay before overwriting the static input.
+the converted model, and ``cpu_graph_status`` says why.
+
+While any module of the model (or a global hook) has a forward hook, calls run the model itself, so
+the hooks fire. Calls from several threads are serialized; on a GPU each waits for the previous
+replay before overwriting the static input.
 """
 from __future__ import annotations
 
