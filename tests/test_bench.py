@@ -238,4 +238,3 @@ def test_cpu_gap_counts_each_onednn_conv_once(capfd):
     assert cpu_gap.per_call_cost_us(runs=200) > 0
     os.write(1, b"fd 1 restored\n")  # lost in the deleted log if the redirection were left in place
     assert "fd 1 restored" in capfd.readouterr().out
-
