@@ -46,7 +46,7 @@ struct Buffer {
 };
 
 struct Step {
-  enum Kind { CONV, MAXPOOL, AVGPOOL, LINEAR } kind;
+  enum Kind { CONV, MAXPOOL, AVGPOOL } kind;
   int src, dst;
   // conv
   torch::Tensor weight, bias;  // user layout (OIHW), fp32
@@ -76,7 +76,6 @@ class Net {
       if (b.md) dnnl_memory_desc_destroy(b.md);
     }
     if (scratch_mem_) dnnl_memory_destroy(scratch_mem_);
-    if (out_mem_) dnnl_memory_destroy(out_mem_);
     dnnl_stream_destroy(stream_);
     dnnl_engine_destroy(engine_);
   }
@@ -100,17 +99,6 @@ class Net {
     s.sum = sum;
     s.gain = s.weight.abs().sum({1, 2, 3}).max().item<double>();
     s.bias_max = s.bias.abs().max().item<double>();
-    steps_.push_back(std::move(s));
-  }
-
-  // The classifier: an inner product over the (n, c, 1, 1) buffer src, into a fresh (n, out) tensor
-  // per forward (the net's result). weight: (out, c) float32; bias: (out,).
-  void add_linear(int64_t src, torch::Tensor weight, torch::Tensor bias) {
-    TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kFloat && bias.numel() == weight.size(0),
-                "linear: a 2-d float32 weight and a bias of its rows expected");
-    Step s{Step::LINEAR, static_cast<int>(src), static_cast<int>(src)};
-    s.weight = weight.contiguous();
-    s.bias = bias.contiguous();
     steps_.push_back(std::move(s));
   }
 
@@ -168,29 +156,28 @@ class Net {
         DNNL_OK(dnnl_convolution_forward_primitive_desc_create(&pd, engine_, dnnl_forward_inference,
                                                                dnnl_convolution_direct, src.md, w_any, b_md, dst.md,
                                                                strides, dil, pad, pad, attr));
-        pack_weights(pd, w_user, s);
+        // Weights reordered once into the layout the chosen kernel wants.
+        const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        s.packed_weight = torch::empty({static_cast<int64_t>(dnnl_memory_desc_get_size(w_md) / 4)}, torch::kFloat);
+        DNNL_OK(dnnl_memory_create(&s.w_mem, w_md, engine_, s.packed_weight.data_ptr()));
+        dnnl_memory_t user_mem;
+        DNNL_OK(dnnl_memory_create(&user_mem, w_user, engine_, s.weight.data_ptr()));
+        dnnl_primitive_desc_t rpd;
+        dnnl_primitive_t reorder;
+        DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, w_user, engine_, w_md, engine_, nullptr));
+        DNNL_OK(dnnl_primitive_create(&reorder, rpd));
+        dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, s.w_mem}};
+        DNNL_OK(dnnl_primitive_execute(reorder, stream_, 2, rargs));
+        DNNL_OK(dnnl_stream_wait(stream_));
+        dnnl_primitive_destroy(reorder);
+        dnnl_primitive_desc_destroy(rpd);
+        dnnl_memory_destroy(user_mem);
         DNNL_OK(dnnl_memory_create(&s.b_mem, b_md, engine_, s.bias.data_ptr()));
         dnnl_memory_desc_destroy(w_any);
         dnnl_memory_desc_destroy(w_user);
         dnnl_memory_desc_destroy(b_md);
         s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, s.w_mem}, {DNNL_ARG_BIAS, s.b_mem},
                   {DNNL_ARG_DST, dst.mem}};
-      } else if (s.kind == Step::LINEAR) {
-        out_features_ = s.weight.size(0);
-        dnnl_memory_desc_t w_any, w_user, b_md, d_md;
-        dnnl_dims_t wd = {out_features_, src.c, src.h, src.w}, bd = {out_features_}, dd = {n, out_features_};
-        DNNL_OK(dnnl_memory_desc_create_with_tag(&w_any, 4, wd, dnnl_f32, dnnl_format_tag_any));
-        DNNL_OK(dnnl_memory_desc_create_with_tag(&w_user, 4, wd, dnnl_f32, dnnl_abcd));
-        DNNL_OK(dnnl_memory_desc_create_with_tag(&b_md, 1, bd, dnnl_f32, dnnl_a));
-        DNNL_OK(dnnl_memory_desc_create_with_tag(&d_md, 2, dd, dnnl_f32, dnnl_ab));
-        DNNL_OK(dnnl_inner_product_forward_primitive_desc_create(&pd, engine_, dnnl_forward_inference, src.md, w_any,
-                                                                 b_md, d_md, attr));
-        pack_weights(pd, w_user, s);
-        DNNL_OK(dnnl_memory_create(&s.b_mem, b_md, engine_, s.bias.data_ptr()));
-        DNNL_OK(dnnl_memory_create(&out_mem_, d_md, engine_, DNNL_MEMORY_NONE));
-        for (auto md : {w_any, w_user, b_md, d_md}) dnnl_memory_desc_destroy(md);
-        s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, s.w_mem}, {DNNL_ARG_BIAS, s.b_mem},
-                  {DNNL_ARG_DST, out_mem_}};
       } else {
         dnnl_dims_t kernel = {s.kernel, s.kernel}, dil = {0, 0};
         if (s.kind == Step::AVGPOOL) {
@@ -223,25 +210,6 @@ class Net {
     for (auto pd : pds) dnnl_primitive_desc_destroy(pd);
   }
 
-  // Weights reordered once, from the user's plain layout into the one the primitive's kernel wants.
-  void pack_weights(const_dnnl_primitive_desc_t pd, const_dnnl_memory_desc_t user_md, Step& s) {
-    const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    s.packed_weight = torch::empty({static_cast<int64_t>(dnnl_memory_desc_get_size(w_md) / 4)}, torch::kFloat);
-    DNNL_OK(dnnl_memory_create(&s.w_mem, w_md, engine_, s.packed_weight.data_ptr()));
-    dnnl_memory_t user_mem;
-    DNNL_OK(dnnl_memory_create(&user_mem, user_md, engine_, s.weight.data_ptr()));
-    dnnl_primitive_desc_t rpd;
-    dnnl_primitive_t reorder;
-    DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, user_md, engine_, w_md, engine_, nullptr));
-    DNNL_OK(dnnl_primitive_create(&reorder, rpd));
-    dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, s.w_mem}};
-    DNNL_OK(dnnl_primitive_execute(reorder, stream_, 2, rargs));
-    DNNL_OK(dnnl_stream_wait(stream_));
-    dnnl_primitive_destroy(reorder);
-    dnnl_primitive_desc_destroy(rpd);
-    dnnl_memory_destroy(user_mem);
-  }
-
   // max|x| over n floats (NaN counts as infinite): one read pass, on all threads.
   static double measure(const float* p, int64_t n) {
     float m = 0.0f;
@@ -264,11 +232,6 @@ class Net {
     omp_set_num_threads(at::get_num_threads());  // torch's intra-op threads, on whichever thread calls
     DNNL_OK(dnnl_memory_set_data_handle(buffers_[0].mem, x.data_ptr()));
     const double limit = 3.4028234663852886e38 / 4;  // float32 max / 4, as the eager path's _finite.LIMIT
-    torch::Tensor out;
-    if (out_mem_) {  // the classifier writes straight into the result
-      out = torch::empty({n_, out_features_}, torch::kFloat);
-      DNNL_OK(dnnl_memory_set_data_handle(out_mem_, out.data_ptr()));
-    }
     buffers_[0].bound = measure(x.data_ptr<float>(), x.numel());
     last_measured_ = 1;
     for (auto& s : steps_) {
@@ -295,8 +258,7 @@ class Net {
       }
       DNNL_OK(dnnl_primitive_execute(s.prim, stream_, static_cast<int>(s.args.size()), s.args.data()));
     }
-    if (out_mem_) return out;
-    const Buffer& last = buffers_.back();  // no classifier: the pooled features
+    const Buffer& last = buffers_.back();
     return last.storage.narrow(0, 0, n_ * last.c).view({n_, last.c}).clone();
   }
 
@@ -309,8 +271,6 @@ class Net {
   std::vector<Step> steps_;
   torch::Tensor scratch_;
   dnnl_memory_t scratch_mem_ = nullptr;
-  dnnl_memory_t out_mem_ = nullptr;  // the classifier's output (a fresh tensor set per forward)
-  int64_t out_features_ = 0;
   int64_t n_ = 0;
   std::vector<int64_t> in_strides_;
 
@@ -332,7 +292,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_buffer", &Net::add_buffer)
       .def("add_conv", &Net::add_conv)
       .def("add_pool", &Net::add_pool)
-      .def("add_linear", &Net::add_linear)
       .def("build", &Net::build)
       .def("forward", &Net::forward, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def_readonly("last_measured", &Net::last_measured_)

@@ -243,16 +243,14 @@ class CpuGraph:
             raise ValueError("the blocked layout needs the last conv's channels in whole 16-channel blocks")
         pooled = net.add_buffer(c_out, 1, 1)
         net.add_pool(cur, pooled, False, h, 1, 0)
-        fc = model.fc if type(model.fc) is nn.Linear else None  # (nn.Identity: the pooled features, as a backbone)
-        if fc is not None:  # the classifier as oneDNN's inner product, straight into the result
-            w = fc.weight.detach()
-            net.add_linear(pooled, w.contiguous(), fc.bias.detach().contiguous() if fc.bias is not None
-                           else torch.zeros(w.shape[0]))
         net.build(n, list(x.stride()), tag)
         slow = [i for i, impl in enumerate(net.implementations) if impl.startswith("ref")]
         if slow:  # oneDNN's reference loops: correct, but orders of magnitude slower than the model
             raise ValueError(f"oneDNN has no optimized kernel on this CPU for step {slow[0]} of the net "
                              f"({net.implementations[slow[0]]})")
+        fc = model.fc if type(model.fc) is nn.Linear else None  # (nn.Identity: the pooled features, as a backbone)
+        self.fc_weight = fc.weight.detach().t() if fc is not None else None
+        self.fc_bias = fc.bias.detach() if fc is not None and fc.bias is not None else None
 
     @property
     def measured(self) -> int:
@@ -261,7 +259,14 @@ class CpuGraph:
 
     def run(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         x = x.contiguous(memory_format=self.fmt)
-        return self.net.forward(x)  # the logits (the pooled features without a Linear), or None
+        feats = self.net.forward(x)
+        if feats is None:
+            return None
+        if self.fc_weight is None:
+            return feats
+        if self.fc_bias is None:
+            return feats @ self.fc_weight
+        return torch.addmm(self.fc_bias, feats, self.fc_weight)
 
 
 def input_problem(x: torch.Tensor) -> Optional[str]:
