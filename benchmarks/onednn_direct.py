@@ -132,18 +132,13 @@ def main(argv=None) -> int:
                    "ratio_iqr": iqr, "max_rel_error": errors[n],
                    "measuring_passes": getattr(providers[n], "measured", None)}
         print(f"  {n:18s} {t.median_s * 1e3:8.2f} ms  (IQR {t.spread_s * 1e3:5.2f})   {r:5.3f}x fused_resnet's speed")
-    if "onnxruntime" in names:
-        ort = times[names.index("onnxruntime")]
+    for baseline in ("onnxruntime", "compile_freezing"):  # ours against each baseline, paired per round
+        if baseline not in names:
+            continue
         for n in ("fused_resnet", "optimized", "onednn_nhwc", "onednn_blocked16"):
-            r, iqr = paired_ratio(ort, times[names.index(n)])
-            rows[n]["speedup_over_onnxruntime"] = r
-            print(f"  {n} vs onnxruntime: {r:5.3f}x (paired, IQR {iqr:.3f})")
-    if "compile_freezing" in names:
-        comp = times[names.index("compile_freezing")]
-        for n in ("fused_resnet", "optimized", "onednn_nhwc", "onednn_blocked16"):
-            r, iqr = paired_ratio(comp, times[names.index(n)])
-            rows[n]["speedup_over_compile_freezing"] = r
-            print(f"  {n} vs compile+freezing: {r:5.3f}x (paired, IQR {iqr:.3f})")
+            r, iqr = paired_ratio(times[names.index(baseline)], times[names.index(n)])
+            rows[n][f"speedup_over_{baseline}"] = r
+            print(f"  {n} vs {baseline}: {r:5.3f}x (paired, IQR {iqr:.3f})")
     if a.out:
         meta = {"model": a.model, "batch": a.batch, "size": a.size, "threads": torch.get_num_threads(),
                 "torch": torch.__version__, "onednn_direct": ext.library_version(), "git_sha": _git_sha(),
