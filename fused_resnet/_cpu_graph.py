@@ -32,6 +32,7 @@ from torchvision.models import resnet as tvr
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import _env
+from ._geometry import out_size
 from .folding import fold_bn
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
@@ -181,7 +182,6 @@ class CpuGraph:
         # reads plain NCHW). run() converts an input in the other format first.
         self.fmt = torch.contiguous_format if blocked else torch.channels_last
         x = x.contiguous(memory_format=self.fmt)
-        self.signature = (tuple(x.shape), x.stride())
         net = self.net = ext.Net()
         free: dict = {}  # (c, h, w) -> ids of buffers whose values are dead
 
@@ -193,8 +193,8 @@ class CpuGraph:
             free.setdefault(shape, []).append(i)
 
         def conv(src, hw, c, bn, relu, dst=None, sum_=False):
-            k, s, p = c.kernel_size[0], c.stride[0], c.padding[0]
-            ohw = (hw + 2 * p - k) // s + 1
+            s, p = c.stride[0], c.padding[0]
+            ohw = out_size(hw, c.kernel_size[0], s, p, 1)
             if ohw < 1:
                 raise ValueError(f"input too small: a conv's output would be {ohw}x{ohw}")
             if dst is None:
@@ -203,7 +203,7 @@ class CpuGraph:
             net.add_conv(src, dst, w.contiguous(), b.float().contiguous(), s, p, relu, sum_)
             return dst, ohw
 
-        net_channels = [model.conv1.out_channels]  # channels of the block output so far
+        c_out = model.conv1.out_channels  # channels of the block output so far
         n, cin, h, w = x.shape
         if h != w or n == 0 or cin != model.conv1.in_channels:
             raise ValueError(f"input of shape {tuple(x.shape)}: the net takes square, non-empty inputs with "
@@ -212,7 +212,7 @@ class CpuGraph:
         stem, h = conv(cur, h, model.conv1, model.bn1, True)
         mp = model.maxpool
         k, s, p = _single(mp.kernel_size), _single(mp.stride), _single(mp.padding)
-        hp = (h + 2 * p - k) // s + 1
+        hp = out_size(h, k, s, p, 1)
         cur = buffer(model.conv1.out_channels, hp, hp)
         net.add_pool(stem, cur, True, k, s, p)
         release(stem, (model.conv1.out_channels, h, h))
@@ -237,8 +237,7 @@ class CpuGraph:
                 if res != cur:
                     release(cur, cur_shape)
                 cur, h = res, oh
-                net_channels[0] = last.out_channels
-        c_out = net_channels[0]
+                c_out = last.out_channels
         if blocked and c_out % 16:
             raise ValueError("the blocked layout needs the last conv's channels in whole 16-channel blocks")
         pooled = net.add_buffer(c_out, 1, 1)
