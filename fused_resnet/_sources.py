@@ -55,9 +55,14 @@ def digest() -> str:
     library built ahead (benchmarks/prebuild_extension.py) records it, and is used only by a tree
     whose digest is the same, so a library built from older kernels never runs under newer code."""
     h = hashlib.sha256(repr((source_files(), cuda_flags())).encode())
+    built = set(source_files())
     for path in sorted(glob.glob(os.path.join(CSRC, "**", "*"), recursive=True)):
-        if path.endswith((".cu", ".cuh", ".cpp", ".h", ".hpp")):  # sources only, no caches or strays
-            h.update(os.path.relpath(path, CSRC).encode() + b"\0")
+        rel = os.path.relpath(path, CSRC)
+        # Every header, and the translation units this library compiles: csrc/cpu_graph.cpp is the CPU
+        # graph's own extension (fused_resnet/_cpu_graph.py), and an edit to it must not orphan a
+        # prebuilt CUDA library.
+        if path.endswith((".cuh", ".h", ".hpp")) or rel in built:
+            h.update(rel.encode() + b"\0")
             with open(path, "rb") as f:
                 h.update(f.read())
     return h.hexdigest()

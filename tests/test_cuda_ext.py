@@ -139,11 +139,21 @@ def test_sources_digest_follows_every_kernel_file(monkeypatch, tmp_path):
 
     (tmp_path / "sm90").mkdir()
     (tmp_path / "sm90" / "k.cu").write_text("kernel v1")
+    (tmp_path / "sm90" / "k.cuh").write_text("header v1")
+    (tmp_path / "cpu_graph.cpp").write_text("another extension v1")
     monkeypatch.setattr(_sources, "CSRC", str(tmp_path))
+    monkeypatch.setattr(_sources, "sm90_sources", lambda: ["sm90/k.cu"])
     d1 = _sources.digest()
     assert _sources.digest() == d1
     (tmp_path / "sm90" / "k.cu").write_text("kernel v2")
-    assert _sources.digest() != d1
+    d2 = _sources.digest()
+    assert d2 != d1
+    (tmp_path / "sm90" / "k.cuh").write_text("header v2")
+    d3 = _sources.digest()
+    assert d3 != d2
+    # A translation unit of another extension (the CPU graph's) does not orphan a prebuilt library.
+    (tmp_path / "cpu_graph.cpp").write_text("another extension v2")
+    assert _sources.digest() == d3
 
 
 def test_selector_guards_for_cuda(monkeypatch):
