@@ -179,14 +179,36 @@ def choose(p: Problem, requested: str, heuristic_only: bool = False) -> Choice:
             return Choice(tactics.backend_of(entry.tactic), f"{entry.tactic}: {what} (tuned table{entry.note()})",
                           entry.tactic)
         unusable = f" (tabled {entry.tactic} cannot run: {why_not})"
+        # The next fastest measured tactic that can run (a table measured before a tactic learnt to
+        # refuse a case keeps its other timings).
+        for t in sorted(entry.times_ms, key=entry.times_ms.get):
+            if t != entry.tactic and tactics.why_not(t, p) is None:
+                return Choice(tactics.backend_of(t), f"{t}: the fastest tabled tactic that can run{unusable}", t)
     if why_cuda is None:
         # Untabled shapes: CUTLASS beat the Triton conv on all 46 ResNet-50 fp16 shapes measured on
         # an H200 (benchmarks/NOTES.md).
         return Choice("cuda", "cuda: cutlass" + (" (default where both run)" if why_triton is None else "") + unusable,
                       tactics.cutlass.sm80_tile(p))
-    if why_triton is None:
+    if why_triton is None and not _narrow_groups(p):
         return Choice("triton", _precision_note("triton", x) + unusable, tactics.TRITON)
+    if why_triton is None:
+        # The Triton conv runs one GEMM per group, its N tile at least 16 wide: ResNeXt-50 32x4d's
+        # 4-32 channels per group left the tensor cores mostly idle (the model at 0.17x torch.compile
+        # on an H200, benchmarks/NOTES.md "First contact"); cuDNN has grouped kernels.
+        why_triton = f"{p.weight.shape[0] // p.groups} output channels per group (Triton's GEMM per group idles below {NARROW_GROUP})"
+    # cuDNN's conv then the extension's one-pass epilogue beat conv + add_ + relu_ on all 48 ResNet-50
+    # shapes tuned on the H200 (median 0.74x the time); pointwise where the epilogue cannot run.
+    for t in (tactics.CUDNN_EPILOGUE, tactics.CUDNN_POINTWISE):
+        if tactics.why_not(t, p) is None:
+            return Choice("eager", f"eager: {why_triton}" + unusable, t)
     return Choice("eager", f"eager: {why_triton}" + unusable, tactics.CUDNN_POINTWISE)
+
+
+NARROW_GROUP = 64  # output channels per group below which a grouped conv goes to cuDNN, not Triton
+
+
+def _narrow_groups(p: Problem) -> bool:
+    return p.groups > 1 and p.weight.shape[0] // p.groups < NARROW_GROUP
 
 
 def _elementwise_cuda_guard(x: torch.Tensor) -> Optional[str]:

@@ -33,6 +33,7 @@ replay before overwriting the static input.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 from typing import NamedTuple, Optional
 
@@ -56,6 +57,16 @@ class _Structure(NamedTuple):
     fused: tuple  # the converted modules (their refresh counters)
     containers: tuple  # every module's _modules dict: Sequential.insert/pop/del edit these without a
     lens: tuple  # registration hook, so their lengths are compared on every call
+
+
+@contextlib.contextmanager
+def _normal_no_grad():
+    """no_grad with inference mode off, also inside torch.inference_mode(): the graph's static input
+    and output are then normal tensors, so later calls may copy into them and callers may use the
+    output whether or not they run under inference mode (an inference tensor refuses in-place writes
+    outside it: the first GPU run found optimize(model, example) failing on the next plain call)."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 class _Graph(NamedTuple):
@@ -209,10 +220,11 @@ class OptimizedModel(nn.Module):
             self._stream = torch.cuda.Stream(device=x.device)
         while len(self._graphs) >= self.max_graphs:
             self._graphs.popitem(last=False)  # least recently used shape
-        static_input = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-        static_input.copy_(x)
+        with _normal_no_grad():
+            static_input = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
+            static_input.copy_(x)
         graph, static_output = capture(self.model, static_input, warmup=self.warmup, pool=self._pool,
-                                       stream=self._stream)
+                                       stream=self._stream, mode=_normal_no_grad)
         entry = _Graph(graph, static_input, static_output)
         self._graphs[key] = entry
         self.captures += 1

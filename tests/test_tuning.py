@@ -120,9 +120,9 @@ def _key(x, w, padding=0, relu=True, residual=True):
 
 def test_auto_follows_a_runnable_tabled_tactic(gpu_world):
     x, w = _conv()
-    gpu_world({_key(x, w): decide({"eager:cudnn_fused": 0.8, "cuda:sm80_large": 1.0}, {}, "cuda:sm80_large")})
+    gpu_world({_key(x, w): decide({"eager:cudnn+pointwise": 0.8, "cuda:sm80_large": 1.0}, {}, "cuda:sm80_large")})
     c = _selector.select_conv(x, w, 1, "auto", residual=True)
-    assert (c.backend, c.tactic) == ("eager", "eager:cudnn_fused") and "tuned table" in c.reason, c
+    assert (c.backend, c.tactic) == ("eager", "eager:cudnn+pointwise") and "tuned table" in c.reason, c
     # the key includes the epilogue: the same shape without residual is not tabled -> heuristic
     c = _selector.select_conv(x, w, 1, "auto", residual=False)
     assert c.backend == "cuda" and c.tactic in ("cuda:sm80_large", "cuda:sm80_small") and "tuned table" not in c.reason
@@ -138,6 +138,19 @@ def test_auto_skips_a_tabled_tactic_that_cannot_run(gpu_world, monkeypatch):
     assert c.tactic == "triton" and "cannot run" in c.reason and "multiple of 8" in c.reason  # 3 channels
     c = _selector.select_conv(x, w, 1, "auto", residual=True)  # tabled sm90 kernel on an sm_80 card
     assert c.backend == "cuda" and c.tactic in ("cuda:sm80_large", "cuda:sm80_small") and SM90 in c.reason and "sm_90" in c.reason
+
+
+def test_auto_takes_the_next_fastest_tabled_tactic_when_the_winner_cannot_run(gpu_world):
+    """A table measured before eager:cudnn_fused learnt to refuse a ReLU (cuDNN's fused ReLU drops NaN
+    on some engines): auto runs the fastest tabled tactic that can run, not the untabled default."""
+    x, w = _conv()
+    times = {"eager:cudnn_fused": 0.8, "triton": 0.9, "cuda:sm80_large": 1.0}
+    gpu_world({_key(x, w): decide(times, {}, "cuda:sm80_large"),
+               _key(x, w, relu=False, residual=False): decide(times, {}, "cuda:sm80_large")})
+    c = _selector.select_conv(x, w, 1, "auto", residual=True)
+    assert c.tactic == "triton" and "fastest tabled tactic that can run" in c.reason and "NaN" in c.reason, c
+    c = _selector.select_conv(x, w, 1, "auto", relu=False, residual=False)  # no ReLU: cuDNN's fused bias runs
+    assert c.tactic == "eager:cudnn_fused" and "tuned table" in c.reason, c
 
 
 def test_auto_reports_a_kept_default(gpu_world):
@@ -333,3 +346,15 @@ def test_default_tactic_ignores_table_and_prefer(gpu_world, monkeypatch):
     monkeypatch.setenv("FUSED_RESNET_PREFER", "triton")
     assert _selector.select_conv(x, w, 1, "auto", residual=True).tactic == "triton"  # PREFER wins in auto
     assert _selector.default_tactic(x, w, 1, residual=True) in ("cuda:sm80_large", "cuda:sm80_small")
+
+
+def test_narrow_grouped_convs_run_on_cudnn_not_triton(gpu_world):
+    """ResNeXt's grouped 3x3 convs (4-32 output channels per group): Triton's GEMM per group idled
+    (the model at 0.17x torch.compile on an H200); untabled, they go to cuDNN with the one-pass
+    epilogue. Wide groups stay on Triton."""
+    gpu_world({})
+    x = torch.empty(32, 128, 56, 56, dtype=torch.float16, device="cuda").contiguous(memory_format=CL)
+    c = _selector.select_conv(x, torch.empty(128, 4, 3, 3, dtype=torch.float16, device="cuda"), 32, "auto", padding=1)
+    assert c.tactic == "eager:cudnn+epilogue" and "per group" in c.reason, c
+    c = _selector.select_conv(x, torch.empty(128, 64, 3, 3, dtype=torch.float16, device="cuda"), 2, "auto", padding=1)
+    assert c.tactic == "triton", c

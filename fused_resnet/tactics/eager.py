@@ -6,7 +6,8 @@
                          ReLU; conv2d + in-place epilogue otherwise (also any non-CUDA device: meta, ...)
   eager:cudnn+pointwise  cuDNN conv with bias, then in-place add_ / relu_
   eager:cudnn+epilogue   cuDNN conv alone, then the extension's one-pass bias+residual+ReLU kernel
-  eager:cudnn_fused      cuDNN's fused conv+bias(+add)+ReLU ops (NaN propagation checked on a GPU only)
+  eager:cudnn_fused      cuDNN's fused conv+bias(+add); refused with a ReLU (cuDNN's fused ReLU drops NaN on
+                         some engines)
 """
 from __future__ import annotations
 
@@ -200,25 +201,32 @@ class CudnnPointwise(_Cudnn):
 
 
 class CudnnFused(_Cudnn):
-    """cuDNN's fused conv + bias (+ add) + ReLU ops (what TorchScript's optimize_for_inference uses).
-    relu=False has no cuDNN fused op: conv with bias, then the residual added in place."""
+    """cuDNN's conv with its bias fused, then the residual added in place. Its fused ReLU variants
+    (torch.cudnn_convolution_relu / _add_relu, what TorchScript's optimize_for_inference uses) are
+    not used:
+
+    cuDNN's fused ReLU is not NaN-exact on every engine, so calls with a ReLU are refused. On an H200
+    (cuDNN 9, torch 2.11) torch.cudnn_convolution_relu mapped NaN to 0 for an fp32 1x1 64->256 conv
+    while the same op kept NaN on the other shapes and dtypes tested, so which engine cuDNN picks
+    decides it: no shape or dtype rule makes it safe (benchmarks/NOTES.md, "First contact")."""
 
     name = CUDNN_FUSED
 
     def _limits(self, p: Problem) -> list:
-        return ["separate per-channel scale (fold it into the weight)"] if p.scale else []
+        if p.scale:
+            return ["separate per-channel scale (fold it into the weight)"]
+        if p.relu:
+            return ["cuDNN's fused ReLU maps NaN to 0 on some engines (torch.relu keeps NaN)"]
+        return []
 
     def prepare(self, p: Problem, weight, bias, scale) -> Callable:
+        assert not p.relu, "eager:cudnn_fused refuses a ReLU (see _limits)"
         b = bias.to(p.x.dtype) if bias is not None else None
-        stride, padding, dilation, groups, relu = p.stride, p.padding, p.dilation, p.groups, p.relu
+        stride, padding, dilation, groups = p.stride, p.padding, p.dilation, p.groups
 
         def run(x, residual):
-            if not relu:
-                out = F.conv2d(x, weight, b, stride, padding, dilation, groups)
-                return out.add_(residual) if residual is not None else out
-            if residual is not None:
-                return torch.cudnn_convolution_add_relu(x, weight, residual, 1.0, b, stride, padding, dilation, groups)
-            return torch.cudnn_convolution_relu(x, weight, b, stride, padding, dilation, groups)
+            out = F.conv2d(x, weight, b, stride, padding, dilation, groups)
+            return out.add_(residual) if residual is not None else out
         return run
 
 
