@@ -15,7 +15,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(HERE, "..", "README.md")
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 # The run each table comes from (later runs of the same card supersede earlier ones).
-SOURCES = {"h100": ["h100-run1/results.json", "h100-run2/results.json"],
+SOURCES = {"h200-hopper": ["h200-run4/results.json", "h200-run5/results.json", "h200-run5/resnext.json"],
+           "h100": ["h100-run1/results.json", "h100-run2/results.json"],
            "h200": {"model": "h200-run3/results.json", "compile": "h200-run2/results.json", "op": "h200-run3/results.json"},
            "cpu": "cpu-2core/resnet50_b8.json"}
 
@@ -25,8 +26,8 @@ def load(rel):
         return json.load(f)
 
 
-ORDER = ["torchvision", "torchvision_cl", "torchscript", "compile", "compile_max", "fused_eager", "fused_triton",
-         "fused_cuda", "fused_resnet"]
+ORDER = ["torchvision", "torchvision_cl", "timm", "torchscript", "compile", "compile_max", "fused_eager", "fused_triton",
+         "fused_cuda", "fused_resnet", "optimized"]
 
 
 def sha_of(run: str, rows) -> str:
@@ -55,7 +56,7 @@ def shape_table(rows, note):
            "bare conv. Median [min, max] over shapes. " + note, "",
            ]
     cols = {"conv_bn_relu": "conv + BN + ReLU (+add), cuDNN", "cudnn_fused": "cuDNN fused conv+bias(+add)+ReLU",
-            "fused_triton": "fused triton", "fused_cuda": "fused cuda (CUTLASS)"}
+            "fused_triton": "fused triton", "fused_cuda": "fused cuda (CUTLASS)", "fused_resnet": "fused_resnet (auto)"}
     by = collections.defaultdict(dict)
     for r in rows:
         if r["level"] == "op":
@@ -71,13 +72,49 @@ def shape_table(rows, note):
     return out
 
 
+def runs_table(rows, title):
+    """Whole-model rows of several models, each against the baseline the bench timed beside it."""
+    out = [f"**{title}**", "", "| model | batch | provider | CUDA graphs | median ms | images/s | vs baseline |",
+           "|---|---|---|---|---|---|---|"]
+    def base_of(r):  # the baseline row this ratio was taken against (a graphs and a no-graphs run may share a name)
+        same = [b for b in rows if (b["model"], b["batch"], b["provider"]) == (r["model"], r["batch"], r["baseline"])]
+        b = min(same, key=lambda b: abs(b["median_ms"] - r["ratio_vs_baseline"] * r["median_ms"]))
+        return r["baseline"] + (" (graphs)" if b["graphs"] else "")
+
+    for r in sorted(rows, key=lambda r: (r["model"], -r["batch"], r["graphs"], ORDER.index(r["provider"]))):
+        out.append(f"| {r['model']} | {r['batch']} | {r['provider']} | {'yes' if r['graphs'] else 'no'} | "
+                   f"{r['median_ms']:.3f} | {r['items_per_s']:.0f} | {r['ratio_vs_baseline']:.2f}x {base_of(r)} |")
+    return out
+
+
 def render() -> str:
     lines = []
-    # --- H100: the current code's numbers (runs 1 and 2, a fresh lease each) ---
+    # --- H200: the first run of the Hopper kernels (run 4) and the recheck of its fixes (run 5) ---
+    r4, r5, r5x = (load(x) for x in SOURCES["h200-hopper"])
+    r5 = r5 + r5x
+    env = r4[0]
+    lines.append(f"GPU: {env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']} "
+                 f"({env['date'][:10]}), fp16, 224x224, random weights, medians of interleaved runs; each ratio is "
+                 f"against the baseline timed in the same run. Run 4 (git {sha_of('h200-run4', r4)}) is the first "
+                 f"run of the Hopper kernels, with the tactic table it measured (`fused_resnet/tuned/`). Its "
+                 f"fused_resnet rows ran `eager:cudnn_fused` on 21 of 48 tabled convs, which the same run caught "
+                 f"dropping NaN and which now refuses a ReLU: from that run's per-conv times the next fastest "
+                 f"tactics add ~1.0 ms at batch 256 and ~0.08 ms at batch 32 (not yet re-measured). Run 5 (git "
+                 f"{sha_of('h200-run5', r5)}) rechecked the fixes under the table committed before run 4 (sm80 "
+                 f"kernels only), so its ResNet-50 rows are not comparable with run 4's; its ResNeXt row is the "
+                 f"grouped-conv fix. Files: `benchmarks/results/h200-run4/`, `h200-run5/`.")
+    lines.append("")
+    lines += runs_table([r for r in r4 if r["level"] == "model"], "Whole models, H200, run 4")
+    lines.append("")
+    lines += runs_table([r for r in r5 if r["level"] == "model"], "Whole models, H200, run 5 (rechecks)")
+    lines.append("")
+    lines += shape_table(r4, "H200, run 4 (auto with run 4's table).")
+    lines.append("")
+    # --- H100: earlier code (runs 1 and 2, a fresh lease each; no Hopper kernels yet) ---
     r1, r2 = (load(x) for x in SOURCES["h100"])
     env = r2[0]
-    lines.append(f"GPU: {env['device']}, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']} "
-                 f"({env['date'][:10]}); ResNet-50, fp16, 224x224, random weights. Run 1 (git "
+    lines.append(f"Earlier code, before the Hopper kernels ran. GPU: {env['device']}, torch {env['torch']}, triton "
+                 f"{env['triton']}, CUDA {env['cuda']} ({env['date'][:10]}); ResNet-50, fp16, 224x224, random weights. Run 1 (git "
                  f"{sha_of('h100-run1', r1)}): batch 256 and 1 without graphs, medians of 20/50 interleaved runs. "
                  f"Run 2 (git {sha_of('h100-run2', r2)}): CUDA graphs (each provider timed alone, 50 replays), "
                  f"torch.compile, per-shape. fused_resnet is auto: in run 1 without an H100 backend table (CUTLASS "
