@@ -48,7 +48,7 @@ def measure(model_name: str = "resnet50", batch: int = 1, repeats: int = 200, si
         tv.to(device).to(memory_format=torch.channels_last)(x)
     for h in hooks:
         h.remove()
-    model = fused_resnet.convert(getattr(torchvision.models, model_name)()).eval().to(device)
+    model = fused_resnet.convert(getattr(torchvision.models, model_name)(), cpu_graph=False).eval().to(device)
     biases = {c: torch.zeros(c.out_channels, device=device) for c, _, _ in calls}
 
     def bare():

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = getattr(torchvision.models, a.model)().eval()
     x = torch.randn(a.batch, 3, a.size, a.size).contiguous(memory_format=torch.channels_last)
-    fused = fused_resnet.convert(copy.deepcopy(model)).eval()
+    fused = fused_resnet.convert(copy.deepcopy(model), cpu_graph=False).eval()  # (the fused blocks)
     providers = {"fused_resnet": fused}
     for label, blocked in (("onednn_nhwc", False), ("onednn_blocked16", True)):
         providers[label] = build_net(model, x, blocked)

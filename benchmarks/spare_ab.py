@@ -34,7 +34,7 @@ def main() -> None:
     torch.manual_seed(0)
     tv = torchvision.models.resnet50().eval()
     x = torch.randn(args.batch, 3, 224, 224)
-    model = fused_resnet.convert(copy.deepcopy(tv))
+    model = fused_resnet.convert(copy.deepcopy(tv), cpu_graph=False)  # (the blocks' spare buffers)
     offer = _spare.offer
 
     def fused(on: bool):

@@ -9,9 +9,11 @@ signature into oneDNN primitives with BN folded, residual adds and ReLUs as post
 reordered once and every activation in a buffer kept with the net, and a forward is one C++ call
 (csrc/cpu_graph.cpp, which also explains how the ReLU post-op is kept exact).
 
-Who runs it: ``fused_resnet.optimize`` for float32 CPU inputs (``OptimizedModel`` owns the model, so
-it can check the weights' stamp, hooks and modes before each call and rebuild or step aside). A net
-that cannot prove its ReLU post-op exact for an input returns None and the model itself runs.
+Who runs it: a converted torchvision ResNet (``blocks.ResNet``, also inside ``optimize()``), for a
+float32 CPU call in eval mode without autograd. Its ``CpuGraphs`` checks the whole model's stamp
+(``_model_stamp``) before each call and rebuilds the nets after any change; hooks inside the model,
+modes, autocast and other backends step aside. A net that cannot prove its ReLU post-op exact for an
+input returns None and the fused blocks run the call.
 
 What it needs: the ``onednn-cpu-gomp`` wheel (``pip install fused_resnet[cpu]``: libdnnl with GNU
 OpenMP, the runtime torch uses), a C++ compiler and ninja; the extension is built on first use
@@ -19,6 +21,7 @@ OpenMP, the runtime torch uses), a C++ compiler and ninja; the extension is buil
 """
 from __future__ import annotations
 
+import collections
 import glob
 import os
 import sys
@@ -27,13 +30,15 @@ import time
 from typing import Optional
 
 import torch
+import torch.autograd.forward_ad as _fwad
 from torch import nn
 from torchvision.models import resnet as tvr
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import _env
+from . import _env, folding
+from ._fused import _FusedMixin
 from ._geometry import out_size
-from .folding import fold_bn
+from ._model_stamp import ModelStamp
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 _lock = threading.Lock()
@@ -123,14 +128,16 @@ def _pair_problem(conv, bn, where: str) -> Optional[str]:
     return None
 
 
+def _plain(cls: type, tv: type) -> bool:
+    """``tv`` itself, or the fused subclass convert() swaps in for it (blocks.py), not a user's subclass."""
+    return cls is tv or (issubclass(cls, _FusedMixin) and cls.__bases__[-1] is tv)
+
+
 def unsupported(model: nn.Module) -> Optional[str]:
     """None if ``model`` (eval, float32, CPU) is a plain torchvision ResNet the net computes exactly as
     its forward does, else why not. Exact types only: a subclass may override forward."""
-    from . import blocks
-
-    if type(model) not in (tvr.ResNet, blocks.ResNet):
+    if not _plain(type(model), tvr.ResNet):
         return f"{type(model).__name__} is not a torchvision ResNet"
-    blocks_ok = (tvr.BasicBlock, tvr.Bottleneck, blocks.BasicBlock, blocks.Bottleneck)
     why = _pair_problem(model.conv1, model.bn1, "conv1")
     if why:
         return why
@@ -147,7 +154,7 @@ def unsupported(model: nn.Module) -> Optional[str]:
             return f"layer{li} is not an nn.Sequential"
         for bi, blk in enumerate(layer):
             where = f"layer{li}.{bi}"
-            if type(blk) not in blocks_ok:
+            if not (_plain(type(blk), tvr.BasicBlock) or _plain(type(blk), tvr.Bottleneck)):
                 return f"{where} is a {type(blk).__name__}"
             n = 3 if hasattr(blk, "conv3") else 2
             for j in range(1, n + 1):
@@ -199,7 +206,7 @@ class CpuGraph:
                 raise ValueError(f"input too small: a conv's output would be {ohw}x{ohw}")
             if dst is None:
                 dst = buffer(c.out_channels, ohw, ohw)
-            w, b = fold_bn(c.weight.detach(), c.bias.detach() if c.bias is not None else None, bn)
+            w, b = folding.fold_bn(c.weight.detach(), c.bias.detach() if c.bias is not None else None, bn)
             net.add_conv(src, dst, w.contiguous(), b.float().contiguous(), s, p, relu, sum_)
             return dst, ohw
 
@@ -278,6 +285,8 @@ def input_problem(x: torch.Tensor) -> Optional[str]:
         return "autocast is enabled"
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return "a torch.func transform, torch.compile or a tracer is active"
+    if _fwad._current_level >= 0:
+        return "forward-mode AD is active (the net computes no tangents)"
     from . import _context
 
     if _context.in_dispatch_mode():
@@ -316,3 +325,56 @@ def build(model: nn.Module, x: torch.Tensor, blocked: Optional[bool] = None) -> 
     except (RuntimeError, ValueError) as e:  # e.g. an input too small for the net's pools
         return None, f"cannot build the CPU graph for this input: {str(e).splitlines()[0][:200]}"
 
+
+
+class CpuGraphs:
+    """One model's CPU nets, one per input shape (least recently used dropped past ``max_nets``),
+    behind the model's whole stamp (``_model_stamp``): a change to any weight, module or refresh
+    point rebuilds them on the next call. ``run(x)`` is the net's output, or None with ``status``
+    saying why (the caller then runs the model). Calls from several threads are serialized: the
+    nets' buffers are shared by every call."""
+
+    def __init__(self, model: nn.Module, max_nets: int = 8, on_build=None) -> None:
+        self.stamp = ModelStamp(model)
+        self.on_build = on_build  # called after each net is built (blocks.ResNet: the blocks' folds)
+        self.max_nets = max_nets
+        self.nets: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()  # shape -> (net, why not)
+        self._built_from = None  # the stamp the nets were built from
+        self.status = "no CPU call yet"  # what the last call ran, or why not a net
+        self.runs = 0  # calls a net answered; for tests and logs
+        self._lock = threading.Lock()
+
+    def run(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        why = input_problem(x)
+        if why:
+            self.status = why
+            return None
+        with self._lock:
+            stamp = self.stamp.stamp()
+            if stamp != self._built_from:
+                self.nets.clear()  # they hold folds of the old weights
+                self._built_from = stamp
+            key = tuple(x.shape)
+            entry = self.nets.get(key)
+            if entry is None:
+                while len(self.nets) >= self.max_nets:
+                    self.nets.popitem(last=False)
+                entry = self.nets[key] = build(self.stamp.model, x)  # failures kept too
+                if self.on_build is not None:
+                    self.on_build()
+            else:
+                self.nets.move_to_end(key)
+            net, why = entry
+            out = net.run(x) if net is not None else None
+            if out is None:
+                self.status = why or ("an input or weight the ReLU post-op cannot be proven exact for "
+                                      "(NaN, Inf, near float32's range)")
+                return None
+            self.runs += 1
+            self.status = "oneDNN CPU graph"
+            return out
+
+    def clear(self) -> None:
+        with self._lock:
+            self.nets.clear()
+            self._built_from = None

@@ -10,37 +10,17 @@ from typing import Iterator, NamedTuple, Optional
 import torch
 import torch.autograd.forward_ad as _fwad
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import _autocast, _context, _finite, _hooks, _selector, _spare, _trace, folding
 from ._hooks import GLOBAL_HOOKS as _GLOBAL_HOOKS, has_hooks as _has_hooks, hook_dicts as _hook_dicts  # noqa: F401
 from ._geometry import memory_format_of, suggests_channels_last
 from .folding import FoldCache, FoldedConv, attr_dicts, fold_conv_bn, source_slots, structure_epoch, tensor_dicts
+from .folding import downsample_pair as _downsample_pair, foldable as _foldable  # noqa: F401 (blocks, timm)
 from .ops.fused_conv2d import fused_conv2d, plan_conv
 
 CL = torch.channels_last
 _functorch_active = torch._C._are_functorch_transforms_active
 _any_autocast = torch._C._is_any_autocast_enabled
-
-
-def _foldable(conv, bn) -> Optional[str]:
-    """None if (conv, bn) can be folded into one fused conv, else why not."""
-    if type(conv) is not nn.Conv2d:
-        return f"{type(conv).__name__} is not a plain Conv2d"
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return f"conv padding {conv.padding!r}/{conv.padding_mode} not supported"
-    if isinstance(bn, nn.BatchNorm2d) and type(bn) is nn.BatchNorm2d:
-        return None if bn.track_running_stats else "BatchNorm2d without running statistics"
-    if type(bn) is FrozenBatchNorm2d:
-        return None
-    return f"norm layer {type(bn).__name__} cannot be folded"
-
-
-def _downsample_pair(ds) -> Optional[tuple]:
-    """(conv, bn) of torchvision's Sequential(conv1x1, norm) downsample, else None."""
-    if isinstance(ds, nn.Sequential) and len(ds) == 2 and _foldable(ds[0], ds[1]) is None:
-        return ds[0], ds[1]
-    return None
 
 
 def _input_problem(x: torch.Tensor, conv: nn.Conv2d, amp: Optional[torch.dtype] = None) -> Optional[str]:
@@ -117,7 +97,7 @@ class _Plan(NamedTuple):
 
 _MAX_PLANS = 16  # input signatures kept per module, least recently used evicted first
 # Derived state: a cache of the parameters, never copied or pickled with the module (a copy refolds).
-_DERIVED = ("_fold_cache", "_plans", "_hot", "_hot_parts")  # (_hot_parts: timm blocks' reads kept with _hot)
+_DERIVED = ("_fold_cache", "_plans", "_hot", "_hot_parts", "_cpu_graphs")  # (_hot_parts: timm's, _cpu_graphs: blocks.ResNet)
 
 
 def _refresh_after_load(module, _incompatible_keys) -> None:
@@ -235,8 +215,7 @@ class _FusedMixin:
     def train(self, mode: bool = True):
         # eval() and train() are refresh points: everything is refolded on the next call, which also
         # catches writes through .data (no version bump, nothing else can see them).
-        self.__dict__.pop("_plans", None)
-        self.__dict__.pop("_hot", None)
+        self._drop_plans()
         cache = self.__dict__.get("_fold_cache")
         if cache is not None:
             cache.invalidate()
@@ -255,15 +234,13 @@ class _FusedMixin:
         # .to()/.half()/.cuda(): refold now, into new tensors of the new dtype/device, so a graph
         # compiled afterwards reads folds that match its parameters.
         out = super()._apply(fn, *args, **kwargs)
-        self.__dict__.pop("_plans", None)
-        self.__dict__.pop("_hot", None)
+        self._drop_plans()
         self._refresh_folds()
         return out
 
     def _refresh_folds(self, force: bool = False) -> None:
         cache = self.__dict__.get("_fold_cache")
-        self.__dict__.pop("_plans", None)
-        self.__dict__.pop("_hot", None)
+        self._drop_plans()
         if force:
             self._mark_refreshed()
         if cache is not None:
@@ -307,10 +284,19 @@ class _FusedMixin:
                                     groups=c.groups) for f, (c, _) in zip(cache.value, pairs))
         if cache is None:
             cache = self.__dict__["_fold_cache"] = FoldCache()
-            if not self.__dict__.get("_load_hook"):
-                self.register_load_state_dict_post_hook(_refresh_after_load)
-                self.__dict__["_load_hook"] = True
+            self._ensure_load_hook()
         return cache.refresh(pairs)
+
+    def _ensure_load_hook(self) -> None:
+        """load_state_dict refreshes this module (also called for a whole-model graph: _model_stamp)."""
+        if not self.__dict__.get("_load_hook"):
+            self.register_load_state_dict_post_hook(_refresh_after_load)
+            self.__dict__["_load_hook"] = True
+
+    def _drop_plans(self) -> None:
+        """Launch plans and the hot state (and a ResNet's CPU graphs): rebuilt on the next call."""
+        for key in ("_plans", "_hot", "_cpu_graphs"):
+            self.__dict__.pop(key, None)
 
     def _hot_state(self, rebuild: bool = False) -> _Hot:
         folding.install_epoch_hooks()  # (a module unpickled in a new process was never convert()ed there)

@@ -249,3 +249,23 @@ def _refresh_folds(folded: List[torch.Tensor], handle: int) -> None:
 @_refresh_folds.register_fake
 def _(folded, handle):
     return None
+
+
+def foldable(conv, bn) -> Optional[str]:
+    """None if (conv, bn) can be folded into one fused conv, else why not."""
+    if type(conv) is not nn.Conv2d:
+        return f"{type(conv).__name__} is not a plain Conv2d"
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return f"conv padding {conv.padding!r}/{conv.padding_mode} not supported"
+    if isinstance(bn, nn.BatchNorm2d) and type(bn) is nn.BatchNorm2d:
+        return None if bn.track_running_stats else "BatchNorm2d without running statistics"
+    if type(bn) is FrozenBatchNorm2d:
+        return None
+    return f"norm layer {type(bn).__name__} cannot be folded"
+
+
+def downsample_pair(ds) -> Optional[tuple]:
+    """(conv, bn) of torchvision's Sequential(conv1x1, norm) downsample, else None."""
+    if isinstance(ds, nn.Sequential) and len(ds) == 2 and foldable(ds[0], ds[1]) is None:
+        return ds[0], ds[1]
+    return None

@@ -20,11 +20,9 @@ any refresh point (eval()/train() of a converted module, fused_resnet.refresh(),
 weights. Each input signature (shape, strides, dtype, device) gets its own graph; training mode runs
 the converted model directly, under torch.no_grad(): this module is for inference only.
 
-On the CPU (float32), a torchvision ResNet runs as a CPU graph (``_cpu_graph``: oneDNN primitives
-called from C++, one net per input shape) when the onednn-cpu-gomp wheel is installed; the same
-stamp rebuilds the nets after a weight change. Everything the net cannot take (another model, a
-mode, autocast, an input whose ReLU post-op it cannot prove exact, such as one holding NaN) runs
-the converted model, and ``cpu_graph_status`` says why.
+On the CPU the converted model runs as it does without optimize(): a converted torchvision ResNet
+takes a float32 no-grad eval call as one oneDNN graph where it can (``_cpu_graph``, behind the same
+kind of whole-model stamp); ``cpu_graph_status`` says what the last CPU call ran, or why not the graph.
 
 While any module of the model (or a global hook) has a forward hook, calls run the model itself, so
 the hooks fire. Calls from several threads are serialized; on a GPU each waits for the previous
@@ -39,24 +37,10 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import _cpu_graph, folding
-from ._fused import _GLOBAL_HOOKS, _FusedMixin
+from ._fused import _FusedMixin
+from ._model_stamp import ModelStamp
 from .swap import convert
-
-
-class _Structure(NamedTuple):
-    """The model's modules as the replay checks read them (rebuilt when structure_epoch() moves)."""
-
-    epoch: int
-    tensor_dicts: tuple  # every module's _parameters and _buffers
-    modules: tuple  # (id, type) of every module: a replaced module (even one without tensors) shows
-    attrs: tuple  # (conv instance dicts, BN instance dicts): geometry, eps, BN mode (folding.stamp)
-    hooks: tuple  # every module's forward and pre-hook dicts
-    fused: tuple  # the converted modules (their refresh counters)
-    containers: tuple  # every module's _modules dict: Sequential.insert/pop/del edit these without a
-    lens: tuple  # registration hook, so their lengths are compared on every call
 
 
 @contextlib.contextmanager
@@ -84,10 +68,9 @@ class OptimizedModel(nn.Module):
         self.model = model  # a registered submodule: .to(), state_dict(), parameters() reach it
         self.cuda_graphs = cuda_graphs
         self.cpu_graph = cpu_graph
-        self._cpu_nets: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()  # LRU order
-        self._cpu_stamp = None  # of the weights the CPU nets were built from
-        self.cpu_graph_status = "no CPU call yet"  # what the last CPU call ran, or why not the CPU graph
-        self.cpu_graph_runs = 0  # CPU forwards the CPU graph answered; for tests and logs
+        for m in model.modules():  # (the converted ResNets read it: blocks.ResNet._cpu_graph_forward)
+            if isinstance(m, _FusedMixin):
+                m.__dict__["_cpu_graph_on"] = cpu_graph
         self.max_graphs = max_graphs
         self.copy_output = copy_output
         self.warmup = warmup
@@ -95,42 +78,36 @@ class OptimizedModel(nn.Module):
         self._pool = None
         self._stream = None
         self._stamp = None  # of the weights the graphs were captured with
-        self._dicts = None  # (structure epoch, every module's _parameters and _buffers dicts)
+        self._stamper: Optional[ModelStamp] = None  # the model's stamp and hook check (_model_stamp)
         self._lock = threading.Lock()  # replays share static buffers: one at a time
         self._done = None  # CUDA event recorded after the last replay
         self.captures = 0  # graphs captured so far (re-captures included); for tests and logs
 
-    def _structure(self) -> _Structure:
-        """What the stamp reads, collected again whenever structure_epoch() moved."""
-        epoch = folding.structure_epoch()
-        if self._dicts is None or self._dicts.epoch != epoch \
-                or tuple(map(len, self._dicts.containers)) != self._dicts.lens:
-            mods = tuple(self.model.modules())
-            containers = tuple(m._modules for m in mods)
-            convs = tuple(m for m in mods if type(m) is nn.Conv2d)
-            bns = tuple(m for m in mods if isinstance(m, nn.BatchNorm2d) or type(m) is FrozenBatchNorm2d)
-            self._dicts = _Structure(
-                epoch, tuple(d for m in mods for d in (m._parameters, m._buffers)),
-                tuple((id(m), type(m)) for m in mods), (tuple(map(vars, convs)), tuple(map(vars, bns))),
-                tuple(d for m in mods for d in (m._forward_hooks, m._forward_pre_hooks)),
-                tuple(m for m in mods if isinstance(m, _FusedMixin)), containers, tuple(map(len, containers)))
-        return self._dicts
+    def _model_stamp(self) -> ModelStamp:
+        if self._stamper is None:
+            self._stamper = ModelStamp(self.model)
+        return self._stamper
 
     def _weights_stamp(self) -> tuple:
-        """Changes when anything the captured graphs baked in changes: a parameter or buffer edited in
-        place, replaced (also by functional_call, which writes the modules' dicts directly: the tensors
-        are read out of them each call) or moved; a module replaced; a conv's geometry or a BN's eps or
-        mode; a refresh point of a converted module (eval()/train(), fused_resnet.refresh())."""
-        st = self._structure()
-        tensors = folding.sources_of(st.tensor_dicts)
-        # Not the epoch itself: it moves whenever any module anywhere registers a parameter (building
-        # an unrelated model), which must not re-capture these graphs; identities catch replacements.
-        return (tuple(map(id, tensors)), folding.stamp(tensors, (), st.attrs), st.modules,
-                sum(m.__dict__.get("_refreshes", 0) for m in st.fused))
+        """Changes when anything the captured graphs baked in changes (``_model_stamp``)."""
+        return self._model_stamp().stamp()
 
     def _hooked(self) -> bool:
         """A forward hook anywhere in the model (or a global one): a graph replay would skip it."""
-        return any(self._structure().hooks) or any(_GLOBAL_HOOKS[:2])
+        return self._model_stamp().hooked()
+
+    @property
+    def cpu_graph_status(self) -> str:
+        """What the last CPU call ran ("oneDNN CPU graph"), or why not the CPU graph."""
+        status = getattr(type(self.model), "cpu_graph_status", None)
+        if status is None:
+            return f"{type(self.model).__name__} is not a converted torchvision ResNet"
+        return self.model.cpu_graph_status if self.cpu_graph else "cpu_graph=False"
+
+    @property
+    def cpu_graph_runs(self) -> int:
+        """CPU calls the CPU graph answered."""
+        return self.model.cpu_graph_runs if hasattr(type(self.model), "cpu_graph_runs") else 0
 
     def train(self, mode: bool = True):
         """eval()/train() are refresh points (as for converted modules): the graphs are captured again."""
@@ -141,9 +118,8 @@ class OptimizedModel(nn.Module):
     def __getstate__(self):
         # A copy (deepcopy, pickle, Ray) owns its model copy and captures its own graphs on first use.
         state = dict(super().__getstate__())
-        state.update(_graphs=collections.OrderedDict(), _pool=None, _stream=None, _stamp=None, _dicts=None,
-                     _lock=None, _done=None, captures=0, _cpu_nets=collections.OrderedDict(), _cpu_stamp=None,
-                     cpu_graph_runs=0)
+        state.update(_graphs=collections.OrderedDict(), _pool=None, _stream=None, _stamp=None, _stamper=None,
+                     _lock=None, _done=None, captures=0)
         return state
 
     def __setstate__(self, state):
@@ -153,44 +129,11 @@ class OptimizedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output for ``x`` (inference only: no autograd graph is recorded)."""
         # hooks fire only in a real forward: run one
-        if isinstance(x, torch.Tensor) and not self.model.training and not self._hooked():
-            if self.cuda_graphs and x.is_cuda:
-                return self._replay(x)
-            if self.cpu_graph and x.device.type == "cpu":
-                out = self._cpu_graph_forward(x)
-                if out is not None:
-                    return out
-        with torch.no_grad():
+        if isinstance(x, torch.Tensor) and self.cuda_graphs and x.is_cuda and not self.model.training \
+                and not self._hooked():
+            return self._replay(x)
+        with torch.no_grad():  # (on the CPU a converted ResNet's own CPU graph takes what it can)
             return self.model(x)
-
-    def _cpu_graph_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The CPU graph's output for x (fused_resnet/_cpu_graph.py), or None: then the model runs,
-        and ``cpu_graph_status`` says why."""
-        why = _cpu_graph.input_problem(x)
-        if why:
-            self.cpu_graph_status = why
-            return None
-        with self._lock:  # the nets' buffers are shared by every call
-            stamp = self._weights_stamp()
-            if stamp != self._cpu_stamp:
-                self._cpu_nets.clear()  # they hold folds of the old weights
-                self._cpu_stamp = stamp
-            key = tuple(x.shape)
-            entry = self._cpu_nets.get(key)
-            if entry is None:
-                while len(self._cpu_nets) >= self.max_graphs:
-                    self._cpu_nets.popitem(last=False)
-                entry = self._cpu_nets[key] = _cpu_graph.build(self.model, x)  # (net, why not); failures kept too
-            else:
-                self._cpu_nets.move_to_end(key)
-            net, why = entry
-            out = net.run(x) if net is not None else None
-            if out is None:
-                self.cpu_graph_status = why or "an input or weight the ReLU post-op cannot be proven exact for (NaN, Inf, near float32's range)"
-                return None
-            self.cpu_graph_runs += 1
-            self.cpu_graph_status = "oneDNN CPU graph"
-            return out
 
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
         with self._lock:
@@ -240,8 +183,8 @@ class OptimizedModel(nn.Module):
             torch.cuda.synchronize()  # replays may still run on callers' streams
         self._graphs.clear()
         self._stamp = None
-        self._cpu_nets.clear()
-        self._cpu_stamp = None
+        for m in self.model.modules():
+            m.__dict__.pop("_cpu_graphs", None)
 
     def graph_shapes(self) -> list:
         """Input shapes with a captured graph, least recently used first."""
@@ -286,7 +229,8 @@ def optimize(model: nn.Module, example_input: Optional[torch.Tensor] = None, *, 
             few sizes if they vary a lot).
         copy_output: the returned tensor is this module's static output buffer, overwritten by the
             next call with the same input shape; True returns a copy instead (one extra pass).
-        cpu_graph: False runs CPU inputs through the converted model (as FUSED_RESNET_CPU_GRAPH=0).
+        cpu_graph: False keeps the converted ResNet's CPU calls off its CPU graph (its fused blocks run
+            them, as with ``convert(..., cpu_graph=False)``).
     Returns:
         an ``OptimizedModel``. Weights changed after capture are detected on the next call and the
         graphs (or CPU nets) are built again. Training mode runs the converted model directly

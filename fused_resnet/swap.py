@@ -25,7 +25,7 @@ def _swap_for(cls) -> Optional[type]:
     return None
 
 
-def convert(model: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
+def convert(model: nn.Module, *, backend: Optional[str] = None, cpu_graph: bool = True) -> nn.Module:
     """Make ``model``'s ResNet blocks (and a torchvision ResNet's stem) fused, in place.
 
     Every module whose type is exactly torchvision's BasicBlock, Bottleneck or ResNet, anywhere in
@@ -34,10 +34,16 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
     The modules keep their parameters, buffers, hooks and state_dict keys: nothing is copied.
     Subclasses of torchvision's blocks with their own forward are left alone.
 
+    On the CPU a converted torchvision ResNet runs a no-grad float32 eval forward as one oneDNN graph
+    (``fused_resnet._cpu_graph``) where it can: when the onednn-cpu-gomp wheel is installed
+    (``pip install fused_resnet[cpu]``), no hook sits inside the model and the backend is auto.
+
     Args:
         model: any nn.Module.
         backend: pin the converted modules to "auto", "eager", "triton" or "cuda"; None follows
             use_backend() / FUSED_RESNET_BACKEND at each call.
+        cpu_graph: False keeps converted ResNets off the CPU graph (their fused blocks run every
+            CPU call; FUSED_RESNET_CPU_GRAPH=0 does this for every model).
     Returns:
         the same ``model`` object.
     """
@@ -50,6 +56,7 @@ def convert(model: nn.Module, *, backend: Optional[str] = None) -> nn.Module:
             module.__class__ = fused
         if isinstance(module, _FusedMixin):
             module._fused_backend = backend
+            module.__dict__["_cpu_graph_on"] = cpu_graph  # (read by torchvision ResNets: blocks.ResNet)
             for key in _DERIVED:
                 module.__dict__.pop(key, None)
             module._keep_hook_dicts()  # before any torch.compile (see _hook_problem)

@@ -227,7 +227,7 @@ def test_cpu_gap_counts_each_onednn_conv_once(capfd):
     from fused_resnet.swap import convert
     from fused_resnet.verify import build_reference_model
 
-    model = convert(build_reference_model("resnet18", seed=0).eval())
+    model = convert(build_reference_model("resnet18", seed=0).eval(), cpu_graph=False)  # (torch's oneDNN calls)
     x = torch.randn(1, 3, 64, 64)
     lines = cpu_gap.onednn_log(model, x, forwards=2)
     split = cpu_gap.onednn_exec(model, x, 2, lines)

@@ -90,7 +90,7 @@ def test_weight_edits_rebuild_the_nets():
         x2 = torch.randn(3, 3, 32, 32)  # another shape: its own net
         _check(opt(x2), tv, x2)
         _check(opt(x), tv, x)
-        assert len(opt._cpu_nets) == 2
+        assert len(opt.model._cpu_graphs.nets) == 2
 
 
 def test_modes_hooks_and_other_models_run_the_converted_model():
@@ -151,7 +151,7 @@ def test_threads_and_copies():
         t.join()
     assert not errors and opt.cpu_graph_runs == 1 + 3 * 5 * 4
     for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
-        assert clone.cpu_graph_runs == 0 and not clone._cpu_nets
+        assert clone.cpu_graph_runs == 0 and "_cpu_graphs" not in clone.model.__dict__
         with torch.no_grad():
             assert max_rel_error(clone(xs[1]), expected[1]) <= 1e-5
         assert clone.cpu_graph_runs == 1
@@ -193,7 +193,7 @@ def test_layout_follows_the_input_size():
         assert _cpu_graph.choose_blocked(tv, x) is blocked
         with torch.no_grad():
             _check(opt(x), tv, x)
-        net, _ = opt._cpu_nets[tuple(x.shape)]
+        net, _ = opt.model._cpu_graphs.nets[tuple(x.shape)]
         assert net.blocked is blocked
 
 
@@ -238,3 +238,61 @@ def test_inputs_the_net_does_not_take_run_the_model():
         with pytest.raises(RuntimeError, match="Double"):  # float64 into a float32 model: torch's own error
             opt(torch.randn(2, 3, 32, 32).double())
         assert opt.cpu_graph_runs == 0 and "float32" in opt.cpu_graph_status
+
+
+def test_the_converted_model_itself_runs_the_net_where_it_may():
+    """The drop-in: a converted ResNet's no-grad eval CPU call is the CPU graph's (same result rule as
+    the fused blocks), and every call the graph must not take runs the blocks: autograd, training,
+    hooks inside the model, explain(), another backend, the opt-outs."""
+    tv = random_model(torchvision.models.resnet18)
+    x = torch.randn(2, 3, 48, 48)
+    m = fused_resnet.convert(copy.deepcopy(tv))
+    with torch.no_grad():
+        _check(m(x), tv, x)
+    assert m.cpu_graph_runs == 1 and m.cpu_graph_status == "oneDNN CPU graph"
+    out = m(x)  # autograd on: the blocks, and a result that carries grad
+    assert out.requires_grad and m.cpu_graph_runs == 1
+    seen = []
+    h = m.fc.register_forward_hook(lambda *a: seen.append(1))
+    with torch.no_grad():
+        m(x)
+    assert seen == [1] and m.cpu_graph_runs == 1 and "hook" in m.cpu_graph_status
+    h.remove()
+    h = m.register_forward_hook(lambda *a: seen.append(2))  # on the model itself: fires around the graph
+    with torch.no_grad():
+        m(x)
+    assert seen == [1, 2] and m.cpu_graph_runs == 2
+    h.remove()
+    rows = fused_resnet.explain(m, x).rows  # what the blocks run, not the graph
+    assert len(rows) == 20 and m.cpu_graph_runs == 2
+    with torch.no_grad(), fused_resnet.use_backend("eager"):
+        m(x)
+    assert m.cpu_graph_runs == 2
+    with torch.no_grad():
+        m.layer1[0].bn1.weight.mul_(2)  # an edit: the net is rebuilt from the new weights
+        tv.layer1[0].bn1.weight.mul_(2)
+        _check(m(x), tv, x)
+    assert m.cpu_graph_runs == 3
+    m.train()
+    assert "_cpu_graphs" not in m.__dict__  # a refresh point drops the nets
+    m.eval()
+    off = fused_resnet.convert(copy.deepcopy(tv), cpu_graph=False)
+    with torch.no_grad():
+        _check(off(x), tv, x)
+    assert off.cpu_graph_runs == 0
+    clone = copy.deepcopy(m)  # a copy builds its own nets, from its own weights
+    assert "_cpu_graphs" not in clone.__dict__ and clone.cpu_graph_runs == 0
+
+
+def test_the_environment_switch_turns_the_drop_in_graph_off(monkeypatch):
+    tv = random_model(torchvision.models.resnet18)
+    m = fused_resnet.convert(copy.deepcopy(tv))
+    x = torch.randn(1, 3, 40, 40)
+    monkeypatch.setenv("FUSED_RESNET_CPU_GRAPH", "0")
+    with torch.no_grad():
+        _check(m(x), tv, x)
+    assert m.cpu_graph_runs == 0
+    monkeypatch.delenv("FUSED_RESNET_CPU_GRAPH")
+    with torch.no_grad():
+        _check(m(x), tv, x)
+    assert m.cpu_graph_runs == 1

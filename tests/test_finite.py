@@ -20,6 +20,7 @@ X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 def every_conv_may_take_the_post_op(monkeypatch):
     """Small test shapes, so every conv is eligible (the real size threshold has its own test)."""
     monkeypatch.setattr(eager, "POST_OP_MIN_NUMEL", 0)
+    monkeypatch.setenv("FUSED_RESNET_CPU_GRAPH", "0")  # the fused blocks' path (the CPU graph has its own tests)
 
 
 def _pair(name=torchvision.models.resnet18):

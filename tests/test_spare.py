@@ -20,6 +20,7 @@ X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 def any_size_is_offered(monkeypatch):
     """Small test shapes: every dead stem output may be offered (the size floor has its own test)."""
     monkeypatch.setattr(_spare, "MIN_BYTES", 0)
+    monkeypatch.setenv("FUSED_RESNET_CPU_GRAPH", "0")  # the fused blocks' path (the CPU graph keeps its own buffers)
 
 
 def _count_takes(monkeypatch) -> list:

@@ -135,10 +135,11 @@ def test_kept_activations_timm(case):
                 assert _off(_kept(fused_store)[k], v) < TOL, f"{case}: kept {k} overwritten"
 
 
-def test_fresh_activations_are_still_donated():
+def test_fresh_activations_are_still_donated(monkeypatch):
     """Donation is decided from the tensor: with nobody holding a block's input, it is donated
     (the plans record donate=True), also when the previous block wrote over its own input; a hook
-    keeping it turns that off."""
+    keeping it turns that off. (The fused blocks' path: the CPU graph keeps its own buffers.)"""
+    monkeypatch.setenv("FUSED_RESNET_CPU_GRAPH", "0")
     torch.manual_seed(0)
     ref = randomize_bn(tvr.ResNet(tvr.BasicBlock, [2, 1, 1, 1], num_classes=10), torch.Generator().manual_seed(0))
     _, fused = _pair(ref.eval())
