@@ -434,12 +434,20 @@ def test_python_calls_per_resnet50_forward():
     """The host cost budget in Python calls inside the package (ResNet-50, CPU, benchmarks/NOTES.md):
     a planned forward replays launches (<= 250 calls: 53 convs), a cold one resolves each conv once
     (<= 2,000)."""
-    model = fused_resnet.convert(torchvision.models.resnet50()).eval()
+    model = fused_resnet.convert(torchvision.models.resnet50(), cpu_graph=False).eval()  # the fused blocks
     x = torch.randn(1, 3, 32, 32)
     with torch.inference_mode():
         cold = _package_calls(lambda: model(x))
         planned = _package_calls(lambda: model(x))
     assert planned <= 250 and cold <= 2000, (planned, cold)
+    from fused_resnet import _cpu_graph
+
+    if _cpu_graph.extension()[0] is not None:  # the CPU graph: one stamp and one C++ call per forward
+        model = fused_resnet.convert(torchvision.models.resnet50()).eval()
+        with torch.inference_mode():
+            model(x)
+            graph = _package_calls(lambda: model(x))
+        assert model.cpu_graph_runs == 2 and graph <= 60, graph
 
 
 def test_python_calls_per_timm_resnet50_forward():
