@@ -56,6 +56,38 @@ def _once(fn: Callable[[], object], device: torch.device, inner: int = 1) -> flo
     return (time.perf_counter() - t0) / inner
 
 
+def time_blocks(fns: Sequence[Callable[[], object]], device: torch.device, *, warmup: int = 2, runs: int = 10,
+                rounds: int = 3, settle: int = 2) -> list[Timing]:
+    """Median time per call of each fn, measured in blocks: in each of ``rounds`` rounds every fn runs
+    ``settle`` untimed calls and then ceil(runs / rounds) timed ones back to back, the fns' order
+    rotated by one each round (drift spreads evenly). Sample k of two fns comes from the same round,
+    so ratios pair by index as for ``time_interleaved``.
+
+    Why: on a CPU, a runtime timed right after another one pays for it. ONNX Runtime's spinning
+    thread pool and each runtime's ~100 MB working set (about a small machine's share of the L3)
+    slowed the next runtime's batch-1 forward by 4-12% in interleaved rounds, unevenly between
+    runtimes (benchmarks/NOTES.md, "The CPU graph"); a served model runs alone, as each fn does here."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    per = -(-runs // rounds)
+    samples: list[list[float]] = [[] for _ in fns]
+    for r in range(rounds):
+        for j in range(len(fns)):
+            i = (j + r) % len(fns)
+            for _ in range(settle):
+                fns[i]()
+            for _ in range(per):
+                samples[i].append(_once(fns[i], device, 1))
+    out = []
+    for s in samples:
+        q = statistics.quantiles(s, n=4) if len(s) >= 2 else [s[0]] * 3
+        out.append(Timing(statistics.median(s), q[2] - q[0], len(s), tuple(s)))
+    return out
+
+
 def time_interleaved(fns: Sequence[Callable[[], object]], device: torch.device, *, warmup: int = 2,
                      runs: int = 10, min_time_s: float = 0.0, inner: int = 1, settle: int = 0) -> list[Timing]:
     """Median time per call of each fn, measured round-robin: fn0, fn1, ..., fn0, fn1, ...

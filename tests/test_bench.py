@@ -10,7 +10,7 @@ import torch
 
 from fused_resnet.__main__ import build_parser
 from fused_resnet.bench import conv_shapes, roofline, unknown_providers
-from fused_resnet.timing import Timing, paired_ratio, time_interleaved
+from fused_resnet.timing import Timing, paired_ratio, time_blocks, time_interleaved
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,6 +39,17 @@ def test_settle_calls_come_before_each_timed_sample():
     fns = [lambda: log.append("a"), lambda: log.append("b")]
     time_interleaved(fns, torch.device("cpu"), warmup=1, runs=3, settle=1)
     assert log == ["a", "b"] + ["a", "a", "b", "b"] * 3
+
+
+def test_blocks_time_each_fn_alone_in_rotated_rounds():
+    """time_blocks: per round, each fn's settle calls then its timed calls back to back, the order
+    rotated each round; sample k of every fn from the same round (ratios pair by index)."""
+    log = []
+    fns = [lambda: log.append("a"), lambda: log.append("b"), lambda: log.append("c")]
+    out = time_blocks(fns, torch.device("cpu"), warmup=1, runs=4, rounds=2, settle=1)
+    block = lambda f: [f] * (1 + 2)  # noqa: E731 (1 settle + ceil(4/2) timed)
+    assert log == ["a", "b", "c"] + block("a") + block("b") + block("c") + block("b") + block("c") + block("a")
+    assert [t.runs for t in out] == [4, 4, 4] and all(t.median_s >= 0 for t in out)
 
 
 def test_bench_cli_writes_json_csv_png(tmp_path):

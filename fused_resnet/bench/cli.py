@@ -33,6 +33,11 @@ def add_arguments(p) -> None:
                                                               "and time replays (batch-1 latency as served); "
                                                               "providers are then timed one after another, "
                                                               "not round-robin")
+    p.add_argument("--protocol", choices=("interleaved", "blocks"), default=None,
+                   help="model level: 'interleaved' times the providers round-robin (default on GPUs); "
+                        "'blocks' times each provider's calls back to back in 3 rotated rounds (default on "
+                        "CPUs: there a runtime timed right after another pays for the other's spinning "
+                        "threads and cache use, unevenly; see benchmarks/README.md)")
     p.add_argument("--out", default=None, help="write results to OUT.json and OUT.csv")
     p.add_argument("--plot", default=None, help="write a PNG (throughput vs batch, per-shape bars)")
 
@@ -81,7 +86,8 @@ def main(args) -> int:
         if why:
             raise UsageError(why)
     runs = args.runs or (20 if gpu else 5)
-    env = environment(device)
+    protocol = args.protocol or ("interleaved" if gpu else "blocks")
+    env = {**environment(device), "protocol": protocol}
     print(f"bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | CUDA {env['cuda']} | "
           f"git {env['git_sha']}", flush=True)
     if gpu:
@@ -103,7 +109,7 @@ def main(args) -> int:
                     print(f"[model] {model} batch {batch} {dtype} graphs={args.cuda_graphs}", flush=True)
                     rows += run_model_bench(model, batch, dtype, device, provs, runs=runs,
                                             image_size=args.image_size, cuda_graphs=args.cuda_graphs,
-                                            peaks=peaks, env=env)
+                                            peaks=peaks, env=env, protocol=protocol)
                     _write_so_far(rows, args.out)
                 if "op" in levels:
                     # the baselines always run: the ratios are relative to cuDNN/oneDNN's conv alone

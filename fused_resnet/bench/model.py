@@ -13,7 +13,7 @@ import torch
 from ..optimize import capture
 from ..profiling import environment
 from ..swap import convert
-from ..timing import time_interleaved
+from ..timing import time_blocks, time_interleaved
 from ..verify import DTYPES, build_reference_model, dtype_name
 from .external import EXTERNAL_PROVIDERS, build_external, check_against, external_available, nan_placement_matches
 from .report import Row, _paired
@@ -140,7 +140,9 @@ def _graphed(fn, x, keep_model: bool = True):
 
 def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, *, runs: int = 10,
                     image_size: int = 224, cuda_graphs: bool = False, peaks: Optional[dict] = None,
-                    progress: bool = True, env: Optional[dict] = None) -> list[Row]:
+                    progress: bool = True, env: Optional[dict] = None, protocol: str = "interleaved") -> list[Row]:
+    """One model at one batch and dtype, every provider timed (``protocol``: "interleaved" rounds,
+    or "blocks" of consecutive calls per provider, ``timing.time_blocks``); a Row per provider."""
     dt = DTYPES[dtype_name(dtype)]
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # cuDNN-based providers at their strongest (recorded per row)
@@ -209,7 +211,13 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         builds.append(build_s)
     if not names:
         return []
-    if not graphs:
+    if not graphs and protocol == "blocks":
+        if progress:
+            print(f"  timing {len(fns)} providers x {runs} runs (in blocks: 3 rounds, each provider's calls "
+                  f"back to back after 2 untimed ones) ...", flush=True)
+        with torch.inference_mode():
+            timings = time_blocks(fns, torch.device(device), warmup=2, runs=runs, rounds=3, settle=2)
+    elif not graphs:
         # CPU: one untimed call before each timed one, so no provider is timed while the previous
         # one's thread pool still spins (fused_resnet/timing.py)
         settle = 1 if not device.startswith("cuda") and len(fns) > 1 else 0
