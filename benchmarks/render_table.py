@@ -18,7 +18,7 @@ START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 SOURCES = {"h200-hopper": ["h200-run4/results.json", "h200-run5/results.json", "h200-run5/resnext.json"],
            "h100": ["h100-run1/results.json", "h100-run2/results.json"],
            "h200": {"model": "h200-run3/results.json", "compile": "h200-run2/results.json", "op": "h200-run3/results.json"},
-           "cpu": "cpu-2core/resnet50_b8.json"}
+           "cpu": "cpu-2core-dropin/run2.json"}
 
 
 def load(rel):
@@ -26,8 +26,8 @@ def load(rel):
         return json.load(f)
 
 
-ORDER = ["torchvision", "torchvision_cl", "timm", "torchscript", "compile", "compile_max", "fused_eager", "fused_triton",
-         "fused_cuda", "fused_resnet", "optimized"]
+ORDER = ["torchvision", "torchvision_cl", "timm", "torchscript", "compile", "compile_max", "onnxruntime", "openvino",
+         "fused_eager", "fused_triton", "fused_cuda", "fused_resnet", "optimized"]
 
 
 def sha_of(run: str, rows) -> str:
@@ -148,10 +148,20 @@ def render() -> str:
     lines += shape_table(load(SOURCES["h200"]["op"]), "H200.")
     lines.append("")
     cpu = load(SOURCES["cpu"])
-    lines.append(f"CPU: {cpu[0]['device']} ({cpu[0]['threads']} threads), torch {cpu[0]['torch']}, ResNet-50 fp32, "
-                 f"224x224, git {sha_of('cpu-2core', cpu)}. File: `benchmarks/results/cpu-2core/`.")
+    lines.append(f"CPU: a 2-core x86_64 VM with AVX-512 ({cpu[0]['threads']} threads), torch {cpu[0]['torch']}, "
+                 f"ONNX Runtime 1.32, ResNet-50 fp32, 224x224, git {sha_of('cpu-2core-dropin', cpu)}; each provider "
+                 f"timed in blocks of back-to-back calls, 3 rotated rounds. fused_resnet is the converted model "
+                 f"(its CPU graph), fused_eager the same model on its fused blocks; compile (inductor, freezing) "
+                 f"turns NaN into 0, the others place NaN/Inf as torchvision does. "
+                 f"File: `benchmarks/results/cpu-2core-dropin/`.")
     lines.append("")
     lines += model_table([r for r in cpu if r["level"] == "model"], "Whole model, CPU")
+    lines.append("")
+    lines.append("| batch | fused_resnet vs ONNX Runtime | fused_resnet vs compile |")
+    lines.append("|---|---|---|")
+    for b in sorted({r["batch"] for r in cpu}, reverse=True):
+        ms = {r["provider"]: r["median_ms"] for r in cpu if r["batch"] == b}
+        lines.append(f"| {b} | {ms['onnxruntime'] / ms['fused_resnet']:.2f}x | {ms['compile'] / ms['fused_resnet']:.2f}x |")
     return "\n".join(lines)
 
 

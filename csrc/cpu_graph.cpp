@@ -26,6 +26,8 @@
 #include <algorithm>
 #include <optional>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -210,15 +212,22 @@ class Net {
     for (auto pd : pds) dnnl_primitive_desc_destroy(pd);
   }
 
-  // max|x| over n floats (NaN counts as infinite): one read pass, on all threads.
+  // max|x| over n floats (NaN counts as infinite): one read pass, on all threads. On the bits: with
+  // the sign cleared, IEEE floats order as unsigned integers, Inf is 0x7f800000 and every NaN is
+  // above it, so the loop is one AND and one unsigned max per element, which vectorizes (the float
+  // version with its NaN test did not: 8 passes of a ResNet-50 forward at batch 1 cost 0.41 ms).
   static double measure(const float* p, int64_t n) {
-    float m = 0.0f;
-#pragma omp parallel for reduction(max : m)
+    uint32_t m = 0;
+#pragma omp parallel for simd reduction(max : m)
     for (int64_t i = 0; i < n; ++i) {
-      float a = std::fabs(p[i]);
-      m = std::max(m, a == a ? a : INFINITY);
+      uint32_t bits;
+      std::memcpy(&bits, p + i, sizeof bits);
+      m = std::max(m, bits & 0x7fffffffu);
     }
-    return m;
+    if (m > 0x7f800000u) return INFINITY;  // a NaN
+    float f;
+    std::memcpy(&f, &m, sizeof f);
+    return f;
   }
 
   // One forward. x: a float32 tensor with the sizes and strides given to build. Returns the last
