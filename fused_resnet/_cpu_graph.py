@@ -102,6 +102,11 @@ def extension():
         return _state["ext"]
 
 
+def unavailable_reason() -> Optional[str]:
+    """Why the extension could not be built or loaded, if that was tried in this process (no build)."""
+    return _state.get("ext", (None, None))[1]
+
+
 # --- what the net can express ---------------------------------------------------------------------
 
 _BN = (nn.BatchNorm2d, FrozenBatchNorm2d)

@@ -103,7 +103,8 @@ class ResNet(_FusedMixin, tvr.ResNet):
         if not self.__dict__.get("_cpu_graph_on", True) or _trace.active() \
                 or _env.get("FUSED_RESNET_CPU_GRAPH", "1") == "0":
             return None
-        if self._fused_backend not in (None, "auto") or _selector.requested_backend() != "auto":
+        if self._fused_backend not in (None, "auto") or _selector.requested_backend() != "auto" \
+                or _cpu_graph.extension()[0] is None:  # (not installed: no stamp or net lookup per call)
             return None
         graphs = self.__dict__.get("_cpu_graphs")
         if graphs is None:
@@ -129,7 +130,7 @@ class ResNet(_FusedMixin, tvr.ResNet):
     def cpu_graph_status(self) -> str:
         """What the last eligible CPU call ran ("oneDNN CPU graph"), or why not the CPU graph."""
         graphs = self.__dict__.get("_cpu_graphs")
-        return graphs.status if graphs is not None else "no CPU graph call yet"
+        return graphs.status if graphs is not None else _cpu_graph.unavailable_reason() or "no CPU graph call yet"
 
     @property
     def cpu_graph_runs(self) -> int:

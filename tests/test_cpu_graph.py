@@ -296,3 +296,13 @@ def test_the_environment_switch_turns_the_drop_in_graph_off(monkeypatch):
     with torch.no_grad():
         _check(m(x), tv, x)
     assert m.cpu_graph_runs == 1
+
+
+def test_without_the_library_the_blocks_run_and_the_status_says_why(monkeypatch):
+    tv = random_model(torchvision.models.resnet18)
+    m = fused_resnet.convert(copy.deepcopy(tv))
+    x = torch.randn(1, 3, 40, 40)
+    monkeypatch.setitem(_cpu_graph._state, "ext", (None, "onednn-cpu-gomp is not installed (test)"))
+    with torch.no_grad():
+        _check(m(x), tv, x)
+    assert m.cpu_graph_runs == 0 and "_cpu_graphs" not in m.__dict__ and "not installed" in m.cpu_graph_status
