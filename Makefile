@@ -62,7 +62,9 @@ gpu-image-venv:
 # GPU machine's versions, on this CPU (the package from this tree, not installed).
 test-compat: gpu-image-venv
 	@$(GPU_IMAGE_VENV)/bin/python -c "import torch, torchvision, triton, numpy; print('compatibility lane: torch', torch.__version__, 'torchvision', torchvision.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
-	PYTHONPATH=$(CURDIR) $(GPU_IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_workflows.py tests/test_workflows_modes.py tests/test_frontends.py tests/test_plans.py tests/test_finite.py tests/test_spare.py
+	PYTHONPATH=$(CURDIR) $(GPU_IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_workflows.py tests/test_workflows_modes.py tests/test_frontends.py tests/test_plans.py tests/test_finite.py tests/test_spare.py tests/test_cpu_graph.py
+	@echo "the workflow matrix once more on the fused blocks alone (the CPU graph answers its no-grad calls above)"
+	FUSED_RESNET_CPU_GRAPH=0 PYTHONPATH=$(CURDIR) $(GPU_IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_workflows.py
 	PYTHONPATH=$(CURDIR) TRITON_INTERPRET=1 $(GPU_IMAGE_VENV)/bin/python -m pytest -q -p no:cacheprovider -m interpreter tests
 
 # What a GPU window carries (benchmarks/gpu_window.py): .gpu-prebuilt/ = the CUDA extension built here
