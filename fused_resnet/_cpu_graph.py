@@ -378,8 +378,3 @@ class CpuGraphs:
             self.runs += 1
             self.status = "oneDNN CPU graph"
             return out
-
-    def clear(self) -> None:
-        with self._lock:
-            self.nets.clear()
-            self._built_from = None

@@ -80,7 +80,3 @@ class ModelStamp:
         """A forward hook on any module (``root``: the model itself too) or a global one."""
         st = self.structure()
         return any(st.hooks) or (root and any(st.root_hooks)) or any(GLOBAL_HOOKS[:2])
-
-    def forget(self) -> None:
-        """Drop the collected modules (a copy of the model collects its own)."""
-        self._st = None
