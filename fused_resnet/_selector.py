@@ -194,8 +194,9 @@ def choose(p: Problem, requested: str, heuristic_only: bool = False) -> Choice:
     if why_triton is None:
         # The Triton conv runs one GEMM per group, its N tile at least 16 wide: ResNeXt-50 32x4d's
         # 4-32 channels per group left the tensor cores mostly idle (the model at 0.17x torch.compile
-        # on an H200, benchmarks/NOTES.md "First contact"); cuDNN has grouped kernels.
-        why_triton = f"{p.weight.shape[0] // p.groups} output channels per group (Triton's GEMM per group idles below {NARROW_GROUP})"
+        # on an H200, benchmarks/NOTES.md "First run of the Hopper kernels"); cuDNN has grouped kernels.
+        why_triton = (f"{p.weight.shape[0] // p.groups} output channels per group "
+                      f"(Triton's GEMM per group idles below {NARROW_GROUP})")
     # cuDNN's conv then the extension's one-pass epilogue beat conv + add_ + relu_ on all 48 ResNet-50
     # shapes tuned on the H200 (median 0.74x the time); pointwise where the epilogue cannot run.
     for t in (tactics.CUDNN_EPILOGUE, tactics.CUDNN_POINTWISE):

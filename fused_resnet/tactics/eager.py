@@ -208,7 +208,8 @@ class CudnnFused(_Cudnn):
     cuDNN's fused ReLU is not NaN-exact on every engine, so calls with a ReLU are refused. On an H200
     (cuDNN 9, torch 2.11) torch.cudnn_convolution_relu mapped NaN to 0 for an fp32 1x1 64->256 conv
     while the same op kept NaN on the other shapes and dtypes tested, so which engine cuDNN picks
-    decides it: no shape or dtype rule makes it safe (benchmarks/NOTES.md, "First contact")."""
+    decides it: no shape or dtype rule makes it safe (benchmarks/NOTES.md, "First run of the Hopper
+    kernels")."""
 
     name = CUDNN_FUSED
 
