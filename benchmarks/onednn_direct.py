@@ -8,7 +8,7 @@ The converted model's CPU convs are oneDNN's, reached through torch ops, and eve
 kernels: the network is a list of oneDNN primitives built once per input shape, every activation in
 a buffer kept with the net, BN folded, residual adds and ReLUs as post-ops. Rows: `optimized` is the
 library's path (fused_resnet.optimize: the NHWC net behind its stamp, hook and mode checks);
-`onednn_nhwc` and `onednn_blocked16` are the bare nets in NHWC and in oneDNN's blocked layout
+`onednn_nhwc` and `onednn_blocked` are the bare nets in NHWC and in oneDNN's blocked layout
 (nChw16c) across the whole network, to see what the checks cost and what the layout would give.
 
 Needs the `onednn-cpu-gomp` wheel, a C++ compiler and ninja (the extension builds on first use).
@@ -34,8 +34,9 @@ from fused_resnet.timing import paired_ratio, time_interleaved  # noqa: E402
 
 
 def build_net(model, x, blocked: bool):
-    """fused_resnet's CPU graph for ``model`` at x's signature, as a callable."""
-    net, why = _cpu_graph.build(model, x, blocked)
+    """fused_resnet's CPU graph for ``model`` at x's signature, as a callable: every stage NHWC or
+    every stage in oneDNN's blocked layout (nChw16c on AVX-512, nChw8c on AVX2)."""
+    net, why = _cpu_graph.build(model, x, (_cpu_graph.BLOCKED if blocked else _cpu_graph.NHWC,) * 4)
     if net is None:
         raise SystemExit(f"CPU graph unavailable: {why}")
 
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     x = torch.randn(a.batch, 3, a.size, a.size).contiguous(memory_format=torch.channels_last)
     fused = fused_resnet.convert(copy.deepcopy(model), cpu_graph=False).eval()  # (the fused blocks)
     providers = {"fused_resnet": fused}
-    for label, blocked in (("onednn_nhwc", False), ("onednn_blocked16", True)):
+    for label, blocked in (("onednn_nhwc", False), ("onednn_blocked", True)):
         providers[label] = build_net(model, x, blocked)
     optimized = fused_resnet.optimize(copy.deepcopy(model), x)
     if optimized.cpu_graph_runs != 1:
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
     for baseline in ("onnxruntime", "compile_freezing"):  # ours against each baseline, paired per round
         if baseline not in names:
             continue
-        for n in ("fused_resnet", "optimized", "onednn_nhwc", "onednn_blocked16"):
+        for n in ("fused_resnet", "optimized", "onednn_nhwc", "onednn_blocked"):
             r, iqr = paired_ratio(times[names.index(baseline)], times[names.index(n)])
             rows[n][f"speedup_over_{baseline}"] = r
             print(f"  {n} vs {baseline}: {r:5.3f}x (paired, IQR {iqr:.3f})")

@@ -41,6 +41,7 @@ namespace {
 
 struct Buffer {
   int64_t c, h, w;
+  int64_t tag;  // dnnl_format_tag_t of the activations (acdb = NHWC, aBcd8b = nChw8c, ...); unused for the input
   dnnl_memory_desc_t md = nullptr;
   torch::Tensor storage;  // kept across forwards
   dnnl_memory_t mem = nullptr;
@@ -48,7 +49,7 @@ struct Buffer {
 };
 
 struct Step {
-  enum Kind { CONV, MAXPOOL, AVGPOOL } kind;
+  enum Kind { CONV, MAXPOOL, AVGPOOL, REORDER } kind;
   int src, dst;
   // conv
   torch::Tensor weight, bias;  // user layout (OIHW), fp32
@@ -82,8 +83,8 @@ class Net {
     dnnl_engine_destroy(engine_);
   }
 
-  int64_t add_buffer(int64_t c, int64_t h, int64_t w) {
-    buffers_.push_back(Buffer{c, h, w});
+  int64_t add_buffer(int64_t c, int64_t h, int64_t w, int64_t tag) {
+    buffers_.push_back(Buffer{c, h, w, tag});
     return static_cast<int64_t>(buffers_.size()) - 1;
   }
 
@@ -112,9 +113,32 @@ class Net {
     steps_.push_back(std::move(s));
   }
 
+  // Weights reordered once into the layout the chosen kernel wants (s.packed_weight, s.w_mem).
+  void pack_weight(Step& s, const_dnnl_memory_desc_t w_user, const_dnnl_memory_desc_t w_md) {
+    s.packed_weight = torch::empty({static_cast<int64_t>(dnnl_memory_desc_get_size(w_md) / 4)}, torch::kFloat);
+    DNNL_OK(dnnl_memory_create(&s.w_mem, w_md, engine_, s.packed_weight.data_ptr()));
+    dnnl_memory_t user_mem;
+    DNNL_OK(dnnl_memory_create(&user_mem, w_user, engine_, s.weight.data_ptr()));
+    dnnl_primitive_desc_t rpd;
+    dnnl_primitive_t reorder;
+    DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, w_user, engine_, w_md, engine_, nullptr));
+    DNNL_OK(dnnl_primitive_create(&reorder, rpd));
+    dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, s.w_mem}};
+    DNNL_OK(dnnl_primitive_execute(reorder, stream_, 2, rargs));
+    DNNL_OK(dnnl_stream_wait(stream_));
+    dnnl_primitive_destroy(reorder);
+    dnnl_primitive_desc_destroy(rpd);
+    dnnl_memory_destroy(user_mem);
+  }
+
+  // The same activations in another layout (where the net changes layout between stages).
+  void add_reorder(int64_t src, int64_t dst) {
+    steps_.push_back(Step{Step::REORDER, static_cast<int>(src), static_cast<int>(dst)});
+  }
+
   // Creates every primitive for batch n. Buffer 0 is the input, described by the strides given (the
-  // caller's tensor); the others use `tag` (a dnnl_format_tag_t: acdb = NHWC, aBcd16b = nChw16c, ...).
-  void build(int64_t n, std::vector<int64_t> input_strides, int64_t tag) {
+  // caller's tensor); the others use their own layout tag.
+  void build(int64_t n, std::vector<int64_t> input_strides) {
     TORCH_CHECK(n_ == 0 && n > 0 && input_strides.size() == 4, "cpu_graph: build(n > 0, 4 strides) once per net");
     n_ = n;
     in_strides_ = input_strides;
@@ -125,7 +149,7 @@ class Net {
         dnnl_dims_t st = {input_strides[0], input_strides[1], input_strides[2], input_strides[3]};
         DNNL_OK(dnnl_memory_desc_create_with_strides(&b.md, 4, dims, dnnl_f32, st));
       } else {
-        DNNL_OK(dnnl_memory_desc_create_with_tag(&b.md, 4, dims, dnnl_f32, static_cast<dnnl_format_tag_t>(tag)));
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&b.md, 4, dims, dnnl_f32, static_cast<dnnl_format_tag_t>(b.tag)));
         size_t bytes = dnnl_memory_desc_get_size(b.md);
         b.storage = torch::zeros({static_cast<int64_t>(bytes / 4)}, torch::kFloat);
         DNNL_OK(dnnl_memory_create(&b.mem, b.md, engine_, b.storage.data_ptr()));
@@ -160,26 +184,16 @@ class Net {
                                                                strides, dil, pad, pad, attr));
         // Weights reordered once into the layout the chosen kernel wants.
         const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        s.packed_weight = torch::empty({static_cast<int64_t>(dnnl_memory_desc_get_size(w_md) / 4)}, torch::kFloat);
-        DNNL_OK(dnnl_memory_create(&s.w_mem, w_md, engine_, s.packed_weight.data_ptr()));
-        dnnl_memory_t user_mem;
-        DNNL_OK(dnnl_memory_create(&user_mem, w_user, engine_, s.weight.data_ptr()));
-        dnnl_primitive_desc_t rpd;
-        dnnl_primitive_t reorder;
-        DNNL_OK(dnnl_reorder_primitive_desc_create(&rpd, w_user, engine_, w_md, engine_, nullptr));
-        DNNL_OK(dnnl_primitive_create(&reorder, rpd));
-        dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, user_mem}, {DNNL_ARG_TO, s.w_mem}};
-        DNNL_OK(dnnl_primitive_execute(reorder, stream_, 2, rargs));
-        DNNL_OK(dnnl_stream_wait(stream_));
-        dnnl_primitive_destroy(reorder);
-        dnnl_primitive_desc_destroy(rpd);
-        dnnl_memory_destroy(user_mem);
+        pack_weight(s, w_user, w_md);
         DNNL_OK(dnnl_memory_create(&s.b_mem, b_md, engine_, s.bias.data_ptr()));
         dnnl_memory_desc_destroy(w_any);
         dnnl_memory_desc_destroy(w_user);
         dnnl_memory_desc_destroy(b_md);
         s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, s.w_mem}, {DNNL_ARG_BIAS, s.b_mem},
                   {DNNL_ARG_DST, dst.mem}};
+      } else if (s.kind == Step::REORDER) {
+        DNNL_OK(dnnl_reorder_primitive_desc_create(&pd, src.md, engine_, dst.md, engine_, attr));
+        s.args = {{DNNL_ARG_FROM, src.mem}, {DNNL_ARG_TO, dst.mem}};
       } else {
         dnnl_dims_t kernel = {s.kernel, s.kernel}, dil = {0, 0};
         if (s.kind == Step::AVGPOOL) {
@@ -263,7 +277,7 @@ class Net {
         }
         dst.bound = b;
       } else {
-        dst.bound = src.bound;  // (pools do not raise a bound)
+        dst.bound = src.bound;  // (pools and reorders do not raise a bound)
       }
       DNNL_OK(dnnl_primitive_execute(s.prim, stream_, static_cast<int>(s.args.size()), s.args.data()));
     }
@@ -301,6 +315,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_buffer", &Net::add_buffer)
       .def("add_conv", &Net::add_conv)
       .def("add_pool", &Net::add_pool)
+      .def("add_reorder", &Net::add_reorder)
       .def("build", &Net::build)
       .def("forward", &Net::forward, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def_readonly("last_measured", &Net::last_measured_)
@@ -309,4 +324,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("library_major", []() { return dnnl_version()->major; });
   m.attr("TAG_NHWC") = static_cast<int64_t>(dnnl_acdb);
   m.attr("TAG_NCHW16C") = static_cast<int64_t>(dnnl_aBcd16b);
+  m.attr("TAG_NCHW8C") = static_cast<int64_t>(dnnl_aBcd8b);
+  // The float32 lanes of oneDNN's widest vector ISA on this CPU (16: AVX-512, 8: AVX2 and below): the
+  // channel block its blocked-layout kernels use.
+  m.def("vector_floats", []() {
+    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    return (static_cast<int>(isa) & static_cast<int>(dnnl_cpu_isa_avx512_core)) == static_cast<int>(dnnl_cpu_isa_avx512_core) ? 16 : 8;
+  });
 }

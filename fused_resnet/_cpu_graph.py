@@ -184,25 +184,34 @@ def _single(v) -> int:
     return v[0] if isinstance(v, (tuple, list)) else v
 
 
-class CpuGraph:
-    """One built net for one input signature; ``run(x)`` -> logits, or None (the caller runs the model)."""
+NHWC, BLOCKED = "nhwc", "blocked"  # a stage's activation layout (blocked: oneDNN's nChw8c / nChw16c)
 
-    def __init__(self, ext, model: nn.Module, x: torch.Tensor, blocked: bool = False):
-        self.blocked = blocked
-        tag = ext.TAG_NCHW16C if blocked else ext.TAG_NHWC
-        # NHWC nets read NHWC input; blocked ones NCHW (oneDNN's stem kernel for a blocked output
-        # reads plain NCHW). run() converts an input in the other format first.
-        self.fmt = torch.contiguous_format if blocked else torch.channels_last
+
+class CpuGraph:
+    """One built net for one input signature; ``run(x)`` -> logits, or None (the caller runs the model).
+    ``layouts``: one of NHWC / BLOCKED per stage (layer1..layer4; the stem takes layer1's); where two
+    stages differ, one reorder of the activations between them."""
+
+    def __init__(self, ext, model: nn.Module, x: torch.Tensor, layouts=(NHWC,) * 4):
+        if len(layouts) != 4 or any(v not in (NHWC, BLOCKED) for v in layouts):
+            raise ValueError(f"layouts: four of {NHWC!r} / {BLOCKED!r} expected, got {layouts!r}")
+        self.layouts = tuple(layouts)
+        self.block = ext.vector_floats()  # channels per block of the blocked layout
+        tags = {NHWC: ext.TAG_NHWC, BLOCKED: ext.TAG_NCHW16C if self.block == 16 else ext.TAG_NCHW8C}
+        # A stem writing NHWC reads NHWC input; one writing the blocked layout reads plain NCHW (oneDNN's
+        # kernel for it). run() converts an input in the other format first.
+        self.fmt = torch.contiguous_format if layouts[0] == BLOCKED else torch.channels_last
         x = x.contiguous(memory_format=self.fmt)
         net = self.net = ext.Net()
-        free: dict = {}  # (c, h, w) -> ids of buffers whose values are dead
+        free: dict = {}  # (c, h, w, layout) -> ids of buffers whose values are dead
+        layout = layouts[0]  # of the buffers being made
 
         def buffer(c, h, w):
-            ids = free.get((c, h, w))
-            return ids.pop() if ids else net.add_buffer(c, h, w)
+            ids = free.get((c, h, w, layout))
+            return ids.pop() if ids else net.add_buffer(c, h, w, tags[layout])
 
-        def release(i, shape):
-            free.setdefault(shape, []).append(i)
+        def release(i, shape, in_layout=None):
+            free.setdefault(shape + (in_layout or layout,), []).append(i)
 
         def conv(src, hw, c, bn, relu, dst=None, sum_=False):
             s, p = c.stride[0], c.padding[0]
@@ -215,12 +224,14 @@ class CpuGraph:
             net.add_conv(src, dst, w.contiguous(), b.float().contiguous(), s, p, relu, sum_)
             return dst, ohw
 
-        c_out = model.conv1.out_channels  # channels of the block output so far
         n, cin, h, w = x.shape
         if h != w or n == 0 or cin != model.conv1.in_channels:
             raise ValueError(f"input of shape {tuple(x.shape)}: the net takes square, non-empty inputs with "
                              f"{model.conv1.in_channels} channels")
-        cur = net.add_buffer(cin, h, w)
+        for i, stage in enumerate(self._stages(model)):
+            if layouts[i] == BLOCKED and any(c % self.block for c in stage):
+                raise ValueError(f"layer{i + 1}'s channels are not whole {self.block}-channel blocks")
+        cur = net.add_buffer(cin, h, w, 0)  # (the input: described by its strides at build)
         stem, h = conv(cur, h, model.conv1, model.bn1, True)
         mp = model.maxpool
         k, s, p = _single(mp.kernel_size), _single(mp.stride), _single(mp.padding)
@@ -228,8 +239,13 @@ class CpuGraph:
         cur = buffer(model.conv1.out_channels, hp, hp)
         net.add_pool(stem, cur, True, k, s, p)
         release(stem, (model.conv1.out_channels, h, h))
-        h = hp
-        for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        h, c_cur = hp, model.conv1.out_channels  # the current activations' size and channels
+        for li, layer in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
+            if layouts[li] != layout:  # the previous stage's output, reordered
+                old, old_layout, layout = cur, layout, layouts[li]
+                cur = buffer(c_cur, h, h)
+                net.add_reorder(old, cur)
+                release(old, (c_cur, h, h), old_layout)
             for blk in layer:
                 n_convs = 3 if hasattr(blk, "conv3") else 2
                 t, th, tc = cur, h, None
@@ -239,7 +255,7 @@ class CpuGraph:
                     if tc is not None:
                         release(t, tc)
                     t, tc = nt, (c.out_channels, th, th)
-                res, cur_shape = cur, (blk.conv1.in_channels, h, h)
+                res, cur_shape = cur, (c_cur, h, h)
                 if blk.downsample is not None:
                     res, _ = conv(cur, h, blk.downsample[0], blk.downsample[1], False)
                 last = getattr(blk, f"conv{n_convs}")
@@ -248,20 +264,34 @@ class CpuGraph:
                 release(t, tc)
                 if res != cur:
                     release(cur, cur_shape)
-                cur, h = res, oh
-                c_out = last.out_channels
-        if blocked and c_out % 16:
-            raise ValueError("the blocked layout needs the last conv's channels in whole 16-channel blocks")
-        pooled = net.add_buffer(c_out, 1, 1)
+                cur, h, c_cur = res, oh, last.out_channels
+        pooled = buffer(c_cur, 1, 1)
         net.add_pool(cur, pooled, False, h, 1, 0)
-        net.build(n, list(x.stride()), tag)
-        slow = [i for i, impl in enumerate(net.implementations) if impl.startswith("ref")]
+        net.build(n, list(x.stride()))
+        self.implementations = list(net.implementations)
+        slow = [i for i, impl in enumerate(self.implementations) if impl.startswith("ref")]
         if slow:  # oneDNN's reference loops: correct, but orders of magnitude slower than the model
             raise ValueError(f"oneDNN has no optimized kernel on this CPU for step {slow[0]} of the net "
-                             f"({net.implementations[slow[0]]})")
+                             f"({self.implementations[slow[0]]})")
         fc = model.fc if type(model.fc) is nn.Linear else None  # (nn.Identity: the pooled features, as a backbone)
         self.fc_weight = fc.weight.detach().t() if fc is not None else None
         self.fc_bias = fc.bias.detach() if fc is not None and fc.bias is not None else None
+
+    @staticmethod
+    def _stages(model):
+        """Per stage, the channel counts of every buffer it writes (the stem's go with layer1)."""
+        out = []
+        for li, layer in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
+            chans = {model.conv1.out_channels} if li == 0 else set()
+            for m in layer.modules():
+                if type(m) is nn.Conv2d:
+                    chans.update((m.in_channels, m.out_channels))
+            out.append(chans)
+        return out
+
+    @property
+    def blocked(self) -> bool:
+        return BLOCKED in self.layouts
 
     @property
     def measured(self) -> int:
@@ -299,37 +329,62 @@ def input_problem(x: torch.Tensor) -> Optional[str]:
     return None
 
 
-# The layout of the net's activations. oneDNN's kernels for its blocked layout (nChw16c: 16 channels
-# innermost) beat its NHWC kernels once a conv has enough pixels to spread over the threads; NHWC
-# wins when the late layers' maps are small (ResNet-50 at 224x224 on a 2-core AVX-512 machine, each
-# net alone: batch 1 NHWC 29.2 ms vs blocked 29.3-32.2; batch 2 57.4-58.5 vs 53.4-54.3; batch 4
-# 110.5-117.7 vs 103.7-106.4; batch 8 216.8 vs 204.6, benchmarks/NOTES.md "The CPU graph").
-BLOCKED_MIN_PIXELS = 2 * 224 * 224  # batch x height x width of the input
+# The layout of each stage's activations, as measured for oneDNN 3.2 (benchmarks/NOTES.md, "The CPU
+# graph" and "The CPU graph on AVX2"). Its blocked-layout kernels (nChw16c on AVX-512, nChw8c on AVX2)
+# beat its NHWC ones on large maps; on small maps its NHWC (brgconv) kernels win.
+# - AVX-512 (ResNet-50 at 224, 2 cores, whole nets alone): blocked throughout from 2 x 224 x 224 input
+#   pixels (batch 1 NHWC 29.2 ms vs blocked 29.3-32.2; batch 2 57.4-58.5 vs 53.4-54.3; batch 8 216.8
+#   vs 204.6), and at batch 1 layers 3-4 blocked gained nothing (14.8 vs 14.6 ms).
+# - AVX2 (2 cores, per conv): the 3x3 convs of layers 3-4 run 1.1-1.5x slower blocked than NHWC at
+#   batch 8 and the 1x1 convs of layers 1-2 1.1-1.5x slower in NHWC, so a stage is blocked when its
+#   output map has at least AVX2_STAGE_MIN_PIXELS pixels (batch x height x width): at 224x224, layers 1-2
+#   from batch 2 (batch 8: 25088 and 6272 pixels; layer3 has 1568), none at batch 1.
+BLOCKED_MIN_PIXELS = 2 * 224 * 224  # AVX-512: batch x height x width of the input
+AVX2_STAGE_MIN_PIXELS = 4096
 
 
-def choose_blocked(model: nn.Module, x: torch.Tensor) -> bool:
-    """The blocked layout for inputs with at least BLOCKED_MIN_PIXELS, when every conv's channel count
-    fills whole 16-channel blocks (the net's output is read as plain (n, c) memory)."""
-    if x.shape[0] * x.shape[2] * x.shape[3] < BLOCKED_MIN_PIXELS:
-        return False
-    return all(m.out_channels % 16 == 0 for m in model.modules() if type(m) is nn.Conv2d)
+def choose_layouts(model: nn.Module, x: torch.Tensor, block: int) -> tuple:
+    """NHWC or BLOCKED per stage for this input on a CPU whose blocked kernels use ``block`` channels
+    (``CpuGraph.block``). A stage whose channels do not fill whole blocks stays NHWC."""
+    n, _, h, w = x.shape
+    stages = CpuGraph._stages(model)
+    sizes = []  # each stage's output map, as the net computes it
+    hw = out_size(h, model.conv1.kernel_size[0], model.conv1.stride[0], model.conv1.padding[0], 1)
+    mp = model.maxpool
+    hw = out_size(hw, _single(mp.kernel_size), _single(mp.stride), _single(mp.padding), 1)
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for m in layer.modules():
+            if type(m) is nn.Conv2d and m.kernel_size[0] == 3:  # (the strided conv of a stage is its 3x3)
+                hw = out_size(hw, 3, m.stride[0], m.padding[0], 1)
+        sizes.append(n * hw * hw)
+    if block == 16:
+        want = [n * h * w >= BLOCKED_MIN_PIXELS] * 4
+    else:
+        want = [px >= AVX2_STAGE_MIN_PIXELS for px in sizes]
+    return tuple(BLOCKED if b and not any(c % block for c in chans) else NHWC for b, chans in zip(want, stages))
 
 
-def build(model: nn.Module, x: torch.Tensor, blocked: Optional[bool] = None) -> tuple[Optional[CpuGraph], Optional[str]]:
-    """(net, None) for ``model`` at x's signature, or (None, why not). blocked: the activations'
-    layout (None: ``choose_blocked``)."""
+def build(model: nn.Module, x: torch.Tensor, layouts=None) -> tuple[Optional[CpuGraph], Optional[str]]:
+    """(net, None) for ``model`` at x's signature, or (None, why not). layouts: per stage (None:
+    ``choose_layouts``). A chosen layout oneDNN has only reference loops for on this CPU falls back to
+    NHWC throughout."""
     ext, why = extension()
     if ext is None:
         return None, why
     why = unsupported(model)
     if why:
         return None, why
+    chosen = layouts or choose_layouts(model, x, ext.vector_floats())
     try:
         with torch.no_grad():
-            return CpuGraph(ext, model, x, choose_blocked(model, x) if blocked is None else blocked), None
+            try:
+                return CpuGraph(ext, model, x, chosen), None
+            except ValueError as e:
+                if layouts is not None or chosen == (NHWC,) * 4 or "optimized kernel" not in str(e):
+                    raise
+                return CpuGraph(ext, model, x, (NHWC,) * 4), None
     except (RuntimeError, ValueError) as e:  # e.g. an input too small for the net's pools
         return None, f"cannot build the CPU graph for this input: {str(e).splitlines()[0][:200]}"
-
 
 
 class CpuGraphs:

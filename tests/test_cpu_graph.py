@@ -30,12 +30,16 @@ def _check(out, model, x):
     assert c.ok, str(c)
 
 
+N, B = _cpu_graph.NHWC, _cpu_graph.BLOCKED
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "wide_resnet50_2"])
-@pytest.mark.parametrize("blocked", [False, True])
-def test_net_matches_the_reference(name, blocked):
+@pytest.mark.parametrize("layouts", [(N, N, N, N), (B, B, B, B), (B, B, N, N), (N, B, N, B)])
+def test_net_matches_the_reference(name, layouts):
+    """Every stage in either layout, with a reorder where two stages differ."""
     model = random_model(getattr(torchvision.models, name))
     x = torch.randn(2, 3, 64, 64)
-    net, why = _cpu_graph.build(model, x, blocked)
+    net, why = _cpu_graph.build(model, x, layouts)
     assert net is not None, why
     with torch.inference_mode():
         _check(net.run(x), model, x)
@@ -183,18 +187,65 @@ def test_a_fused_optimizer_step_rebuilds_the_net():
 
 
 def test_layout_follows_the_input_size():
-    """Small inputs run NHWC, large ones oneDNN's blocked layout (benchmarks/NOTES.md, "The CPU graph");
-    both give the reference's output through optimize()."""
+    """Small inputs run NHWC, large maps oneDNN's blocked layout, as measured per vector width
+    (benchmarks/NOTES.md, "The CPU graph" and "The CPU graph on AVX2"); through optimize() each gives
+    the reference's output."""
     tv = random_model(torchvision.models.resnet18)
+    x1, x2, x8 = (torch.randn(n, 3, 224, 224) for n in (1, 2, 8))
+    assert _cpu_graph.choose_layouts(tv, x1, 16) == (N,) * 4
+    assert _cpu_graph.choose_layouts(tv, x2, 16) == (B,) * 4
+    assert _cpu_graph.choose_layouts(tv, x1, 8) == (N,) * 4
+    assert _cpu_graph.choose_layouts(tv, x2, 8) == (B, N, N, N)
+    assert _cpu_graph.choose_layouts(tv, x8, 8) == (B, B, N, N)
+    # a stage with channels that do not fill whole blocks stays NHWC (widths 36, 72, 144, 288)
+    narrow = random_model(torchvision.models.resnet50, width_per_group=36)
+    assert _cpu_graph.choose_layouts(narrow, x8, 16) == (N, N, B, B)
     opt = fused_resnet.optimize(copy.deepcopy(tv))
-    side = 224
-    for n, blocked in ((1, False), (2, True)):
-        x = torch.randn(n, 3, side, side)
-        assert _cpu_graph.choose_blocked(tv, x) is blocked
+    ext, _ = _cpu_graph.extension()
+    for x in (x1, x2):
         with torch.no_grad():
             _check(opt(x), tv, x)
         net, _ = opt.model._cpu_graphs.nets[tuple(x.shape)]
-        assert net.blocked is blocked
+        assert net.layouts == _cpu_graph.choose_layouts(tv, x, ext.vector_floats())
+
+
+def test_a_layout_without_fast_kernels_falls_back_to_nhwc():
+    """Blocks of the other vector width: oneDNN may have only its reference loops for them (16-channel
+    blocks on an AVX2 CPU: the stem's, 4.7 s a forward). build() then makes the NHWC net rather than
+    refusing, and a caller's explicit choice is refused rather than run slowly."""
+    class OtherWidth:  # the extension, telling the builder the other block size
+        def __init__(self, ext):
+            self._ext = ext
+
+        def __getattr__(self, name):
+            return getattr(self._ext, name)
+
+        def vector_floats(self):
+            return 24 - self._ext.vector_floats()
+
+    model = random_model(torchvision.models.resnet18)
+    x = torch.randn(2, 3, 64, 64)
+    ext, _ = _cpu_graph.extension()
+    try:
+        _cpu_graph.CpuGraph(OtherWidth(ext), model, x, (B,) * 4)
+        slow = False
+    except ValueError as e:
+        assert "no optimized kernel" in str(e)
+        slow = True
+    real = _cpu_graph._state["ext"]
+    _cpu_graph._state["ext"] = (OtherWidth(ext), None)
+    try:
+        with torch.no_grad():
+            net, why = _cpu_graph.build(model, x, (B,) * 4)
+            assert (net is None) == slow, why
+            x = torch.randn(4, 3, 160, 160)
+            net, why = _cpu_graph.build(model, x)
+            assert net is not None, why
+            assert net.layouts == ((N,) * 4 if slow else (B, N, N, N) if ext.vector_floats() == 16 else (B,) * 4)
+            with torch.inference_mode():
+                _check(net.run(x), model, x)
+    finally:
+        _cpu_graph._state["ext"] = real
 
 
 def test_a_backbone_without_its_fc():
@@ -210,17 +261,18 @@ def test_a_backbone_without_its_fc():
     assert opt.cpu_graph_runs == 1, opt.cpu_graph_status
 
 
-@pytest.mark.parametrize("name,shape,blocked", [
-    ("resnet34", (3, 3, 33, 33), False),   # odd sizes: 1x1 maps in layer4
-    ("resnet34", (3, 3, 33, 33), True),
-    ("resnet101", (1, 3, 65, 65), True),
-    ("resnet18", (2, 3, 7, 7), False),     # small inputs: 1x1 maps from layer1 on
-    ("resnet18", (2, 3, 3, 3), False),
+@pytest.mark.parametrize("name,shape,layouts", [
+    ("resnet34", (3, 3, 33, 33), (N,) * 4),   # odd sizes: 1x1 maps in layer4
+    ("resnet34", (3, 3, 33, 33), (B,) * 4),
+    ("resnet34", (3, 3, 33, 33), (B, N, B, N)),
+    ("resnet101", (1, 3, 65, 65), (B,) * 4),
+    ("resnet18", (2, 3, 7, 7), (N,) * 4),     # small inputs: 1x1 maps from layer1 on
+    ("resnet18", (2, 3, 3, 3), (N,) * 4),
 ])
-def test_odd_shapes_and_depths(name, shape, blocked):
+def test_odd_shapes_and_depths(name, shape, layouts):
     model = random_model(getattr(torchvision.models, name))
     x = torch.randn(*shape)
-    net, why = _cpu_graph.build(model, x, blocked)
+    net, why = _cpu_graph.build(model, x, layouts)
     assert net is not None, why
     with torch.inference_mode():
         _check(net.run(x), model, x)
