@@ -177,6 +177,25 @@ def test_onnxruntime_provider_row():
     assert {r.provider: r.nan_exact for r in rows} == {"torchvision": "yes", "onnxruntime": "yes"}
 
 
+def test_fused_speedups_pair_with_fused_resnet(capfd):
+    """Each row's fused_speedup_paired is the per-round ratio of its samples to fused_resnet's (the
+    number a claim such as "ahead of ONNX Runtime" rests on), printed one line per model and batch."""
+    from fused_resnet.bench.model import run_model_bench
+    from fused_resnet.bench.report import print_fused_speedups
+
+    rows = run_model_bench("resnet18", 1, "fp32", "cpu", ["torchvision", "fused_resnet", "fused_eager"], runs=4,
+                           image_size=32, progress=False, protocol="blocks", rounds=4)
+    by = {r.provider: r for r in rows}
+    assert by["torchvision"].runs == 4
+    assert by["fused_resnet"].fused_speedup_paired == 1.0 and by["fused_resnet"].fused_speedup_paired_iqr == 0.0
+    for name in ("torchvision", "fused_eager"):
+        assert by[name].fused_speedup_paired > 0 and by[name].fused_speedup_paired_iqr >= 0
+    print_fused_speedups(rows)
+    out = capfd.readouterr().out
+    assert "fused_resnet vs each, paired per round (resnet18 batch 1 fp32): torchvision " in out
+    assert "fused_eager " in out and "fused_resnet 1.000x" not in out
+
+
 def test_external_provider_skip_reasons(monkeypatch):
     import importlib.util
 

@@ -14,5 +14,5 @@ from ..profiling import ConvShape, conv_shapes, distinct_shapes, environment  # 
 from .cli import add_arguments, main, unknown_providers  # noqa: F401
 from .model import MODEL_PROVIDERS, build_provider, provider_available, run_model_bench  # noqa: F401
 from .op import OP_PROVIDERS, op_bound_ms, op_bound_summary, print_bound_summary, run_op_bench  # noqa: F401
-from .report import Row, plot, print_table, write_results  # noqa: F401
+from .report import Row, plot, print_fused_speedups, print_table, write_results  # noqa: F401
 from .roofline import measure_copy_gbps, measure_peaks, roofline  # noqa: F401

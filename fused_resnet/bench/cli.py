@@ -8,7 +8,7 @@ from ..profiling import environment
 from ..verify import TIMM_PREFIX, dtype_name, model_problem
 from .model import MODEL_PROVIDERS, run_model_bench
 from .op import OP_PROVIDERS, print_bound_summary, run_op_bench
-from .report import Row, plot, print_table, write_results
+from .report import Row, plot, print_fused_speedups, print_table, write_results
 from .roofline import measure_peaks
 
 
@@ -38,6 +38,10 @@ def add_arguments(p) -> None:
                         "'blocks' times each provider's calls back to back in 3 rotated rounds (default on "
                         "CPUs: there a runtime timed right after another pays for the other's spinning "
                         "threads and cache use, unevenly; see benchmarks/README.md)")
+    p.add_argument("--rounds", type=_cli.positive_int, default=3,
+                   help="'blocks' protocol: rounds (default 3); each provider's runs are split over them. "
+                        "On a noisy machine more rounds pair the samples closer in time (e.g. --runs 40 "
+                        "--rounds 10)")
     p.add_argument("--out", default=None, help="write results to OUT.json and OUT.csv")
     p.add_argument("--plot", default=None, help="write a PNG (throughput vs batch, per-shape bars)")
 
@@ -109,7 +113,7 @@ def main(args) -> int:
                     print(f"[model] {model} batch {batch} {dtype} graphs={args.cuda_graphs}", flush=True)
                     rows += run_model_bench(model, batch, dtype, device, provs, runs=runs,
                                             image_size=args.image_size, cuda_graphs=args.cuda_graphs,
-                                            peaks=peaks, env=env, protocol=protocol)
+                                            peaks=peaks, env=env, protocol=protocol, rounds=args.rounds)
                     _write_so_far(rows, args.out)
                 if "op" in levels:
                     # the baselines always run: the ratios are relative to cuDNN/oneDNN's conv alone
@@ -124,6 +128,7 @@ def main(args) -> int:
                     _write_so_far(rows, args.out)
     print()
     print_table(rows)
+    print_fused_speedups(rows)
     print_bound_summary(rows)
     if args.out:
         for p in write_results(rows, args.out):

@@ -13,7 +13,7 @@ import torch
 from ..optimize import capture
 from ..profiling import environment
 from ..swap import convert
-from ..timing import time_blocks, time_interleaved
+from ..timing import paired_ratio, time_blocks, time_interleaved
 from ..verify import DTYPES, build_reference_model, dtype_name
 from .external import EXTERNAL_PROVIDERS, build_external, check_against, external_available, nan_placement_matches
 from .report import Row, _paired
@@ -140,9 +140,11 @@ def _graphed(fn, x, keep_model: bool = True):
 
 def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, *, runs: int = 10,
                     image_size: int = 224, cuda_graphs: bool = False, peaks: Optional[dict] = None,
-                    progress: bool = True, env: Optional[dict] = None, protocol: str = "interleaved") -> list[Row]:
+                    progress: bool = True, env: Optional[dict] = None, protocol: str = "interleaved",
+                    rounds: int = 3) -> list[Row]:
     """One model at one batch and dtype, every provider timed (``protocol``: "interleaved" rounds,
-    or "blocks" of consecutive calls per provider, ``timing.time_blocks``); a Row per provider."""
+    or "blocks" of consecutive calls per provider in ``rounds`` rounds, ``timing.time_blocks``); a Row
+    per provider."""
     dt = DTYPES[dtype_name(dtype)]
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # cuDNN-based providers at their strongest (recorded per row)
@@ -213,10 +215,10 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
         return []
     if not graphs and protocol == "blocks":
         if progress:
-            print(f"  timing {len(fns)} providers x {runs} runs (in blocks: 3 rounds, each provider's calls "
+            print(f"  timing {len(fns)} providers x {runs} runs (in blocks: {rounds} rounds, each provider's calls "
                   f"back to back after 2 untimed ones) ...", flush=True)
         with torch.inference_mode():
-            timings = time_blocks(fns, torch.device(device), warmup=2, runs=runs, rounds=3, settle=2)
+            timings = time_blocks(fns, torch.device(device), warmup=2, runs=runs, rounds=rounds, settle=2)
     elif not graphs:
         # CPU: one untimed call before each timed one, so no provider is timed while the previous
         # one's thread pool still spins (fused_resnet/timing.py)
@@ -229,8 +231,10 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
     elem = torch.finfo(dt).bits // 8
     roof = roofline(model, batch, elem, image_size)
     base = timings[0].median_s
+    fused = timings[names.index("fused_resnet")] if "fused_resnet" in names and not graphs else None
     rows = []
     for name, t, b in zip(names, timings, builds):
+        speedup = paired_ratio(t, fused) if fused is not None else (0.0, 0.0)
         tflops = roof["gflop"] / t.median_s / 1e3
         gbps = roof["mb_fused"] / t.median_s / 1e3
         rows.append(Row(name, model, "model", f"3x{image_size}x{image_size}", batch, dtype,
@@ -242,6 +246,7 @@ def run_model_bench(model: str, batch: int, dtype: str, device: str, providers, 
                         base / t.median_s, names[0], b, roof["gflop"], tflops, gbps,
                         tflops / peaks["peak_tflops"] if peaks else 0.0,
                         gbps / peaks["peak_gbps"] if peaks else 0.0, torch.backends.cudnn.benchmark, env=env,
-                        nan_exact=nan_exact.get(name, ""), **_paired(timings[0], t, graphs)))
+                        nan_exact=nan_exact.get(name, ""), **_paired(timings[0], t, graphs),
+                        fused_speedup_paired=speedup[0], fused_speedup_paired_iqr=speedup[1]))
     return rows
 

@@ -42,6 +42,10 @@ class Row:
     # were not timed in the same rounds (--cuda-graphs). On a noisy machine this is the ratio to quote.
     ratio_paired: float = 0.0
     ratio_paired_iqr: float = 0.0
+    # Model level: how many times faster fused_resnet ran than this provider, per-round paired as above
+    # (median, IQR of this/fused_resnet); 0 when fused_resnet was not timed in the same rounds.
+    fused_speedup_paired: float = 0.0
+    fused_speedup_paired_iqr: float = 0.0
     # CPU: "yes" if NaN and +-Inf land in the output where the reference model puts them for an input
     # with one NaN and one +Inf pixel ("no": e.g. a fused ReLU that maps NaN to 0); "" not checked
     nan_exact: str = ""
@@ -69,6 +73,19 @@ def print_table(rows: list[Row]) -> None:
         print(f"{r.provider:16s} {r.level:5s} {r.shape[:34]:34s} {r.batch:5d} {r.dtype:5s} {str(r.graphs):6s} "
               f"{r.median_ms:10.3f} {r.spread_ms:7.3f} {r.items_per_s:9.1f} {r.ratio_vs_baseline:17.2f}x "
               f"{_paired_text(r):>13s} {r.tflops:8.2f} {r.nan_exact or '-':>6s}")
+
+
+def print_fused_speedups(rows: list[Row]) -> None:
+    """One line per model, batch and dtype: fused_resnet's paired speedup over each other provider
+    (the ratio a comparison such as "ahead of ONNX Runtime" rests on)."""
+    groups: dict = {}
+    for r in rows:
+        if r.level == "model" and r.fused_speedup_paired and r.provider != "fused_resnet":
+            groups.setdefault((r.model, r.batch, r.dtype), []).append(r)
+    for (model, batch, dtype), rs in groups.items():
+        cells = ", ".join(f"{r.provider} {r.fused_speedup_paired:.3f}x [IQR {r.fused_speedup_paired_iqr:.3f}]"
+                          for r in rs)
+        print(f"fused_resnet vs each, paired per round ({model} batch {batch} {dtype}): {cells}")
 
 
 def _paired_text(r: Row) -> str:
