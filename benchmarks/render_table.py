@@ -18,7 +18,8 @@ START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 SOURCES = {"h200-hopper": ["h200-run4/results.json", "h200-run5/results.json", "h200-run5/resnext.json"],
            "h100": ["h100-run1/results.json", "h100-run2/results.json"],
            "h200": {"model": "h200-run3/results.json", "compile": "h200-run2/results.json", "op": "h200-run3/results.json"},
-           "cpu": "cpu-2core-dropin/run2.json"}
+           "cpu": "cpu-2core-dropin/run2.json",
+           "cpu_avx2": "cpu-2core-avx2/run2.json"}
 
 
 def load(rel):
@@ -162,6 +163,23 @@ def render() -> str:
     for b in sorted({r["batch"] for r in cpu}, reverse=True):
         ms = {r["provider"]: r["median_ms"] for r in cpu if r["batch"] == b}
         lines.append(f"| {b} | {ms['onnxruntime'] / ms['fused_resnet']:.2f}x | {ms['compile'] / ms['fused_resnet']:.2f}x |")
+    lines.append("")
+    avx2 = load(SOURCES["cpu_avx2"])
+    lines.append(f"CPU: a 2-core AMD EPYC VM with AVX2 only ({avx2[0]['threads']} threads), torch {avx2[0]['torch']}, "
+                 f"ONNX Runtime 1.32, ResNet-50 fp32, 224x224, git {sha_of('cpu-2core-avx2', avx2)}; blocks "
+                 f"protocol in 10 rotated rounds. A noisy machine (a forward's time drifted by up to 20% "
+                 f"from one call to the next): the ratios to quote are the paired ones. "
+                 f"File: `benchmarks/results/cpu-2core-avx2/`.")
+    lines.append("")
+    lines += model_table([r for r in avx2 if r["level"] == "model"], "Whole model, CPU (AVX2)")
+    lines.append("")
+    lines.append("| batch | fused_resnet vs ONNX Runtime (paired per round) | fused_resnet vs compile (paired) |")
+    lines.append("|---|---|---|")
+    for b in sorted({r["batch"] for r in avx2}, reverse=True):
+        sp = {r["provider"]: r for r in avx2 if r["batch"] == b and r["level"] == "model"}
+        lines.append(f"| {b} | {sp['onnxruntime']['fused_speedup_paired']:.2f}x "
+                     f"(IQR {sp['onnxruntime']['fused_speedup_paired_iqr']:.2f}) | "
+                     f"{sp['compile']['fused_speedup_paired']:.2f}x (IQR {sp['compile']['fused_speedup_paired_iqr']:.2f}) |")
     return "\n".join(lines)
 
 
