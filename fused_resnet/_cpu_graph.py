@@ -22,6 +22,7 @@ OpenMP, the runtime torch uses), a C++ compiler and ninja; the extension is buil
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 import glob
 import os
 import sys
@@ -35,7 +36,7 @@ from torch import nn
 from torchvision.models import resnet as tvr
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import _env, folding
+from . import _env, _selector, _trace, folding
 from ._fused import _FusedMixin
 from ._geometry import out_size
 from ._model_stamp import ModelStamp
@@ -138,46 +139,143 @@ def _plain(cls: type, tv: type) -> bool:
     return cls is tv or (issubclass(cls, _FusedMixin) and cls.__bases__[-1] is tv)
 
 
-def unsupported(model: nn.Module) -> Optional[str]:
-    """None if ``model`` (eval, float32, CPU) is a plain torchvision ResNet the net computes exactly as
-    its forward does, else why not. Exact types only: a subclass may override forward."""
-    if not _plain(type(model), tvr.ResNet):
-        return f"{type(model).__name__} is not a torchvision ResNet"
-    why = _pair_problem(model.conv1, model.bn1, "conv1")
-    if why:
-        return why
-    mp = model.maxpool
-    if type(model.relu) is not nn.ReLU or type(mp) is not nn.MaxPool2d or mp.ceil_mode or mp.return_indices \
-            or mp.dilation not in (1, (1, 1)) or type(model.avgpool) is not nn.AdaptiveAvgPool2d \
-            or model.avgpool.output_size not in (1, (1, 1)) or type(model.fc) not in (nn.Linear, nn.Identity):
-        return "the stem's ReLU / max-pool or the head (average pool to 1x1, Linear or Identity) differ from torchvision's"
+@dataclass
+class Spec:
+    """What a net computes, read from a torchvision or timm ResNet (``describe``): the stem conv and its
+    norm (then ReLU), the stem's max-pool, four stages of blocks, an average pool to 1x1 and the
+    classifier (None: the pooled features, as a backbone with ``fc = nn.Identity()``)."""
+    stem: tuple  # (conv, bn)
+    pool: tuple  # the max-pool's (kernel, stride, padding)
+    layers: list  # per stage: [(main [(conv, bn), ...] (ReLU after each but the last), downsample (conv, bn) or None)]
+    fc: Optional[nn.Linear]
+
+
+def _maxpool_problem(mp) -> Optional[str]:
+    if type(mp) is not nn.MaxPool2d or mp.ceil_mode or mp.return_indices or mp.dilation not in (1, (1, 1)):
+        return "the stem's max-pool differs from torchvision's"
     if any(isinstance(v, (tuple, list)) and len(set(v)) != 1 for v in (mp.kernel_size, mp.stride, mp.padding)):
         return "non-square max-pool"
+    return None
+
+
+def _describe_torchvision(model) -> tuple:
+    why = _pair_problem(model.conv1, model.bn1, "conv1") or _maxpool_problem(model.maxpool)
+    if why:
+        return None, why
+    if type(model.relu) is not nn.ReLU or type(model.avgpool) is not nn.AdaptiveAvgPool2d \
+            or model.avgpool.output_size not in (1, (1, 1)) or type(model.fc) not in (nn.Linear, nn.Identity):
+        return None, "the stem's ReLU or the head (average pool to 1x1, Linear or Identity) differ from torchvision's"
+    layers = []
     for li in range(1, 5):
         layer = getattr(model, f"layer{li}")
         if type(layer) is not nn.Sequential:
-            return f"layer{li} is not an nn.Sequential"
+            return None, f"layer{li} is not an nn.Sequential"
+        blocks = []
         for bi, blk in enumerate(layer):
             where = f"layer{li}.{bi}"
             if not (_plain(type(blk), tvr.BasicBlock) or _plain(type(blk), tvr.Bottleneck)):
-                return f"{where} is a {type(blk).__name__}"
-            n = 3 if hasattr(blk, "conv3") else 2
-            for j in range(1, n + 1):
-                why = _pair_problem(getattr(blk, f"conv{j}"), getattr(blk, f"bn{j}"), f"{where}.conv{j}")
-                if why:
-                    return why
+                return None, f"{where} is a {type(blk).__name__}"
             if type(blk.relu) is not nn.ReLU:
-                return f"{where}.relu is not an nn.ReLU"
-            ds = blk.downsample
+                return None, f"{where}.relu is not an nn.ReLU"
+            n = 3 if hasattr(blk, "conv3") else 2
+            main = [(getattr(blk, f"conv{j}"), getattr(blk, f"bn{j}")) for j in range(1, n + 1)]
+            blocks.append((main, blk.downsample))
+        layers.append(blocks)
+    fc = model.fc if type(model.fc) is nn.Linear else None
+    return Spec((model.conv1, model.bn1), _pool_geometry(model.maxpool), layers, fc), None
+
+
+def _describe_timm(model) -> tuple:
+    """timm's ResNet in its plain form (resnet18/26/34/50/101/152, wide_resnet*: a 7x7 stem, 1x1-conv
+    downsamples, no SE, attention, anti-aliasing, drop-block or drop-path, an average pool head)."""
+    from timm.layers import SelectAdaptivePool2d
+    from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
+    from timm.models import resnet as tr
+
+    if type(model.conv1) is not nn.Conv2d:
+        return None, "timm's deep stem (conv1 is a Sequential) is not in the CPU graph"
+    why = _pair_problem(model.conv1, model.bn1, "conv1") or _maxpool_problem(model.maxpool)
+    if why:
+        return None, why
+    if type(model.act1) is not nn.ReLU or getattr(model, "grad_checkpointing", False):
+        return None, "the stem's activation is not an nn.ReLU (or grad checkpointing is on)"
+    gp = model.global_pool
+    avg = type(gp) is SelectAdaptivePool2d and (
+        (type(gp.pool) is nn.AdaptiveAvgPool2d and gp.pool.output_size in (1, (1, 1)) and type(gp.flatten) is nn.Flatten
+         and gp.flatten.start_dim == 1 and gp.flatten.end_dim == -1)
+        or (type(gp.pool) is FastAdaptiveAvgPool and gp.pool.flatten and tuple(gp.pool.dim) == (2, 3)
+            and type(gp.flatten) is nn.Identity))
+    if not avg or type(model.fc) not in (nn.Linear, nn.Identity):
+        return None, "timm's head is not an average pool to 1x1, flattened, then a Linear or Identity"
+    none = (type(None), nn.Identity)
+    layers = []
+    for li in range(1, 5):
+        layer = getattr(model, f"layer{li}")
+        if type(layer) is not nn.Sequential:
+            return None, f"layer{li} is not an nn.Sequential"
+        blocks = []
+        for bi, blk in enumerate(layer):
+            where = f"layer{li}.{bi}"
+            bottleneck = _plain(type(blk), tr.Bottleneck)
+            if not (bottleneck or _plain(type(blk), tr.BasicBlock)):
+                return None, f"{where} is a {type(blk).__name__}"
+            n = 3 if bottleneck else 2
+            extras = ("drop_block", "aa", "se", "drop_path")
+            if any(type(getattr(blk, e, None)) not in none for e in extras):
+                return None, f"{where} has SE, anti-aliasing, drop-block or drop-path"
+            if any(type(getattr(blk, f"act{j}")) is not nn.ReLU for j in range(1, n + 1)):
+                return None, f"{where}'s activations are not nn.ReLU"
+            main = [(getattr(blk, f"conv{j}"), getattr(blk, f"bn{j}")) for j in range(1, n + 1)]
+            blocks.append((main, blk.downsample))
+        layers.append(blocks)
+    fc = model.fc if type(model.fc) is nn.Linear else None
+    return Spec((model.conv1, model.bn1), _pool_geometry(model.maxpool), layers, fc), None
+
+
+def _pool_geometry(mp) -> tuple:
+    return _single(mp.kernel_size), _single(mp.stride), _single(mp.padding)
+
+
+def describe(model: nn.Module) -> tuple:
+    """(Spec, None) if ``model`` (eval, float32, CPU) is a plain torchvision or timm ResNet the net
+    computes exactly as its forward does, else (None, why not). Exact types only (or the fused
+    subclasses convert() swaps in): a subclass may override forward."""
+    if _plain(type(model), tvr.ResNet):
+        spec, why = _describe_torchvision(model)
+    elif type(model).__module__.startswith(("timm.", "fused_resnet.timm_resnet")) and _is_timm_resnet(type(model)):
+        spec, why = _describe_timm(model)
+    else:
+        return None, f"{type(model).__name__} is not a torchvision or timm ResNet"
+    if why:
+        return None, why
+    for li, blocks in enumerate(spec.layers, 1):
+        for bi, (main, ds) in enumerate(blocks):
+            where = f"layer{li}.{bi}"
+            for j, (conv, bn) in enumerate(main, 1):
+                why = _pair_problem(conv, bn, f"{where}.conv{j}")
+                if why:
+                    return None, why
             if ds is not None:
                 if type(ds) is not nn.Sequential or len(ds) != 2:
-                    return f"{where}.downsample is not Sequential(conv, norm)"
+                    return None, f"{where}.downsample is not Sequential(conv, norm)"
                 why = _pair_problem(ds[0], ds[1], f"{where}.downsample")
                 if why:
-                    return why
-    if type(model.fc) is nn.Linear and model.fc.weight.dtype != torch.float32:
-        return "fc is not float32"
-    return None
+                    return None, why
+    if spec.fc is not None and spec.fc.weight.dtype != torch.float32:
+        return None, "fc is not float32"
+    spec.layers = [[(main, (ds[0], ds[1]) if ds is not None else None) for main, ds in blocks] for blocks in spec.layers]
+    return spec, None
+
+
+def _is_timm_resnet(cls: type) -> bool:
+    from timm.models import resnet as tr
+
+    return _plain(cls, tr.ResNet)
+
+
+def unsupported(model: nn.Module) -> Optional[str]:
+    """None if the net can compute ``model`` (``describe``), else why not."""
+    return describe(model)[1]
 
 
 def _single(v) -> int:
@@ -187,12 +285,27 @@ def _single(v) -> int:
 NHWC, BLOCKED = "nhwc", "blocked"  # a stage's activation layout (blocked: oneDNN's nChw8c / nChw16c)
 
 
+def _stage_channels(spec: Spec) -> list:
+    """Per stage, the channel counts of every buffer it writes (the stem's go with layer1)."""
+    out = []
+    for li, blocks in enumerate(spec.layers):
+        chans = {spec.stem[0].out_channels} if li == 0 else set()
+        for main, ds in blocks:
+            for c, _ in main + ([ds] if ds else []):
+                chans.update((c.in_channels, c.out_channels))
+        out.append(chans)
+    return out
+
+
 class CpuGraph:
     """One built net for one input signature; ``run(x)`` -> logits, or None (the caller runs the model).
     ``layouts``: one of NHWC / BLOCKED per stage (layer1..layer4; the stem takes layer1's); where two
     stages differ, one reorder of the activations between them."""
 
     def __init__(self, ext, model: nn.Module, x: torch.Tensor, layouts=(NHWC,) * 4):
+        spec, why = describe(model)
+        if spec is None:
+            raise ValueError(why)
         if len(layouts) != 4 or any(v not in (NHWC, BLOCKED) for v in layouts):
             raise ValueError(f"layouts: four of {NHWC!r} / {BLOCKED!r} expected, got {layouts!r}")
         self.layouts = tuple(layouts)
@@ -225,42 +338,40 @@ class CpuGraph:
             return dst, ohw
 
         n, cin, h, w = x.shape
-        if h != w or n == 0 or cin != model.conv1.in_channels:
+        conv1, bn1 = spec.stem
+        if h != w or n == 0 or cin != conv1.in_channels:
             raise ValueError(f"input of shape {tuple(x.shape)}: the net takes square, non-empty inputs with "
-                             f"{model.conv1.in_channels} channels")
-        for i, stage in enumerate(self._stages(model)):
+                             f"{conv1.in_channels} channels")
+        for i, stage in enumerate(_stage_channels(spec)):
             if layouts[i] == BLOCKED and any(c % self.block for c in stage):
                 raise ValueError(f"layer{i + 1}'s channels are not whole {self.block}-channel blocks")
         cur = net.add_buffer(cin, h, w, 0)  # (the input: described by its strides at build)
-        stem, h = conv(cur, h, model.conv1, model.bn1, True)
-        mp = model.maxpool
-        k, s, p = _single(mp.kernel_size), _single(mp.stride), _single(mp.padding)
+        stem, h = conv(cur, h, conv1, bn1, True)
+        k, s, p = spec.pool
         hp = out_size(h, k, s, p, 1)
-        cur = buffer(model.conv1.out_channels, hp, hp)
+        cur = buffer(conv1.out_channels, hp, hp)
         net.add_pool(stem, cur, True, k, s, p)
-        release(stem, (model.conv1.out_channels, h, h))
-        h, c_cur = hp, model.conv1.out_channels  # the current activations' size and channels
-        for li, layer in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
+        release(stem, (conv1.out_channels, h, h))
+        h, c_cur = hp, conv1.out_channels  # the current activations' size and channels
+        for li, blocks in enumerate(spec.layers):
             if layouts[li] != layout:  # the previous stage's output, reordered
                 old, old_layout, layout = cur, layout, layouts[li]
                 cur = buffer(c_cur, h, h)
                 net.add_reorder(old, cur)
                 release(old, (c_cur, h, h), old_layout)
-            for blk in layer:
-                n_convs = 3 if hasattr(blk, "conv3") else 2
+            for main, ds in blocks:
                 t, th, tc = cur, h, None
-                for j in range(1, n_convs):
-                    c = getattr(blk, f"conv{j}")
-                    nt, th = conv(t, th, c, getattr(blk, f"bn{j}"), True)
+                for c, bn in main[:-1]:
+                    nt, th = conv(t, th, c, bn, True)
                     if tc is not None:
                         release(t, tc)
                     t, tc = nt, (c.out_channels, th, th)
                 res, cur_shape = cur, (c_cur, h, h)
-                if blk.downsample is not None:
-                    res, _ = conv(cur, h, blk.downsample[0], blk.downsample[1], False)
-                last = getattr(blk, f"conv{n_convs}")
+                if ds is not None:
+                    res, _ = conv(cur, h, ds[0], ds[1], False)
+                last, last_bn = main[-1]
                 # the residual add and ReLU as post-ops, written over the residual's buffer
-                _, oh = conv(t, th, last, getattr(blk, f"bn{n_convs}"), True, dst=res, sum_=True)
+                _, oh = conv(t, th, last, last_bn, True, dst=res, sum_=True)
                 release(t, tc)
                 if res != cur:
                     release(cur, cur_shape)
@@ -273,21 +384,9 @@ class CpuGraph:
         if slow:  # oneDNN's reference loops: correct, but orders of magnitude slower than the model
             raise ValueError(f"oneDNN has no optimized kernel on this CPU for step {slow[0]} of the net "
                              f"({self.implementations[slow[0]]})")
-        fc = model.fc if type(model.fc) is nn.Linear else None  # (nn.Identity: the pooled features, as a backbone)
+        fc = spec.fc  # (None: the pooled features, as a backbone)
         self.fc_weight = fc.weight.detach().t() if fc is not None else None
         self.fc_bias = fc.bias.detach() if fc is not None and fc.bias is not None else None
-
-    @staticmethod
-    def _stages(model):
-        """Per stage, the channel counts of every buffer it writes (the stem's go with layer1)."""
-        out = []
-        for li, layer in enumerate((model.layer1, model.layer2, model.layer3, model.layer4)):
-            chans = {model.conv1.out_channels} if li == 0 else set()
-            for m in layer.modules():
-                if type(m) is nn.Conv2d:
-                    chans.update((m.in_channels, m.out_channels))
-            out.append(chans)
-        return out
 
     @property
     def blocked(self) -> bool:
@@ -346,16 +445,19 @@ AVX2_STAGE_MIN_PIXELS = 4096
 def choose_layouts(model: nn.Module, x: torch.Tensor, block: int) -> tuple:
     """NHWC or BLOCKED per stage for this input on a CPU whose blocked kernels use ``block`` channels
     (``CpuGraph.block``). A stage whose channels do not fill whole blocks stays NHWC."""
+    spec, why = describe(model)
+    if spec is None:
+        raise ValueError(why)
     n, _, h, w = x.shape
-    stages = CpuGraph._stages(model)
+    stages = _stage_channels(spec)
     sizes = []  # each stage's output map, as the net computes it
-    hw = out_size(h, model.conv1.kernel_size[0], model.conv1.stride[0], model.conv1.padding[0], 1)
-    mp = model.maxpool
-    hw = out_size(hw, _single(mp.kernel_size), _single(mp.stride), _single(mp.padding), 1)
-    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
-        for m in layer.modules():
-            if type(m) is nn.Conv2d and m.kernel_size[0] == 3:  # (the strided conv of a stage is its 3x3)
-                hw = out_size(hw, 3, m.stride[0], m.padding[0], 1)
+    conv1 = spec.stem[0]
+    hw = out_size(h, conv1.kernel_size[0], conv1.stride[0], conv1.padding[0], 1)
+    hw = out_size(hw, *spec.pool, 1)
+    for blocks in spec.layers:
+        for main, _ in blocks:
+            for c, _ in main:
+                hw = out_size(hw, c.kernel_size[0], c.stride[0], c.padding[0], 1)
         sizes.append(n * hw * hw)
     if block == 16:
         want = [n * h * w >= BLOCKED_MIN_PIXELS] * 4
@@ -433,3 +535,55 @@ class CpuGraphs:
             self.runs += 1
             self.status = "oneDNN CPU graph"
             return out
+
+
+class GraphRoot:
+    """Mixed into a converted ResNet (torchvision's ``blocks.ResNet``, timm's ``timm_resnet.ResNet``):
+    its whole-network calls try the CPU graph first (``_cpu_graph_forward``), and it reports what the
+    last one ran."""
+
+    def _cpu_graph_forward(self, x: torch.Tensor):
+        """The whole network as one oneDNN graph for a no-grad eval call on a float32 CPU tensor, or
+        None (then the fused blocks run). Not when a hook on a submodule would be skipped, under
+        explain() (it reports the blocks' kernels), with a backend other than auto requested, or when
+        turned off (``convert(..., cpu_graph=False)``, FUSED_RESNET_CPU_GRAPH=0)."""
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_scripting() \
+                or type(x) is not torch.Tensor or x.device.type != "cpu":
+            return None
+        if not self.__dict__.get("_cpu_graph_on", True) or _trace.active() \
+                or _env.get("FUSED_RESNET_CPU_GRAPH", "1") == "0":
+            return None
+        if self._fused_backend not in (None, "auto") or _selector.requested_backend() != "auto" \
+                or extension()[0] is None:  # (not installed: no stamp or net lookup per call)
+            return None
+        graphs = self.__dict__.get("_cpu_graphs")
+        if graphs is None:
+            graphs = self.__dict__["_cpu_graphs"] = CpuGraphs(self, on_build=self._warm_folds)
+        if graphs.stamp.hooked(root=False):
+            graphs.status = "a forward hook inside the model (a graph would skip it)"
+            return None
+        return graphs.run(x)
+
+    def _warm_folds(self) -> None:
+        """Fold every converted module as an eager forward of the blocks would: torch.export and
+        torch.compile after one eager forward read those folds (README, Serving)."""
+        for m in self.modules():
+            if isinstance(m, _FusedMixin):
+                try:
+                    m._folded(m._fold_pairs())
+                except (ValueError, RuntimeError, AttributeError):  # not foldable: its forward says why
+                    pass
+
+    __jit_unused_properties__ = ["cpu_graph_status", "cpu_graph_runs"]
+
+    @property
+    def cpu_graph_status(self) -> str:
+        """What the last eligible CPU call ran ("oneDNN CPU graph"), or why not the CPU graph."""
+        graphs = self.__dict__.get("_cpu_graphs")
+        return graphs.status if graphs is not None else unavailable_reason() or "no CPU graph call yet"
+
+    @property
+    def cpu_graph_runs(self) -> int:
+        """Calls the CPU graph answered since the model was converted, copied or refreshed."""
+        graphs = self.__dict__.get("_cpu_graphs")
+        return graphs.runs if graphs is not None else 0

@@ -19,7 +19,7 @@ import sys
 import torch
 import torchvision.models.resnet as tvr
 
-from . import _cpu_graph, _env, _selector, _trace
+from . import _cpu_graph, _trace
 from ._donation import layer_formats, run_layer, run_stem_pool, sole_owner
 from ._fused import _alias, _conv, _downsample_pair, _FusedBlock, _FusedMixin
 
@@ -69,9 +69,10 @@ class Bottleneck(_FusedBlock, tvr.Bottleneck):
         return out.contiguous(memory_format=fmt)
 
 
-class ResNet(_FusedMixin, tvr.ResNet):
+class ResNet(_cpu_graph.GraphRoot, _FusedMixin, tvr.ResNet):
     """torchvision ResNet whose eval forward fuses the stem (conv1+bn1+relu) and runs the whole
-    network in channels_last (its output, the logits, has no memory format to keep)."""
+    network in channels_last (its output, the logits, has no memory format to keep); a no-grad eval
+    float32 CPU call runs the whole network as the CPU graph (``_cpu_graph.GraphRoot``)."""
 
     _reference_forward_impl = _alias(tvr.ResNet._forward_impl, "_reference_forward_impl")
 
@@ -87,56 +88,10 @@ class ResNet(_FusedMixin, tvr.ResNet):
     def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
             return self._reference_forward_impl(x)
-        if not (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()) \
-                and type(x) is torch.Tensor and x.device.type == "cpu":
-            out = self._cpu_graph_forward(x)
-            if out is not None:
-                return out
+        out = self._cpu_graph_forward(x)
+        if out is not None:
+            return out
         return self._run_planned(x, False, self._body)
-
-    # --- the CPU graph (fused_resnet/_cpu_graph.py) -----------------------------------------------
-    def _cpu_graph_forward(self, x: torch.Tensor):
-        """The whole network as one oneDNN graph for a no-grad eval call on a float32 CPU tensor, or
-        None (then the fused blocks run). Not when a hook on a submodule would be skipped, under
-        explain() (it reports the blocks' kernels), with a backend other than auto requested, or when
-        turned off (``convert(..., cpu_graph=False)``, FUSED_RESNET_CPU_GRAPH=0)."""
-        if not self.__dict__.get("_cpu_graph_on", True) or _trace.active() \
-                or _env.get("FUSED_RESNET_CPU_GRAPH", "1") == "0":
-            return None
-        if self._fused_backend not in (None, "auto") or _selector.requested_backend() != "auto" \
-                or _cpu_graph.extension()[0] is None:  # (not installed: no stamp or net lookup per call)
-            return None
-        graphs = self.__dict__.get("_cpu_graphs")
-        if graphs is None:
-            graphs = self.__dict__["_cpu_graphs"] = _cpu_graph.CpuGraphs(self, on_build=self._warm_folds)
-        if graphs.stamp.hooked(root=False):
-            graphs.status = "a forward hook inside the model (a graph would skip it)"
-            return None
-        return graphs.run(x)
-
-    def _warm_folds(self) -> None:
-        """Fold every converted module as an eager forward of the blocks would: torch.export and
-        torch.compile after one eager forward read those folds (README, Serving)."""
-        for m in self.modules():
-            if isinstance(m, _FusedMixin):
-                try:
-                    m._folded(m._fold_pairs())
-                except (ValueError, RuntimeError, AttributeError):  # not foldable: its forward says why
-                    pass
-
-    __jit_unused_properties__ = ["cpu_graph_status", "cpu_graph_runs"]
-
-    @property
-    def cpu_graph_status(self) -> str:
-        """What the last eligible CPU call ran ("oneDNN CPU graph"), or why not the CPU graph."""
-        graphs = self.__dict__.get("_cpu_graphs")
-        return graphs.status if graphs is not None else _cpu_graph.unavailable_reason() or "no CPU graph call yet"
-
-    @property
-    def cpu_graph_runs(self) -> int:
-        """Calls the CPU graph answered since the model was converted, copied or refreshed."""
-        graphs = self.__dict__.get("_cpu_graphs")
-        return graphs.runs if graphs is not None else 0
 
     def __prepare_scriptable__(self):
         return _FusedBlock.__prepare_scriptable__(self)

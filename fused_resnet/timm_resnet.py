@@ -32,7 +32,7 @@ import torch
 from timm.layers import DropBlock2d, DropPath
 from torch import nn
 
-from . import _finite, _trace
+from . import _cpu_graph, _finite, _trace
 from ._donation import layer_formats, run_layer, run_stem_pool, sole_owner
 from ._fused import CL, _alias, _conv, _foldable, _FusedBlock, _FusedMixin
 from .ops.add_relu import add_relu
@@ -226,9 +226,20 @@ class Bottleneck(_TimmBlock, tr.Bottleneck):
         return [(self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)]
 
 
-class ResNet(_TimmMixin, tr.ResNet):
+class ResNet(_cpu_graph.GraphRoot, _TimmMixin, tr.ResNet):
     """timm ResNet whose eval forward_features fuses the stem and donates activations between blocks;
-    forward_features returns its input's memory format, the head is timm's."""
+    forward_features returns its input's memory format, the head is timm's. A whole no-grad eval
+    float32 CPU call (``forward``) of a plain timm ResNet runs as the CPU graph (``_cpu_graph``)."""
+
+    _reference_forward = _alias(tr.ResNet.forward, "_reference_forward")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return self._reference_forward(x)
+        out = self._cpu_graph_forward(x)
+        if out is not None:
+            return out
+        return self._reference_forward(x)
 
     def _stem(self) -> list:
         """[(conv, bn, act, name)] of the stem convs and a conv stem pool; [] if not recognized."""

@@ -358,3 +358,49 @@ def test_without_the_library_the_blocks_run_and_the_status_says_why(monkeypatch)
     with torch.no_grad():
         _check(m(x), tv, x)
     assert m.cpu_graph_runs == 0 and "_cpu_graphs" not in m.__dict__ and "not installed" in m.cpu_graph_status
+
+
+def _timm_model(name, **kwargs):
+    timm = pytest.importorskip("timm")
+    from fused_resnet.testing import randomize_bn
+
+    torch.manual_seed(0)
+    return randomize_bn(timm.create_model(name, pretrained=False, **kwargs), torch.Generator().manual_seed(0)).eval()
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet50", {}), ("resnet34", {}), ("wide_resnet50_2", {}),
+                                         ("resnet50", {"num_classes": 0})])
+def test_timm_resnets_run_the_net(name, kwargs):
+    """A converted plain timm ResNet answers a whole no-grad call (forward: features and head) with the
+    net; a NaN input still lands where timm puts it (the blocks run that call)."""
+    m = _timm_model(name, **kwargs)
+    fused = fused_resnet.convert(copy.deepcopy(m))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = fused(x)
+        assert fused.cpu_graph_runs == 1, fused.cpu_graph_status
+        _check(out, m, x)
+        bad = x.clone()
+        bad[1, 0, 5, 5] = float("nan")
+        out, eager = fused(bad), m(bad)
+        assert fused.cpu_graph_runs == 1 and "cannot be proven" in fused.cpu_graph_status
+        assert torch.equal(out.isnan(), eager.isnan()) and out.isnan().any()
+        feats = fused.forward_features(x)  # (forward_features alone: the fused blocks, timm's contract)
+        assert feats.dim() == 4 and fused.cpu_graph_runs == 1
+
+
+@pytest.mark.parametrize("name,kwargs,why", [
+    ("resnet50d", {}, "deep stem"),
+    ("seresnet50", {}, "SE"),
+    ("resnext50_32x4d", {}, "grouped"),
+    ("resnet18", {"global_pool": "max"}, "head"),
+    ("resnet18", {"drop_path_rate": 0.1}, "drop-path"),
+])
+def test_timm_variants_the_net_does_not_compute_run_the_blocks(name, kwargs, why):
+    m = _timm_model(name, **kwargs)
+    fused = fused_resnet.convert(copy.deepcopy(m))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = fused(x)
+    assert fused.cpu_graph_runs == 0 and why in fused.cpu_graph_status, fused.cpu_graph_status
+    _check(out, m, x)
