@@ -9,9 +9,11 @@ signature into oneDNN primitives with BN folded, residual adds and ReLUs as post
 reordered once and every activation in a buffer kept with the net, and a forward is one C++ call
 (csrc/cpu_graph.cpp, which also explains how the ReLU post-op is kept exact).
 
-Who runs it: a converted torchvision ResNet (``blocks.ResNet``, also inside ``optimize()``), for a
-float32 CPU call in eval mode without autograd. Its ``CpuGraphs`` checks the whole model's stamp
-(``_model_stamp``) before each call and rebuilds the nets after any change; hooks inside the model,
+Who runs it: a converted torchvision ResNet (``blocks.ResNet``, also inside ``optimize()``) or plain
+timm ResNet (``timm_resnet.ResNet``), through ``GraphRoot``, for a float32 CPU call in eval mode
+without autograd. ``describe`` reads either library's modules into the ``Spec`` the builder uses.
+Its ``CpuGraphs`` checks the whole model's stamp (``_model_stamp``) before each call and rebuilds the
+nets after any change; hooks inside the model,
 modes, autocast and other backends step aside. A net that cannot prove its ReLU post-op exact for an
 input returns None and the fused blocks run the call.
 
