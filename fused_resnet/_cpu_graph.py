@@ -205,7 +205,7 @@ class CpuGraph:
                 if res != cur:
                     release(cur, cur_shape)
                 cur, h, c_cur = res, oh, last.out_channels
-        pooled = buffer(c_cur, 1, 1)
+        pooled = net.add_buffer(c_cur, 1, 1, tags[layout])  # (a fresh one: forward() returns the last buffer)
         net.add_pool(cur, pooled, False, h, 1, 0)
         net.build(n, list(x.stride()))
         self.implementations = list(net.implementations)
