@@ -233,7 +233,10 @@ def test_optimize_on_cpu_equals_converted_model():
     tv = random_model(torchvision.models.resnet18)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        expected = fused_resnet.convert(copy.deepcopy(tv))(x)
+        # the same path on both sides: the converted model's fused blocks (its CPU graph is another
+        # oneDNN build, equal to them within float32 rounding, bit for bit only on some CPUs: 1.3e-6
+        # apart on an AVX2 machine; tests/test_cpu_graph.py checks it against the reference)
+        expected = fused_resnet.convert(copy.deepcopy(tv), cpu_graph=False)(x)
     opt = fused_resnet.optimize(copy.deepcopy(tv), x, cpu_graph=False)
     assert isinstance(opt, fused_resnet.OptimizedModel)
     assert torch.equal(opt(x), expected)
