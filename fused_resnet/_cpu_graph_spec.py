@@ -68,24 +68,15 @@ def _describe_torchvision(model) -> tuple:
     if type(model.relu) is not nn.ReLU or type(model.avgpool) is not nn.AdaptiveAvgPool2d \
             or model.avgpool.output_size not in (1, (1, 1)) or type(model.fc) not in (nn.Linear, nn.Identity):
         return None, "the stem's ReLU or the head (average pool to 1x1, Linear or Identity) differ from torchvision's"
-    layers = []
-    for li in range(1, 5):
-        layer = getattr(model, f"layer{li}")
-        if type(layer) is not nn.Sequential:
-            return None, f"layer{li} is not an nn.Sequential"
-        blocks = []
-        for bi, blk in enumerate(layer):
-            where = f"layer{li}.{bi}"
-            if not (_plain(type(blk), tvr.BasicBlock) or _plain(type(blk), tvr.Bottleneck)):
-                return None, f"{where} is a {type(blk).__name__}"
-            if type(blk.relu) is not nn.ReLU:
-                return None, f"{where}.relu is not an nn.ReLU"
-            n = 3 if hasattr(blk, "conv3") else 2
-            main = [(getattr(blk, f"conv{j}"), getattr(blk, f"bn{j}")) for j in range(1, n + 1)]
-            blocks.append((main, blk.downsample))
-        layers.append(blocks)
-    fc = model.fc if type(model.fc) is nn.Linear else None
-    return Spec((model.conv1, model.bn1), _pool_geometry(model.maxpool), layers, fc), None
+
+    def block_convs(blk, where):
+        if not (_plain(type(blk), tvr.BasicBlock) or _plain(type(blk), tvr.Bottleneck)):
+            return 0, f"{where} is a {type(blk).__name__}"
+        if type(blk.relu) is not nn.ReLU:
+            return 0, f"{where}.relu is not an nn.ReLU"
+        return (3 if hasattr(blk, "conv3") else 2), None
+
+    return _spec(model, block_convs)
 
 
 def _describe_timm(model) -> tuple:
@@ -111,6 +102,25 @@ def _describe_timm(model) -> tuple:
     if not avg or type(model.fc) not in (nn.Linear, nn.Identity):
         return None, "timm's head is not an average pool to 1x1, flattened, then a Linear or Identity"
     none = (type(None), nn.Identity)
+
+    def block_convs(blk, where):
+        bottleneck = _plain(type(blk), tr.Bottleneck)
+        if not (bottleneck or _plain(type(blk), tr.BasicBlock)):
+            return 0, f"{where} is a {type(blk).__name__}"
+        n = 3 if bottleneck else 2
+        if any(type(getattr(blk, e, None)) not in none for e in ("drop_block", "aa", "se", "drop_path")):
+            return 0, f"{where} has SE, anti-aliasing, drop-block or drop-path"
+        if any(type(getattr(blk, f"act{j}")) is not nn.ReLU for j in range(1, n + 1)):
+            return 0, f"{where}'s activations are not nn.ReLU"
+        return n, None
+
+    return _spec(model, block_convs)
+
+
+def _spec(model, block_convs) -> tuple:
+    """The Spec of a ResNet with torchvision's (and timm's) attribute names: conv1/bn1, maxpool,
+    layer1..layer4 of blocks with conv{j}/bn{j} and downsample, fc. ``block_convs(block, where)``:
+    (number of main convs, None), or (0, why the net cannot compute that block)."""
     layers = []
     for li in range(1, 5):
         layer = getattr(model, f"layer{li}")
@@ -118,18 +128,10 @@ def _describe_timm(model) -> tuple:
             return None, f"layer{li} is not an nn.Sequential"
         blocks = []
         for bi, blk in enumerate(layer):
-            where = f"layer{li}.{bi}"
-            bottleneck = _plain(type(blk), tr.Bottleneck)
-            if not (bottleneck or _plain(type(blk), tr.BasicBlock)):
-                return None, f"{where} is a {type(blk).__name__}"
-            n = 3 if bottleneck else 2
-            extras = ("drop_block", "aa", "se", "drop_path")
-            if any(type(getattr(blk, e, None)) not in none for e in extras):
-                return None, f"{where} has SE, anti-aliasing, drop-block or drop-path"
-            if any(type(getattr(blk, f"act{j}")) is not nn.ReLU for j in range(1, n + 1)):
-                return None, f"{where}'s activations are not nn.ReLU"
-            main = [(getattr(blk, f"conv{j}"), getattr(blk, f"bn{j}")) for j in range(1, n + 1)]
-            blocks.append((main, blk.downsample))
+            n, why = block_convs(blk, f"layer{li}.{bi}")
+            if why:
+                return None, why
+            blocks.append(([(getattr(blk, f"conv{j}"), getattr(blk, f"bn{j}")) for j in range(1, n + 1)], blk.downsample))
         layers.append(blocks)
     fc = model.fc if type(model.fc) is nn.Linear else None
     return Spec((model.conv1, model.bn1), _pool_geometry(model.maxpool), layers, fc), None
