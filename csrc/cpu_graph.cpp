@@ -24,6 +24,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <cmath>
 #include <cstdint>
@@ -49,7 +52,7 @@ struct Buffer {
 };
 
 struct Step {
-  enum Kind { CONV, MAXPOOL, AVGPOOL, REORDER } kind;
+  enum Kind { CONV, MAXPOOL, AVGPOOL, REORDER, LINEAR } kind;
   int src, dst;
   // conv
   torch::Tensor weight, bias;  // user layout (OIHW), fp32
@@ -79,6 +82,7 @@ class Net {
       if (b.md) dnnl_memory_desc_destroy(b.md);
     }
     if (scratch_mem_) dnnl_memory_destroy(scratch_mem_);
+    if (out_mem_) dnnl_memory_destroy(out_mem_);
     dnnl_stream_destroy(stream_);
     dnnl_engine_destroy(engine_);
   }
@@ -113,6 +117,23 @@ class Net {
     steps_.push_back(std::move(s));
   }
 
+  // The classifier: an inner product over the (n, c, 1, 1) buffer src into a fresh (n, out) tensor per
+  // forward, the net's result. weight: (out, c) float32; bias: (out,). No post-op, so NaN and Inf
+  // propagate as in torch's linear. (oneDNN's kernel rather than torch's: on AMD CPUs the sgemm torch
+  // calls took 0.84 ms hot at batch 8 for this 33 MFLOP product; benchmarks/NOTES.md.)
+  void add_linear(int64_t src, torch::Tensor weight, torch::Tensor bias) {
+    TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == torch::kFloat && bias.dim() == 1 &&
+                    bias.scalar_type() == torch::kFloat && bias.size(0) == weight.size(0),
+                "linear: a 2-d float32 weight and a float32 bias of its rows expected");
+    TORCH_CHECK(src >= 0 && src < static_cast<int64_t>(buffers_.size()) && buffers_[src].h == 1 &&
+                    buffers_[src].w == 1 && buffers_[src].c == weight.size(1),
+                "linear: a 1x1 source buffer with the weight's input features expected");
+    Step s{Step::LINEAR, static_cast<int>(src), static_cast<int>(src)};
+    s.weight = weight.contiguous();
+    s.bias = bias.contiguous();
+    steps_.push_back(std::move(s));
+  }
+
   // Weights reordered once into the layout the chosen kernel wants (s.packed_weight, s.w_mem).
   void pack_weight(Step& s, const_dnnl_memory_desc_t w_user, const_dnnl_memory_desc_t w_md) {
     s.packed_weight = torch::empty({static_cast<int64_t>(dnnl_memory_desc_get_size(w_md) / 4)}, torch::kFloat);
@@ -131,6 +152,127 @@ class Net {
     dnnl_memory_destroy(user_mem);
   }
 
+  static std::string impl_name(const_dnnl_primitive_desc_t pd) {
+    const char* impl = nullptr;
+    DNNL_OK(dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl));
+    return impl ? impl : "?";
+  }
+
+  // One candidate implementation of a conv, ready to run on the net's buffers: its own packed weights
+  // and scratchpad.
+  struct Trial {
+    Step step;
+    torch::Tensor scratch;
+    dnnl_memory_t sp_mem = nullptr;
+    dnnl_primitive_t prim = nullptr;
+    std::vector<dnnl_exec_arg_t> args;
+    double best = INFINITY;  // shortest time seen, ms
+  };
+
+  void start_trial(Trial& t, const_dnnl_primitive_desc_t pd, const Step& s, const_dnnl_memory_desc_t w_user,
+                   dnnl_memory_t b_mem, const Buffer& src, const Buffer& dst) {
+    t.step = Step{Step::CONV, s.src, s.dst};
+    t.step.weight = s.weight;
+    pack_weight(t.step, w_user, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0));
+    const_dnnl_memory_desc_t sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    DNNL_OK(dnnl_primitive_create(&t.prim, pd));
+    t.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, t.step.w_mem}, {DNNL_ARG_BIAS, b_mem}, {DNNL_ARG_DST, dst.mem}};
+    if (sp && dnnl_memory_desc_get_size(sp) > 0) {
+      t.scratch = torch::empty({static_cast<int64_t>(dnnl_memory_desc_get_size(sp) / 4 + 16)}, torch::kFloat);
+      DNNL_OK(dnnl_memory_create(&t.sp_mem, sp, engine_, t.scratch.data_ptr()));
+      t.args.push_back({DNNL_ARG_SCRATCHPAD, t.sp_mem});
+    }
+    run_trial(t);  // untimed: first-touch of its weights and scratchpad
+  }
+
+  // Runs the candidate once; returns its wall time in ms and keeps the shortest.
+  double run_trial(Trial& t) {
+    auto t0 = std::chrono::steady_clock::now();
+    DNNL_OK(dnnl_primitive_execute(t.prim, stream_, static_cast<int>(t.args.size()), t.args.data()));
+    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    t.best = std::min(t.best, ms);
+    return ms;
+  }
+
+  void end_trial(Trial& t) {
+    if (t.prim) dnnl_primitive_destroy(t.prim);
+    if (t.sp_mem) dnnl_memory_destroy(t.sp_mem);
+    if (t.step.w_mem) dnnl_memory_destroy(t.step.w_mem);
+    t.prim = nullptr;
+    t.sp_mem = t.step.w_mem = nullptr;
+  }
+
+  // The conv's implementation: oneDNN's first choice, or another it offers on the same ISA (e.g. its
+  // direct jit kernel where it would pick brgconv) when that one runs faster here. Each candidate is
+  // timed on the net's buffers, alternating, and another is taken only when its shortest time beats
+  // the first choice's by TUNE_MARGIN. Choices are kept per process by the conv's full description,
+  // so a rebuilt net (new weights) and repeated blocks of one shape are timed once.
+  dnnl_primitive_desc_t choose_impl(dnnl_primitive_desc_t pd, const Step& s, const_dnnl_memory_desc_t w_user,
+                                    dnnl_memory_t b_mem, const Buffer& src, const Buffer& dst) {
+    const std::string first = impl_name(pd);
+    if (first.rfind("ref", 0) == 0) return pd;  // no fast kernel at all: the builder refuses the net
+    const std::string isa = first.substr(first.rfind(':') + 1);
+    std::vector<dnnl_primitive_desc_t> cands;
+    std::vector<std::string> names;
+    dnnl_primitive_desc_t c;
+    DNNL_OK(dnnl_primitive_desc_clone(&c, pd));
+    cands.push_back(c);
+    names.push_back(first);
+    while (dnnl_primitive_desc_next_impl(pd) == dnnl_success) {
+      std::string name = impl_name(pd);
+      if (name.substr(name.rfind(':') + 1) != isa || name.rfind("ref", 0) == 0) continue;  // an older ISA, gemm, reference loops
+      DNNL_OK(dnnl_primitive_desc_clone(&c, pd));
+      cands.push_back(c);
+      names.push_back(name);
+    }
+    dnnl_primitive_desc_destroy(pd);
+    std::string key = std::to_string(n_) + " " + std::to_string(src.c) + "x" + std::to_string(src.h) + " t" +
+                      std::to_string(src.tag) + " -> " + std::to_string(dst.c) + "x" + std::to_string(dst.h) + " t" +
+                      std::to_string(dst.tag) + " k" + std::to_string(s.kernel) + " s" + std::to_string(s.stride) +
+                      " p" + std::to_string(s.pad) + (s.sum ? " sum" : "") + (s.relu ? " relu" : "") + " threads" +
+                      std::to_string(omp_get_max_threads());
+    size_t pick = 0;
+    std::lock_guard<std::mutex> guard(tune_mutex());  // (nets of two models may be built on two threads)
+    auto hit = tune_cache().find(key);
+    if (hit != tune_cache().end()) {
+      if (hit->second.first < names.size() && names[hit->second.first] == hit->second.second) pick = hit->second.first;
+    } else if (cands.size() > 1) {
+      // Timed alternately, TUNE_ROUNDS runs each; after the first round a candidate over 1.25x the
+      // fastest is dropped (oneDNN's direct kernel for a 1x1 conv, typically 1.5-3x).
+      std::vector<Trial> trials(cands.size());
+      for (size_t i = 0; i < cands.size(); ++i) start_trial(trials[i], cands[i], s, w_user, b_mem, src, dst);
+      for (int round = 0; round < tune_rounds_; ++round) {
+        double fastest = INFINITY;
+        for (size_t i = 0; i < cands.size(); ++i)
+          if (trials[i].prim) fastest = std::min(fastest, run_trial(trials[i]));
+        if (round == 0)
+          for (auto& t : trials)
+            if (t.prim && t.best > 1.25 * fastest) end_trial(t);
+      }
+      for (size_t i = 1; i < cands.size(); ++i)
+        if (trials[i].best < trials[pick].best * (pick == 0 ? 1.0 - TUNE_MARGIN : 1.0)) pick = i;
+      std::string line = key + ":";
+      for (size_t i = 0; i < cands.size(); ++i) line += " " + names[i] + " " + std::to_string(trials[i].best);
+      tune_log_.push_back(line + " -> " + names[pick]);
+      tune_cache()[key] = {pick, names[pick]};
+      for (auto& t : trials) end_trial(t);
+    }
+    for (size_t i = 0; i < cands.size(); ++i)
+      if (i != pick) dnnl_primitive_desc_destroy(cands[i]);
+    return cands[pick];
+  }
+
+  // conv description -> (position in oneDNN's list of candidates, that implementation's name)
+  static std::map<std::string, std::pair<size_t, std::string>>& tune_cache() {
+    static std::map<std::string, std::pair<size_t, std::string>> cache;
+    return cache;
+  }
+  static std::mutex& tune_mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static constexpr double TUNE_MARGIN = 0.03;
+
   // The same activations in another layout (where the net changes layout between stages).
   void add_reorder(int64_t src, int64_t dst) {
     steps_.push_back(Step{Step::REORDER, static_cast<int>(src), static_cast<int>(dst)});
@@ -138,9 +280,11 @@ class Net {
 
   // Creates every primitive for batch n. Buffer 0 is the input, described by the strides given (the
   // caller's tensor); the others use their own layout tag.
-  void build(int64_t n, std::vector<int64_t> input_strides) {
+  void build(int64_t n, std::vector<int64_t> input_strides, int64_t tune_rounds) {
     TORCH_CHECK(n_ == 0 && n > 0 && input_strides.size() == 4, "cpu_graph: build(n > 0, 4 strides) once per net");
     n_ = n;
+    tune_rounds_ = static_cast<int>(tune_rounds);
+    omp_set_num_threads(at::get_num_threads());  // (the choices are timed with the threads forward() uses)
     in_strides_ = input_strides;
     for (size_t i = 0; i < buffers_.size(); ++i) {
       Buffer& b = buffers_[i];
@@ -156,6 +300,12 @@ class Net {
       }
     }
     DNNL_OK(dnnl_memory_create(&buffers_[0].mem, buffers_[0].md, engine_, DNNL_MEMORY_NONE));
+    // Zeros in the input's place while the convs' implementations are timed (forward() points it at x).
+    torch::Tensor tuning_input;
+    if (tune_rounds_ > 0) {
+      tuning_input = torch::zeros({static_cast<int64_t>(dnnl_memory_desc_get_size(buffers_[0].md) / 4 + 1)}, torch::kFloat);
+      DNNL_OK(dnnl_memory_set_data_handle(buffers_[0].mem, tuning_input.data_ptr()));
+    }
     size_t scratch = 0;
     std::vector<dnnl_primitive_desc_t> pds;
     for (auto& s : steps_) {
@@ -182,15 +332,32 @@ class Net {
         DNNL_OK(dnnl_convolution_forward_primitive_desc_create(&pd, engine_, dnnl_forward_inference,
                                                                dnnl_convolution_direct, src.md, w_any, b_md, dst.md,
                                                                strides, dil, pad, pad, attr));
+        DNNL_OK(dnnl_memory_create(&s.b_mem, b_md, engine_, s.bias.data_ptr()));
+        if (tune_rounds_ > 0) pd = choose_impl(pd, s, w_user, s.b_mem, src, dst);
         // Weights reordered once into the layout the chosen kernel wants.
         const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         pack_weight(s, w_user, w_md);
-        DNNL_OK(dnnl_memory_create(&s.b_mem, b_md, engine_, s.bias.data_ptr()));
         dnnl_memory_desc_destroy(w_any);
         dnnl_memory_desc_destroy(w_user);
         dnnl_memory_desc_destroy(b_md);
         s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, s.w_mem}, {DNNL_ARG_BIAS, s.b_mem},
                   {DNNL_ARG_DST, dst.mem}};
+      } else if (s.kind == Step::LINEAR) {
+        out_features_ = s.weight.size(0);
+        dnnl_memory_desc_t w_any, w_user, b_md, d_md;
+        dnnl_dims_t wd = {out_features_, src.c, 1, 1}, bd = {out_features_}, dd = {n, out_features_};
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&w_any, 4, wd, dnnl_f32, dnnl_format_tag_any));
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&w_user, 4, wd, dnnl_f32, dnnl_abcd));
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&b_md, 1, bd, dnnl_f32, dnnl_a));
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&d_md, 2, dd, dnnl_f32, dnnl_ab));
+        DNNL_OK(dnnl_inner_product_forward_primitive_desc_create(&pd, engine_, dnnl_forward_inference, src.md, w_any,
+                                                                 b_md, d_md, attr));
+        pack_weight(s, w_user, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0));
+        DNNL_OK(dnnl_memory_create(&s.b_mem, b_md, engine_, s.bias.data_ptr()));
+        DNNL_OK(dnnl_memory_create(&out_mem_, d_md, engine_, DNNL_MEMORY_NONE));
+        for (auto md : {w_any, w_user, b_md, d_md}) dnnl_memory_desc_destroy(md);
+        s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, s.w_mem}, {DNNL_ARG_BIAS, s.b_mem},
+                  {DNNL_ARG_DST, out_mem_}};
       } else if (s.kind == Step::REORDER) {
         DNNL_OK(dnnl_reorder_primitive_desc_create(&pd, src.md, engine_, dst.md, engine_, attr));
         s.args = {{DNNL_ARG_FROM, src.mem}, {DNNL_ARG_TO, dst.mem}};
@@ -206,9 +373,7 @@ class Net {
             src.md, dst.md, strides, kernel, dil, pad, pad, attr));
         s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_DST, dst.mem}};
       }
-      const char* impl = nullptr;
-      DNNL_OK(dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl));
-      impls_.push_back(impl ? impl : "?");
+      impls_.push_back(impl_name(pd));
       const_dnnl_memory_desc_t sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
       scratch = std::max(scratch, sp ? dnnl_memory_desc_get_size(sp) : size_t(0));
       DNNL_OK(dnnl_primitive_create(&s.prim, pd));
@@ -223,6 +388,7 @@ class Net {
     DNNL_OK(dnnl_memory_create(&scratch_mem_, sp_md, engine_, scratch_.data_ptr()));
     dnnl_memory_desc_destroy(sp_md);
     for (auto& s : steps_) s.args.push_back({DNNL_ARG_SCRATCHPAD, scratch_mem_});
+    DNNL_OK(dnnl_memory_set_data_handle(buffers_[0].mem, DNNL_MEMORY_NONE));
     for (auto pd : pds) dnnl_primitive_desc_destroy(pd);
   }
 
@@ -244,9 +410,10 @@ class Net {
     return f;
   }
 
-  // One forward. x: a float32 tensor with the sizes and strides given to build. Returns the last
-  // buffer copied out as (n, c) (a global average pool ends the net), or None when a step's finite
-  // bound does not hold: then that step and the ones after it have not run.
+  // One forward. x: a float32 tensor with the sizes and strides given to build. Returns the classifier's
+  // (n, out) result, or without one the last buffer copied out as (n, c) (a global average pool ends
+  // the net), or None when a step's finite bound does not hold: then that step and the ones after it
+  // have not run.
   std::optional<torch::Tensor> forward(const torch::Tensor& x) {
     const Buffer& in = buffers_[0];
     TORCH_CHECK(x.dim() == 4 && x.size(0) == n_ && x.size(1) == in.c && x.size(2) == in.h && x.size(3) == in.w &&
@@ -255,6 +422,11 @@ class Net {
     omp_set_num_threads(at::get_num_threads());  // torch's intra-op threads, on whichever thread calls
     DNNL_OK(dnnl_memory_set_data_handle(buffers_[0].mem, x.data_ptr()));
     const double limit = 3.4028234663852886e38 / 4;  // float32 max / 4, as the eager path's _finite.LIMIT
+    torch::Tensor out;
+    if (out_mem_) {  // the classifier writes straight into the result
+      out = torch::empty({n_, out_features_}, torch::kFloat);
+      DNNL_OK(dnnl_memory_set_data_handle(out_mem_, out.data_ptr()));
+    }
     buffers_[0].bound = measure(x.data_ptr<float>(), x.numel());
     last_measured_ = 1;
     for (auto& s : steps_) {
@@ -281,7 +453,8 @@ class Net {
       }
       DNNL_OK(dnnl_primitive_execute(s.prim, stream_, static_cast<int>(s.args.size()), s.args.data()));
     }
-    const Buffer& last = buffers_.back();
+    if (out_mem_) return out;
+    const Buffer& last = buffers_.back();  // no classifier: the pooled features
     return last.storage.narrow(0, 0, n_ * last.c).view({n_, last.c}).clone();
   }
 
@@ -294,10 +467,14 @@ class Net {
   std::vector<Step> steps_;
   torch::Tensor scratch_;
   dnnl_memory_t scratch_mem_ = nullptr;
+  dnnl_memory_t out_mem_ = nullptr;  // the classifier's output (a fresh tensor set per forward)
+  int64_t out_features_ = 0;
   int64_t n_ = 0;
+  int tune_rounds_ = 0;
   std::vector<int64_t> in_strides_;
 
  public:
+  std::vector<std::string> tune_log_;  // each conv shape timed in this build: candidates, times, choice
   std::vector<std::string> impls_;  // oneDNN's implementation of each step ("ref:any": no fast kernel)
 };
 
@@ -316,10 +493,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("add_conv", &Net::add_conv)
       .def("add_pool", &Net::add_pool)
       .def("add_reorder", &Net::add_reorder)
+      .def("add_linear", &Net::add_linear)
       .def("build", &Net::build)
       .def("forward", &Net::forward, pybind11::call_guard<pybind11::gil_scoped_release>())
       .def_readonly("last_measured", &Net::last_measured_)
-      .def_readonly("implementations", &Net::impls_);
+      .def_readonly("implementations", &Net::impls_)
+      .def_readonly("tune_log", &Net::tune_log_);
   m.def("library_version", &library_version);
   m.def("library_major", []() { return dnnl_version()->major; });
   m.attr("TAG_NHWC") = static_cast<int64_t>(dnnl_acdb);

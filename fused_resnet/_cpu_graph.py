@@ -111,6 +111,15 @@ def unavailable_reason() -> Optional[str]:
 # What the net can express (describe, Spec): ``_cpu_graph_spec``.
 
 
+def _tune_rounds() -> int:
+    """Rounds of timing per conv shape when a net is built (FUSED_RESNET_CPU_GRAPH_TUNE; 0: oneDNN's
+    first choice everywhere, no timing)."""
+    v = _env.get("FUSED_RESNET_CPU_GRAPH_TUNE", "3")
+    if not v.isdigit():
+        raise ValueError(f"FUSED_RESNET_CPU_GRAPH_TUNE={v!r}: a number of timing rounds expected (0: off)")
+    return int(v)
+
+
 NHWC, BLOCKED = "nhwc", "blocked"  # a stage's activation layout (blocked: oneDNN's nChw8c / nChw16c)
 
 
@@ -129,9 +138,11 @@ def _stage_channels(spec: Spec) -> list:
 class CpuGraph:
     """One built net for one input signature; ``run(x)`` -> logits, or None (the caller runs the model).
     ``layouts``: one of NHWC / BLOCKED per stage (layer1..layer4; the stem takes layer1's); where two
-    stages differ, one reorder of the activations between them."""
+    stages differ, one reorder of the activations between them. ``tune_rounds``: how often each
+    implementation oneDNN offers for a conv shape is timed before the fastest is taken (None: the
+    FUSED_RESNET_CPU_GRAPH_TUNE setting; 0: oneDNN's first choice); ``tune_log`` lists what was timed."""
 
-    def __init__(self, ext, model: nn.Module, x: torch.Tensor, layouts=(NHWC,) * 4):
+    def __init__(self, ext, model: nn.Module, x: torch.Tensor, layouts=(NHWC,) * 4, tune_rounds: Optional[int] = None):
         spec, why = describe(model)
         if spec is None:
             raise ValueError(why)
@@ -140,9 +151,11 @@ class CpuGraph:
         self.layouts = tuple(layouts)
         self.block = ext.vector_floats()  # channels per block of the blocked layout
         tags = {NHWC: ext.TAG_NHWC, BLOCKED: ext.TAG_NCHW16C if self.block == 16 else ext.TAG_NCHW8C}
-        # A stem writing NHWC reads NHWC input; one writing the blocked layout reads plain NCHW (oneDNN's
-        # kernel for it). run() converts an input in the other format first.
-        self.fmt = torch.contiguous_format if layouts[0] == BLOCKED else torch.channels_last
+        # The net takes plain NCHW input (run() converts one in another format first). A stem writing the
+        # blocked layout reads it directly (oneDNN's kernel for it); one writing NHWC has a kernel only for
+        # NHWC input, so the net's first step reorders the input (oneDNN's reorder took 12-19 us at batch
+        # 1 at 224x224 where torch's channels_last copy before the net took 56-175 us; benchmarks/NOTES.md).
+        self.fmt = torch.contiguous_format
         x = x.contiguous(memory_format=self.fmt)
         net = self.net = ext.Net()
         free: dict = {}  # (c, h, w, layout) -> ids of buffers whose values are dead
@@ -175,6 +188,10 @@ class CpuGraph:
             if layouts[i] == BLOCKED and any(c % self.block for c in stage):
                 raise ValueError(f"layer{i + 1}'s channels are not whole {self.block}-channel blocks")
         cur = net.add_buffer(cin, h, w, 0)  # (the input: described by its strides at build)
+        if layout == NHWC:
+            cur_nhwc = net.add_buffer(cin, h, w, tags[NHWC])
+            net.add_reorder(cur, cur_nhwc)
+            cur = cur_nhwc
         stem, h = conv(cur, h, conv1, bn1, True)
         k, s, p = spec.pool
         hp = out_size(h, k, s, p, 1)
@@ -207,15 +224,18 @@ class CpuGraph:
                 cur, h, c_cur = res, oh, last.out_channels
         pooled = net.add_buffer(c_cur, 1, 1, tags[layout])  # (a fresh one: forward() returns the last buffer)
         net.add_pool(cur, pooled, False, h, 1, 0)
-        net.build(n, list(x.stride()))
+        fc = spec.fc  # (None: the pooled features are the result, as a backbone)
+        if fc is not None:  # the classifier as oneDNN's inner product, written straight into the result
+            wf = fc.weight.detach().float().contiguous()
+            net.add_linear(pooled, wf, fc.bias.detach().float().contiguous() if fc.bias is not None
+                           else torch.zeros(wf.shape[0]))
+        net.build(n, list(x.stride()), tune_rounds if tune_rounds is not None else _tune_rounds())
+        self.tune_log = list(net.tune_log)
         self.implementations = list(net.implementations)
         slow = [i for i, impl in enumerate(self.implementations) if impl.startswith("ref")]
         if slow:  # oneDNN's reference loops: correct, but orders of magnitude slower than the model
             raise ValueError(f"oneDNN has no optimized kernel on this CPU for step {slow[0]} of the net "
                              f"({self.implementations[slow[0]]})")
-        fc = spec.fc  # (None: the pooled features, as a backbone)
-        self.fc_weight = fc.weight.detach().t() if fc is not None else None
-        self.fc_bias = fc.bias.detach() if fc is not None and fc.bias is not None else None
 
     @property
     def blocked(self) -> bool:
@@ -227,15 +247,8 @@ class CpuGraph:
         return self.net.last_measured
 
     def run(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        x = x.contiguous(memory_format=self.fmt)
-        feats = self.net.forward(x)
-        if feats is None:
-            return None
-        if self.fc_weight is None:
-            return feats
-        if self.fc_bias is None:
-            return feats @ self.fc_weight
-        return torch.addmm(self.fc_bias, feats, self.fc_weight)
+        """The logits (the pooled features for a model without a classifier), or None (see the C++ net)."""
+        return self.net.forward(x.contiguous(memory_format=self.fmt))
 
 
 def input_problem(x: torch.Tensor) -> Optional[str]:
@@ -306,16 +319,24 @@ def build(model: nn.Module, x: torch.Tensor, layouts=None) -> tuple[Optional[Cpu
     if why:
         return None, why
     chosen = layouts or choose_layouts(model, x, ext.vector_floats())
+    rounds = _tune_rounds()  # (a malformed setting is the caller's error, raised)
+    t0 = time.perf_counter()
     try:
         with torch.no_grad():
             try:
-                return CpuGraph(ext, model, x, chosen), None
+                net = CpuGraph(ext, model, x, chosen, rounds)
             except ValueError as e:
                 if layouts is not None or chosen == (NHWC,) * 4 or "optimized kernel" not in str(e):
                     raise
-                return CpuGraph(ext, model, x, (NHWC,) * 4), None
+                net = CpuGraph(ext, model, x, (NHWC,) * 4, rounds)
     except (RuntimeError, ValueError) as e:  # e.g. an input too small for the net's pools
         return None, f"cannot build the CPU graph for this input: {str(e).splitlines()[0][:200]}"
+    took = time.perf_counter() - t0
+    if took > 1.0 and net.tune_log:  # a first call this much slower deserves a word
+        print(f"fused_resnet: CPU graph for input {tuple(x.shape)} built in {took:.1f} s, {len(net.tune_log)} "
+              "conv shapes timed (once per process; FUSED_RESNET_CPU_GRAPH_TUNE=0 skips the timing)",
+              file=sys.stderr, flush=True)
+    return net, None
 
 
 class CpuGraphs:

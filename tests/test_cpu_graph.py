@@ -261,6 +261,46 @@ def test_a_backbone_without_its_fc():
     assert opt.cpu_graph_runs == 1, opt.cpu_graph_status
 
 
+def test_a_classifier_without_bias():
+    """The classifier runs inside the net (oneDNN's inner product); without a bias it gets zeros."""
+    tv = random_model(torchvision.models.resnet18)
+    tv.fc = torch.nn.Linear(512, 7, bias=False)
+    x = torch.randn(3, 3, 64, 64)
+    net, why = _cpu_graph.build(tv, x)
+    assert net is not None, why
+    with torch.inference_mode():
+        out = net.run(x)
+        assert out.shape == (3, 7)
+        _check(out, tv, x)
+
+
+def test_implementations_are_timed_once_per_shape(monkeypatch):
+    """FUSED_RESNET_CPU_GRAPH_TUNE: each conv shape's candidate implementations are timed once per
+    process and the choice reused (the same kernels, so the same bits, for every net of that shape);
+    0 keeps oneDNN's first choice; a malformed value is an error, not a silent default."""
+    x = torch.randn(3, 3, 72, 72)  # a shape no other test builds, so nothing is cached yet
+    layouts = (N,) * 4  # (NHWC: oneDNN offers brgconv and its direct jit kernels for each conv)
+    monkeypatch.setenv("FUSED_RESNET_CPU_GRAPH_TUNE", "0")
+    first, _ = _cpu_graph.build(random_model(torchvision.models.resnet50), x, layouts)
+    assert first.tune_log == []
+    monkeypatch.setenv("FUSED_RESNET_CPU_GRAPH_TUNE", "2")
+    model = random_model(torchvision.models.resnet50)
+    tuned, why = _cpu_graph.build(model, x, layouts)
+    assert tuned is not None, why
+    assert tuned.tune_log, "no conv shape had two implementations to time"
+    for line in tuned.tune_log:  # "<shape>: impl ms impl ms ... -> chosen"
+        shape, rest = line.split(": ", 1)
+        times, chosen = rest.rsplit(" -> ", 1)
+        assert chosen in times.split()[::2], line
+    with torch.inference_mode():
+        _check(tuned.run(x), model, x)
+    again, _ = _cpu_graph.build(random_model(torchvision.models.resnet50), x, layouts)
+    assert again.tune_log == [] and again.implementations == tuned.implementations
+    monkeypatch.setenv("FUSED_RESNET_CPU_GRAPH_TUNE", "fast")
+    with pytest.raises(ValueError, match="FUSED_RESNET_CPU_GRAPH_TUNE"):
+        _cpu_graph.build(model, torch.randn(1, 3, 64, 64))
+
+
 @pytest.mark.parametrize("name,shape,layouts", [
     ("resnet34", (3, 3, 33, 33), (N,) * 4),   # odd sizes: 1x1 maps in layer4
     ("resnet34", (3, 3, 33, 33), (B,) * 4),
