@@ -18,6 +18,10 @@
 // replaced by the measured max|x| of the buffer (one read pass); if the bound still fails (a NaN or
 // Inf in the input or the weights, values near the float32 range), forward() returns None before
 // running that step and the caller runs the model itself: nothing the caller can see was written.
+//
+// Where oneDNN offers several implementations for a conv (e.g. brgconv and its direct jit kernel for
+// NHWC), the first build of that conv shape in the process times each on the net's buffers and keeps
+// the fastest (Net::choose_impl). The classifier is oneDNN's inner product, written into the result.
 #include <torch/extension.h>
 
 #include <oneapi/dnnl/dnnl.h>
@@ -253,7 +257,7 @@ class Net {
     if (hit != tune_cache().end()) {
       if (hit->second.first < names.size() && names[hit->second.first] == hit->second.second) pick = hit->second.first;
     } else if (cands.size() > 1) {
-      // Timed alternately, TUNE_ROUNDS runs each; after the first round a candidate over 1.25x the
+      // Timed alternately, tune_rounds_ runs each; after the first round a candidate over 1.25x the
       // fastest is dropped (oneDNN's direct kernel for a 1x1 conv, typically 1.5-3x).
       std::vector<Trial> trials(cands.size());
       for (size_t i = 0; i < cands.size(); ++i) start_trial(trials[i], cands[i], s, w_user, b_mem, src, dst);
