@@ -155,8 +155,7 @@ class CpuGraph:
         # blocked layout reads it directly (oneDNN's kernel for it); one writing NHWC has a kernel only for
         # NHWC input, so the net's first step reorders the input (oneDNN's reorder took 12-19 us at batch
         # 1 at 224x224 where torch's channels_last copy before the net took 56-175 us; benchmarks/NOTES.md).
-        self.fmt = torch.contiguous_format
-        x = x.contiguous(memory_format=self.fmt)
+        x = x.contiguous()
         net = self.net = ext.Net()
         free: dict = {}  # (c, h, w, layout) -> ids of buffers whose values are dead
         layout = layouts[0]  # of the buffers being made
@@ -248,7 +247,7 @@ class CpuGraph:
 
     def run(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The logits (the pooled features for a model without a classifier), or None (see the C++ net)."""
-        return self.net.forward(x.contiguous(memory_format=self.fmt))
+        return self.net.forward(x.contiguous())
 
 
 def input_problem(x: torch.Tensor) -> Optional[str]:
