@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <cmath>
@@ -83,6 +84,68 @@ struct Step {
   dnnl_memory_t w_mem = nullptr, b_mem = nullptr;
   dnnl_primitive_t prim = nullptr;
   std::vector<dnnl_exec_arg_t> args;
+  std::shared_ptr<struct Phases> phases;  // set: the conv runs as four phase convs instead of prim
+};
+
+// A 3x3 stride-2 conv (padding 1) on NHWC activations, computed as four stride-1 convs, one per phase
+// of its input (even or odd rows x even or odd columns). Output row i reads input rows 2i-1, 2i and
+// 2i+1: row 2i is even row i, rows 2i-1 and 2i+1 are odd rows i-1 and i. So the even rows meet kernel
+// row 1 (a one-row kernel) and the odd rows kernel rows 0 and 2 (a two-row kernel, padded by one row
+// on top), and the same for columns: sub-kernels of 1x1, 1x2, 2x1 and 2x2, nine taps in all, the
+// conv's own products summed in another order. Each phase is copied out of the input; the four convs
+// add into dst through sum post-ops (the bias and the step's own residual sum on the first, its ReLU
+// on the last). Why: oneDNN 3.2's brgconv runs the stride-2 conv of ResNet-50's layer4 at batch 8 at
+// ~150 GFLOP/s on AVX2, its stride-1 convs at ~190 (benchmarks/NOTES.md). Net builds it as one more
+// candidate for such a conv and keeps it where it is timed faster.
+struct Phases {
+  struct Part {
+    Step conv{Step::CONV, 0, 0};  // the sub-kernel's conv, reading `mem`
+    int64_t r = 0, q = 0;         // odd (1) or even (0) rows, columns
+    torch::Tensor storage;        // the phase's activations, dense NHWC
+    dnnl_memory_desc_t md = nullptr;
+    dnnl_memory_t mem = nullptr;
+    size_t scratch = 0;  // the conv's scratchpad bytes (its last argument)
+  };
+  std::vector<Part> parts;
+  const float* src = nullptr;  // the step's input, NHWC
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  std::string impl;
+  ~Phases() {
+    for (auto& p : parts) {
+      if (p.conv.prim) dnnl_primitive_destroy(p.conv.prim);
+      if (p.conv.w_mem) dnnl_memory_destroy(p.conv.w_mem);
+      if (p.mem) dnnl_memory_destroy(p.mem);
+      if (p.md) dnnl_memory_desc_destroy(p.md);
+    }
+  }
+  size_t scratch() const {
+    size_t s = 0;
+    for (auto& p : parts) s = std::max(s, p.scratch);
+    return s;
+  }
+  void set_scratch(dnnl_memory_t m) {
+    for (auto& p : parts) p.conv.args.back().memory = m;
+  }
+  // The phase's pixels copied out of the input, each a run of c floats. (Not a oneDNN reorder from a
+  // strided view of the input: oneDNN 3.2 refuses that view where the map's size is odd, as the even
+  // rows' stride times their count then passes the image's stride.)
+  void copy(const Part& p) const {
+    const int64_t rh = p.r ? h / 2 : (h + 1) / 2, rw = p.q ? w / 2 : (w + 1) / 2;
+    float* out = p.storage.data_ptr<float>();
+#pragma omp parallel for collapse(2)
+    for (int64_t b = 0; b < n; ++b)
+      for (int64_t i = 0; i < rh; ++i) {
+        const float* row = src + ((b * h + 2 * i + p.r) * w + p.q) * c;
+        float* o = out + (b * rh + i) * rw * c;
+        for (int64_t j = 0; j < rw; ++j) std::memcpy(o + j * c, row + 2 * j * c, c * sizeof(float));
+      }
+  }
+  void run(dnnl_stream_t stream) {
+    for (auto& p : parts) {
+      copy(p);
+      DNNL_OK(dnnl_primitive_execute(p.conv.prim, stream, static_cast<int>(p.conv.args.size()), p.conv.args.data()));
+    }
+  }
 };
 
 class Net {
@@ -186,6 +249,7 @@ class Net {
     dnnl_memory_t sp_mem = nullptr;
     dnnl_primitive_t prim = nullptr;
     std::vector<dnnl_exec_arg_t> args;
+    std::shared_ptr<Phases> phases;  // set: this candidate is the conv split into phases
     double best = INFINITY;  // shortest time seen, ms
   };
 
@@ -208,13 +272,17 @@ class Net {
   // Runs the candidate once; returns its wall time in ms and keeps the shortest.
   double run_trial(Trial& t) {
     auto t0 = std::chrono::steady_clock::now();
-    DNNL_OK(dnnl_primitive_execute(t.prim, stream_, static_cast<int>(t.args.size()), t.args.data()));
+    if (t.phases)
+      t.phases->run(stream_);
+    else
+      DNNL_OK(dnnl_primitive_execute(t.prim, stream_, static_cast<int>(t.args.size()), t.args.data()));
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     t.best = std::min(t.best, ms);
     return ms;
   }
 
   void end_trial(Trial& t) {
+    t.phases.reset();
     if (t.prim) dnnl_primitive_destroy(t.prim);
     if (t.sp_mem) dnnl_memory_destroy(t.sp_mem);
     if (t.step.w_mem) dnnl_memory_destroy(t.step.w_mem);
@@ -246,11 +314,7 @@ class Net {
       names.push_back(name);
     }
     dnnl_primitive_desc_destroy(pd);
-    std::string key = std::to_string(n_) + " " + std::to_string(src.c) + "x" + std::to_string(src.h) + " t" +
-                      std::to_string(src.tag) + " -> " + std::to_string(dst.c) + "x" + std::to_string(dst.h) + " t" +
-                      std::to_string(dst.tag) + " k" + std::to_string(s.kernel) + " s" + std::to_string(s.stride) +
-                      " p" + std::to_string(s.pad) + (s.sum ? " sum" : "") + (s.relu ? " relu" : "") + " threads" +
-                      std::to_string(omp_get_max_threads());
+    const std::string key = conv_key(s, src, dst);
     size_t pick = 0;
     std::lock_guard<std::mutex> guard(tune_mutex());  // (nets of two models may be built on two threads)
     auto hit = tune_cache().find(key);
@@ -282,6 +346,125 @@ class Net {
     return cands[pick];
   }
 
+  std::string conv_key(const Step& s, const Buffer& src, const Buffer& dst) const {
+    return std::to_string(n_) + " " + std::to_string(src.c) + "x" + std::to_string(src.h) + " t" +
+           std::to_string(src.tag) + " -> " + std::to_string(dst.c) + "x" + std::to_string(dst.h) + " t" +
+           std::to_string(dst.tag) + " k" + std::to_string(s.kernel) + " s" + std::to_string(s.stride) + " p" +
+           std::to_string(s.pad) + (s.sum ? " sum" : "") + (s.relu ? " relu" : "") + " threads" +
+           std::to_string(omp_get_max_threads());
+  }
+
+  // Whether Phases can compute this conv: 3x3, stride 2, padding 1, NHWC in and out, a map of at
+  // least 4x4 (so every phase has rows and columns).
+  static bool phases_fit(const Step& s, const Buffer& src, const Buffer& dst) {
+    return s.kernel == 3 && s.stride == 2 && s.pad == 1 && src.tag == dnnl_acdb && dst.tag == dnnl_acdb &&
+           src.storage.defined() && src.h >= 4 && src.w >= 4;
+  }
+
+  // The conv s as Phases (see there), or nullptr where oneDNN has only reference loops for a part.
+  std::shared_ptr<Phases> make_phases(const Step& s, const Buffer& src, const Buffer& dst) {
+    auto ph = std::make_shared<Phases>();
+    const int64_t c = src.c, oc = s.weight.size(0);
+    ph->src = src.storage.data_ptr<float>();
+    ph->n = n_;
+    ph->c = c;
+    ph->h = src.h;
+    ph->w = src.w;
+    for (int r = 1; r >= 0; --r) {  // r, q: the odd (1) or even (0) rows, columns; the 2x2 part first
+      for (int q = 1; q >= 0; --q) {
+        ph->parts.emplace_back();
+        Phases::Part& p = ph->parts.back();
+        const bool first = ph->parts.size() == 1, last = ph->parts.size() == 4;
+        const int64_t rh = r ? src.h / 2 : (src.h + 1) / 2, rw = q ? src.w / 2 : (src.w + 1) / 2;
+        p.r = r;
+        p.q = q;
+        dnnl_dims_t dims = {n_, c, rh, rw};
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&p.md, 4, dims, dnnl_f32, dnnl_acdb));
+        p.storage = kept_zeros(n_ * c * rh * rw);
+        DNNL_OK(dnnl_memory_create(&p.mem, p.md, engine_, p.storage.data_ptr()));
+        // the sub-kernel: kernel rows {0, 2} for odd rows, {1} for even ones; the same for columns
+        auto taps = [](int odd) { return odd ? torch::tensor({0, 2}) : torch::tensor({1}); };
+        p.conv.weight = s.weight.index_select(2, taps(r)).index_select(3, taps(q)).contiguous();
+        dnnl_primitive_attr_t attr;
+        DNNL_OK(dnnl_primitive_attr_create(&attr));
+        DNNL_OK(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+        dnnl_post_ops_t po;
+        DNNL_OK(dnnl_post_ops_create(&po));
+        if (!first || s.sum) DNNL_OK(dnnl_post_ops_append_sum(po, 1.0f, 0, dnnl_data_type_undef));
+        if (last && s.relu) DNNL_OK(dnnl_post_ops_append_eltwise(po, dnnl_eltwise_relu, 0.0f, 0.0f));
+        DNNL_OK(dnnl_primitive_attr_set_post_ops(attr, po));
+        dnnl_post_ops_destroy(po);
+        dnnl_memory_desc_t w_any, w_user, b_md;
+        dnnl_dims_t wd = {oc, c, r ? 2 : 1, q ? 2 : 1}, bd = {oc};
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&w_any, 4, wd, dnnl_f32, dnnl_format_tag_any));
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&w_user, 4, wd, dnnl_f32, dnnl_abcd));
+        DNNL_OK(dnnl_memory_desc_create_with_tag(&b_md, 1, bd, dnnl_f32, dnnl_a));
+        // one row (column) of padding before the odd phase, one after it where the map's size is odd
+        dnnl_dims_t one = {1, 1}, dil = {0, 0}, pad_l = {r, q}, pad_r = {r ? src.h % 2 : 0, q ? src.w % 2 : 0};
+        dnnl_primitive_desc_t pd;
+        DNNL_OK(dnnl_convolution_forward_primitive_desc_create(&pd, engine_, dnnl_forward_inference,
+                                                               dnnl_convolution_direct, p.md, w_any,
+                                                               first ? b_md : nullptr, dst.md, one, dil, pad_l,
+                                                               pad_r, attr));
+        dnnl_primitive_attr_destroy(attr);
+        const std::string impl = impl_name(pd);
+        if (first) ph->impl = "phases(" + impl + ")";
+        bool fast = impl.rfind("ref", 0) != 0;
+        if (fast) {
+          pack_weight(p.conv, w_user, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0));
+          const_dnnl_memory_desc_t sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+          p.scratch = sp ? dnnl_memory_desc_get_size(sp) : 0;
+          DNNL_OK(dnnl_primitive_create(&p.conv.prim, pd));
+          p.conv.args = {{DNNL_ARG_SRC, p.mem}, {DNNL_ARG_WEIGHTS, p.conv.w_mem}, {DNNL_ARG_DST, dst.mem}};
+          if (first) p.conv.args.push_back({DNNL_ARG_BIAS, s.b_mem});
+          p.conv.args.push_back({DNNL_ARG_SCRATCHPAD, nullptr});  // (set_scratch)
+        }
+        dnnl_primitive_desc_destroy(pd);
+        for (auto md : {w_any, w_user, b_md}) dnnl_memory_desc_destroy(md);
+        if (!fast) return nullptr;
+      }
+    }
+    return ph;
+  }
+
+  // For a conv Phases fits: the conv as Phases where that is faster than its chosen kernel (pd), timed
+  // on the net's buffers as choose_impl times oneDNN's candidates (the choice cached the same way);
+  // phases_ 2 takes Phases without timing (tests), 0 never.
+  std::shared_ptr<Phases> choose_phases(const_dnnl_primitive_desc_t pd, const Step& s, const_dnnl_memory_desc_t w_user,
+                                        const Buffer& src, const Buffer& dst) {
+    if (phases_ == 0 || (phases_ == 1 && tune_rounds_ == 0) || !phases_fit(s, src, dst)) return nullptr;
+    if (phases_ == 2) return make_phases(s, src, dst);
+    const std::string key = conv_key(s, src, dst) + " phases";
+    std::lock_guard<std::mutex> guard(tune_mutex());
+    auto hit = tune_cache().find(key);
+    if (hit != tune_cache().end()) return hit->second.first ? make_phases(s, src, dst) : nullptr;
+    Trial direct, split;
+    split.phases = make_phases(s, src, dst);
+    if (!split.phases) return nullptr;
+    split.scratch = torch::empty({static_cast<int64_t>(split.phases->scratch() / 4 + 16)}, torch::kFloat);
+    dnnl_memory_desc_t sp_md;
+    dnnl_dims_t sd = {split.scratch.numel() * 4};
+    DNNL_OK(dnnl_memory_desc_create_with_tag(&sp_md, 1, sd, dnnl_u8, dnnl_a));
+    DNNL_OK(dnnl_memory_create(&split.sp_mem, sp_md, engine_, split.scratch.data_ptr()));
+    dnnl_memory_desc_destroy(sp_md);
+    split.phases->set_scratch(split.sp_mem);
+    run_trial(split);  // untimed: first touch
+    split.best = INFINITY;
+    start_trial(direct, pd, s, w_user, s.b_mem, src, dst);
+    for (int round = 0; round < tune_rounds_; ++round) {
+      run_trial(direct);
+      run_trial(split);
+    }
+    const bool take = split.best < direct.best * (1.0 - TUNE_MARGIN);
+    tune_log_.push_back(key + ": " + impl_name(pd) + " " + std::to_string(direct.best) + " " + split.phases->impl +
+                        " " + std::to_string(split.best) + " -> " + (take ? split.phases->impl : impl_name(pd)));
+    tune_cache()[key] = {take ? 1 : 0, take ? split.phases->impl : impl_name(pd)};
+    std::shared_ptr<Phases> kept = take ? split.phases : nullptr;
+    end_trial(direct);
+    end_trial(split);
+    return kept;
+  }
+
   // conv description -> (position in oneDNN's list of candidates, that implementation's name)
   static std::map<std::string, std::pair<size_t, std::string>>& tune_cache() {
     static std::map<std::string, std::pair<size_t, std::string>> cache;
@@ -300,10 +483,14 @@ class Net {
 
   // Creates every primitive for batch n. Buffer 0 is the input, described by the strides given (the
   // caller's tensor); the others use their own layout tag.
-  void build(int64_t n, std::vector<int64_t> input_strides, int64_t tune_rounds) {
+  // phases: 0 never split a stride-2 conv into Phases, 1 where timed faster (with tune_rounds > 0),
+  // 2 wherever Phases fits.
+  void build(int64_t n, std::vector<int64_t> input_strides, int64_t tune_rounds, int64_t phases) {
     TORCH_CHECK(n_ == 0 && n > 0 && input_strides.size() == 4, "cpu_graph: build(n > 0, 4 strides) once per net");
     n_ = n;
     tune_rounds_ = static_cast<int>(tune_rounds);
+    TORCH_CHECK(phases >= 0 && phases <= 2, "cpu_graph: phases is 0, 1 or 2");
+    phases_ = static_cast<int>(phases);
     omp_set_num_threads(at::get_num_threads());  // (the choices are timed with the threads forward() uses)
     in_strides_ = input_strides;
     for (size_t i = 0; i < buffers_.size(); ++i) {
@@ -354,12 +541,20 @@ class Net {
                                                                strides, dil, pad, pad, attr));
         DNNL_OK(dnnl_memory_create(&s.b_mem, b_md, engine_, s.bias.data_ptr()));
         if (tune_rounds_ > 0) pd = choose_impl(pd, s, w_user, s.b_mem, src, dst);
-        // Weights reordered once into the layout the chosen kernel wants.
-        const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        pack_weight(s, w_user, w_md);
+        s.phases = choose_phases(pd, s, w_user, src, dst);
         dnnl_memory_desc_destroy(w_any);
-        dnnl_memory_desc_destroy(w_user);
         dnnl_memory_desc_destroy(b_md);
+        if (s.phases) {  // (no direct primitive: the parts run instead)
+          impls_.push_back(s.phases->impl);
+          scratch = std::max(scratch, s.phases->scratch());
+          dnnl_memory_desc_destroy(w_user);
+          dnnl_primitive_desc_destroy(pd);
+          dnnl_primitive_attr_destroy(attr);
+          continue;
+        }
+        // Weights reordered once into the layout the chosen kernel wants.
+        pack_weight(s, w_user, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0));
+        dnnl_memory_desc_destroy(w_user);
         s.args = {{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, s.w_mem}, {DNNL_ARG_BIAS, s.b_mem},
                   {DNNL_ARG_DST, dst.mem}};
       } else if (s.kind == Step::LINEAR) {
@@ -407,7 +602,12 @@ class Net {
     DNNL_OK(dnnl_memory_desc_create_with_tag(&sp_md, 1, sd, dnnl_u8, dnnl_a));
     DNNL_OK(dnnl_memory_create(&scratch_mem_, sp_md, engine_, scratch_.data_ptr()));
     dnnl_memory_desc_destroy(sp_md);
-    for (auto& s : steps_) s.args.push_back({DNNL_ARG_SCRATCHPAD, scratch_mem_});
+    for (auto& s : steps_) {
+      if (s.phases)
+        s.phases->set_scratch(scratch_mem_);
+      else
+        s.args.push_back({DNNL_ARG_SCRATCHPAD, scratch_mem_});
+    }
     DNNL_OK(dnnl_memory_set_data_handle(buffers_[0].mem, DNNL_MEMORY_NONE));
     for (auto pd : pds) dnnl_primitive_desc_destroy(pd);
   }
@@ -471,7 +671,10 @@ class Net {
       } else {
         dst.bound = src.bound;  // (pools and reorders do not raise a bound)
       }
-      DNNL_OK(dnnl_primitive_execute(s.prim, stream_, static_cast<int>(s.args.size()), s.args.data()));
+      if (s.phases)
+        s.phases->run(stream_);
+      else
+        DNNL_OK(dnnl_primitive_execute(s.prim, stream_, static_cast<int>(s.args.size()), s.args.data()));
     }
     if (out_mem_) return out;
     const Buffer& last = buffers_.back();  // no classifier: the pooled features
@@ -491,6 +694,7 @@ class Net {
   int64_t out_features_ = 0;
   int64_t n_ = 0;
   int tune_rounds_ = 0;
+  int phases_ = 1;  // see build()
   std::vector<int64_t> in_strides_;
 
  public:

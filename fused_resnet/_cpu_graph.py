@@ -140,9 +140,13 @@ class CpuGraph:
     ``layouts``: one of NHWC / BLOCKED per stage (layer1..layer4; the stem takes layer1's); where two
     stages differ, one reorder of the activations between them. ``tune_rounds``: how often each
     implementation oneDNN offers for a conv shape is timed before the fastest is taken (None: the
-    FUSED_RESNET_CPU_GRAPH_TUNE setting; 0: oneDNN's first choice); ``tune_log`` lists what was timed."""
+    FUSED_RESNET_CPU_GRAPH_TUNE setting; 0: oneDNN's first choice); ``tune_log`` lists what was timed.
+    ``phases``: whether an NHWC 3x3 stride-2 conv runs as four stride-1 convs over its input's even and
+    odd rows and columns (csrc/cpu_graph.cpp, Phases): None where timed faster than oneDNN's kernel for
+    it (with the timing on), True wherever it fits, False never."""
 
-    def __init__(self, ext, model: nn.Module, x: torch.Tensor, layouts=(NHWC,) * 4, tune_rounds: Optional[int] = None):
+    def __init__(self, ext, model: nn.Module, x: torch.Tensor, layouts=(NHWC,) * 4, tune_rounds: Optional[int] = None,
+                 phases: Optional[bool] = None):
         spec, why = describe(model)
         if spec is None:
             raise ValueError(why)
@@ -228,7 +232,8 @@ class CpuGraph:
             wf = fc.weight.detach().float().contiguous()
             net.add_linear(pooled, wf, fc.bias.detach().float().contiguous() if fc.bias is not None
                            else torch.zeros(wf.shape[0]))
-        net.build(n, list(x.stride()), tune_rounds if tune_rounds is not None else _tune_rounds())
+        net.build(n, list(x.stride()), tune_rounds if tune_rounds is not None else _tune_rounds(),
+                  1 if phases is None else int(bool(phases)) * 2)
         self.tune_log = list(net.tune_log)
         self.implementations = list(net.implementations)
         slow = [i for i, impl in enumerate(self.implementations) if impl.startswith("ref")]

@@ -301,6 +301,37 @@ def test_implementations_are_timed_once_per_shape(monkeypatch):
         _cpu_graph.build(model, torch.randn(1, 3, 64, 64))
 
 
+@pytest.mark.parametrize("name,shape", [
+    ("resnet18", (2, 3, 64, 64)),   # BasicBlock: the stride-2 3x3 conv is the block's first
+    ("resnet50", (3, 3, 72, 72)),   # Bottleneck: its second; even maps (18 -> 9, 9 -> 5, 5 -> 3)
+    ("resnet34", (2, 3, 97, 97)),   # odd maps at each stride-2 conv (25 -> 13, 13 -> 7, 7 -> 4)
+    ("resnet50", (1, 3, 40, 40)),   # layer4's input 3x3: under 4x4, that conv stays direct
+])
+def test_stride2_convs_split_into_phases(name, shape):
+    """Phases: a 3x3 stride-2 conv as four stride-1 convs over its input's even and odd rows and columns,
+    added into one output. Forced wherever it fits (the timing keeps it only where it is faster), on
+    even and odd map sizes, against the float64 reference."""
+    model = random_model(getattr(torchvision.models, name))
+    x = torch.randn(*shape)
+    ext, _ = _cpu_graph.extension()
+    split = _cpu_graph.CpuGraph(ext, model, x, (N,) * 4, phases=True)
+    direct = _cpu_graph.CpuGraph(ext, model, x, (N,) * 4, phases=False)
+    h = (shape[2] - 1) // 2 + 1  # the stem
+    h = (h - 1) // 2 + 1  # the max pool: layer2's input
+    inputs = [h, (h - 1) // 2 + 1]  # of the stride-2 3x3 convs of layers 2, 3 and 4
+    inputs.append((inputs[-1] - 1) // 2 + 1)
+    split_impls = [impl for impl in split.implementations if impl.startswith("phases(")]
+    assert len(split_impls) == sum(i >= 4 for i in inputs), (inputs, split.implementations)
+    assert not any(impl.startswith("phases(") for impl in direct.implementations)
+    with torch.inference_mode():
+        _check(split.run(x), model, x)
+        wide = torch.randn(shape[0], 3, shape[2], 2 * shape[3])[..., ::2]
+        _check(split.run(wide), model, wide)
+        bad = x.clone()
+        bad[0, 1, 3, 4] = float("nan")
+        assert split.run(bad) is None  # the input's bound fails: nothing runs
+
+
 @pytest.mark.parametrize("name,shape,layouts", [
     ("resnet34", (3, 3, 33, 33), (N,) * 4),   # odd sizes: 1x1 maps in layer4
     ("resnet34", (3, 3, 33, 33), (B,) * 4),
