@@ -156,6 +156,7 @@ class Net {
   }
   ~Net() {
     for (auto& s : steps_) {
+      s.phases.reset();  // (its primitives and memories before the engine)
       if (s.prim) dnnl_primitive_destroy(s.prim);
       if (s.w_mem) dnnl_memory_destroy(s.w_mem);
       if (s.b_mem) dnnl_memory_destroy(s.b_mem);
@@ -370,6 +371,7 @@ class Net {
     ph->c = c;
     ph->h = src.h;
     ph->w = src.w;
+    std::vector<std::string> kernels;  // of the parts
     for (int r = 1; r >= 0; --r) {  // r, q: the odd (1) or even (0) rows, columns; the 2x2 part first
       for (int q = 1; q >= 0; --q) {
         ph->parts.emplace_back();
@@ -408,7 +410,7 @@ class Net {
                                                                pad_r, attr));
         dnnl_primitive_attr_destroy(attr);
         const std::string impl = impl_name(pd);
-        if (first) ph->impl = "phases(" + impl + ")";
+        if (std::find(kernels.begin(), kernels.end(), impl) == kernels.end()) kernels.push_back(impl);
         bool fast = impl.rfind("ref", 0) != 0;
         if (fast) {
           pack_weight(p.conv, w_user, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0));
@@ -424,6 +426,10 @@ class Net {
         if (!fast) return nullptr;
       }
     }
+    // the parts' kernels, each named once, "+" between (no spaces: a tune_log line is split on them)
+    ph->impl = "phases(";
+    for (size_t i = 0; i < kernels.size(); ++i) ph->impl += (i ? "+" : "") + kernels[i];
+    ph->impl += ")";
     return ph;
   }
 
@@ -440,7 +446,10 @@ class Net {
     if (hit != tune_cache().end()) return hit->second.first ? make_phases(s, src, dst) : nullptr;
     Trial direct, split;
     split.phases = make_phases(s, src, dst);
-    if (!split.phases) return nullptr;
+    if (!split.phases) {  // a part has no fast kernel: the direct conv, for every build of this shape
+      tune_cache()[key] = {0, impl_name(pd)};
+      return nullptr;
+    }
     split.scratch = torch::empty({static_cast<int64_t>(split.phases->scratch() / 4 + 16)}, torch::kFloat);
     dnnl_memory_desc_t sp_md;
     dnnl_dims_t sd = {split.scratch.numel() * 4};

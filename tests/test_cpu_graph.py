@@ -303,19 +303,20 @@ def test_implementations_are_timed_once_per_shape(monkeypatch):
 
 @pytest.mark.parametrize("name,shape", [
     ("resnet18", (2, 3, 64, 64)),   # BasicBlock: the stride-2 3x3 conv is the block's first
-    ("resnet50", (3, 3, 72, 72)),   # Bottleneck: its second; even maps (18 -> 9, 9 -> 5, 5 -> 3)
+    ("resnet50", (3, 3, 72, 72)),   # Bottleneck: its second; maps 18 -> 9, then odd: 9 -> 5, 5 -> 3
     ("resnet34", (2, 3, 97, 97)),   # odd maps at each stride-2 conv (25 -> 13, 13 -> 7, 7 -> 4)
     ("resnet50", (1, 3, 40, 40)),   # layer4's input 3x3: under 4x4, that conv stays direct
 ])
 def test_stride2_convs_split_into_phases(name, shape):
     """Phases: a 3x3 stride-2 conv as four stride-1 convs over its input's even and odd rows and columns,
     added into one output. Forced wherever it fits (the timing keeps it only where it is faster), on
-    even and odd map sizes, against the float64 reference."""
+    even and odd map sizes, against the float64 reference; a NaN weight in a split conv stops the net
+    before that conv. (No timing here: the timing test wants shapes nothing else has timed.)"""
     model = random_model(getattr(torchvision.models, name))
     x = torch.randn(*shape)
     ext, _ = _cpu_graph.extension()
-    split = _cpu_graph.CpuGraph(ext, model, x, (N,) * 4, phases=True)
-    direct = _cpu_graph.CpuGraph(ext, model, x, (N,) * 4, phases=False)
+    split = _cpu_graph.CpuGraph(ext, model, x, (N,) * 4, tune_rounds=0, phases=True)
+    direct = _cpu_graph.CpuGraph(ext, model, x, (N,) * 4, tune_rounds=0, phases=False)
     h = (shape[2] - 1) // 2 + 1  # the stem
     h = (h - 1) // 2 + 1  # the max pool: layer2's input
     inputs = [h, (h - 1) // 2 + 1]  # of the stride-2 3x3 convs of layers 2, 3 and 4
@@ -330,6 +331,12 @@ def test_stride2_convs_split_into_phases(name, shape):
         bad = x.clone()
         bad[0, 1, 3, 4] = float("nan")
         assert split.run(bad) is None  # the input's bound fails: nothing runs
+        conv = next(m for m in model.layer3.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)
+                    and m.kernel_size == (3, 3))
+        conv.weight[5, 2, 0, 1] = float("nan")  # a tap of the split conv's 2x2 part
+        poisoned = _cpu_graph.CpuGraph(ext, model, x, (N,) * 4, tune_rounds=0, phases=True)
+        assert poisoned.implementations == split.implementations
+        assert poisoned.run(x) is None  # its bound (the folded weight's gain) fails before it runs
 
 
 @pytest.mark.parametrize("name,shape,layouts", [
