@@ -320,7 +320,12 @@ class Net {
     std::lock_guard<std::mutex> guard(tune_mutex());  // (nets of two models may be built on two threads)
     auto hit = tune_cache().find(key);
     if (hit != tune_cache().end()) {
-      if (hit->second.first < names.size() && names[hit->second.first] == hit->second.second) pick = hit->second.first;
+      // The same implementation as before: the k-th candidate of that name. (By name and rank, not by
+      // position: oneDNN 3.2 can list more candidates for the same conv on a later build, e.g. 7 where
+      // the first build listed 4, so a position would name another kernel.)
+      size_t rank = 0;
+      for (size_t i = 0; i < names.size(); ++i)
+        if (names[i] == hit->second.second && rank++ == hit->second.first) pick = i;
     } else if (cands.size() > 1) {
       // Timed alternately, tune_rounds_ runs each; after the first round a candidate over 1.25x the
       // fastest is dropped (oneDNN's direct kernel for a 1x1 conv, typically 1.5-3x).
@@ -339,7 +344,7 @@ class Net {
       std::string line = key + ":";
       for (size_t i = 0; i < cands.size(); ++i) line += " " + names[i] + " " + std::to_string(trials[i].best);
       tune_log_.push_back(line + " -> " + names[pick]);
-      tune_cache()[key] = {pick, names[pick]};
+      tune_cache()[key] = {static_cast<size_t>(std::count(names.begin(), names.begin() + pick, names[pick])), names[pick]};
       for (auto& t : trials) end_trial(t);
     }
     for (size_t i = 0; i < cands.size(); ++i)
@@ -474,7 +479,7 @@ class Net {
     return kept;
   }
 
-  // conv description -> (position in oneDNN's list of candidates, that implementation's name)
+  // conv description -> (rank among oneDNN's candidates of that name, the implementation's name)
   static std::map<std::string, std::pair<size_t, std::string>>& tune_cache() {
     static std::map<std::string, std::pair<size_t, std::string>> cache;
     return cache;
