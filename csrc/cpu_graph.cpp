@@ -40,6 +40,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu_winograd.h"
+
 #define DNNL_OK(call)                                                                       \
   do {                                                                                     \
     dnnl_status_t s_ = (call);                                                             \
@@ -84,7 +86,7 @@ struct Step {
   dnnl_memory_t w_mem = nullptr, b_mem = nullptr;
   dnnl_primitive_t prim = nullptr;
   std::vector<dnnl_exec_arg_t> args;
-  std::shared_ptr<struct Phases> phases;  // set: the conv runs as four phase convs instead of prim
+  std::shared_ptr<struct Alternative> alt;  // set: the conv runs as this (Phases, Wino) instead of prim
 };
 
 // A 3x3 stride-2 conv (padding 1) on NHWC activations, computed as four stride-1 convs, one per phase
@@ -97,7 +99,19 @@ struct Step {
 // on the last). Why: oneDNN 3.2's brgconv runs the stride-2 conv of ResNet-50's layer4 at batch 8 at
 // ~150 GFLOP/s on AVX2, its stride-1 convs at ~190 (benchmarks/NOTES.md). Net builds it as one more
 // candidate for such a conv and keeps it where it is timed faster.
-struct Phases {
+// A conv computed by something other than one oneDNN primitive, which the net times against oneDNN's
+// kernel for it and keeps where faster (Net::choose_alternative): Phases, Wino.
+struct Alternative {
+  std::string impl;  // its name in the net's implementations (no spaces)
+  virtual ~Alternative() = default;
+  virtual void run(dnnl_stream_t stream) = 0;
+  virtual size_t scratch() const { return 0; }  // bytes of oneDNN scratchpad it needs
+  virtual void set_scratch(dnnl_memory_t) {}
+  // How far its intermediate sums can exceed the bound of the conv's output (before bias and residual)
+  virtual double headroom() const { return 1.0; }
+};
+
+struct Phases : Alternative {
   struct Part {
     Step conv{Step::CONV, 0, 0};  // the sub-kernel's conv, reading `mem`
     int64_t r = 0, q = 0;         // odd (1) or even (0) rows, columns
@@ -109,8 +123,7 @@ struct Phases {
   std::vector<Part> parts;
   const float* src = nullptr;  // the step's input, NHWC
   int64_t n = 0, c = 0, h = 0, w = 0;
-  std::string impl;
-  ~Phases() {
+  ~Phases() override {
     for (auto& p : parts) {
       if (p.conv.prim) dnnl_primitive_destroy(p.conv.prim);
       if (p.conv.w_mem) dnnl_memory_destroy(p.conv.w_mem);
@@ -118,12 +131,12 @@ struct Phases {
       if (p.md) dnnl_memory_desc_destroy(p.md);
     }
   }
-  size_t scratch() const {
+  size_t scratch() const override {
     size_t s = 0;
     for (auto& p : parts) s = std::max(s, p.scratch);
     return s;
   }
-  void set_scratch(dnnl_memory_t m) {
+  void set_scratch(dnnl_memory_t m) override {
     for (auto& p : parts) p.conv.args.back().memory = m;
   }
   // The phase's pixels copied out of the input, each a run of c floats. (Not a oneDNN reorder from a
@@ -140,12 +153,23 @@ struct Phases {
         for (int64_t j = 0; j < rw; ++j) std::memcpy(o + j * c, row + 2 * j * c, c * sizeof(float));
       }
   }
-  void run(dnnl_stream_t stream) {
+  void run(dnnl_stream_t stream) override {
     for (auto& p : parts) {
       copy(p);
       DNNL_OK(dnnl_primitive_execute(p.conv.prim, stream, static_cast<int>(p.conv.args.size()), p.conv.args.data()));
     }
   }
+};
+
+// A 3x3 stride-1 conv as Winograd's F(2x2, 3x3) (cpu_winograd.h: 2.25x fewer multiplications than
+// the direct conv, AVX2), on the net's buffers; its packed weights and work buffers are kept here.
+struct Wino : Alternative {
+  std::vector<torch::Tensor> keep;
+  std::unique_ptr<winograd::Conv> conv;
+  const float* src = nullptr;
+  float* dst = nullptr;
+  void run(dnnl_stream_t) override { conv->run(src, dst); }
+  double headroom() const override { return winograd::HEADROOM; }
 };
 
 class Net {
@@ -156,7 +180,7 @@ class Net {
   }
   ~Net() {
     for (auto& s : steps_) {
-      s.phases.reset();  // (its primitives and memories before the engine)
+      s.alt.reset();  // (its primitives and memories before the engine)
       if (s.prim) dnnl_primitive_destroy(s.prim);
       if (s.w_mem) dnnl_memory_destroy(s.w_mem);
       if (s.b_mem) dnnl_memory_destroy(s.b_mem);
@@ -250,7 +274,7 @@ class Net {
     dnnl_memory_t sp_mem = nullptr;
     dnnl_primitive_t prim = nullptr;
     std::vector<dnnl_exec_arg_t> args;
-    std::shared_ptr<Phases> phases;  // set: this candidate is the conv split into phases
+    std::shared_ptr<Alternative> alt;  // set: this candidate is an Alternative, not a oneDNN primitive
     double best = INFINITY;  // shortest time seen, ms
   };
 
@@ -273,8 +297,8 @@ class Net {
   // Runs the candidate once; returns its wall time in ms and keeps the shortest.
   double run_trial(Trial& t) {
     auto t0 = std::chrono::steady_clock::now();
-    if (t.phases)
-      t.phases->run(stream_);
+    if (t.alt)
+      t.alt->run(stream_);
     else
       DNNL_OK(dnnl_primitive_execute(t.prim, stream_, static_cast<int>(t.args.size()), t.args.data()));
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -283,7 +307,7 @@ class Net {
   }
 
   void end_trial(Trial& t) {
-    t.phases.reset();
+    t.alt.reset();
     if (t.prim) dnnl_primitive_destroy(t.prim);
     if (t.sp_mem) dnnl_memory_destroy(t.sp_mem);
     if (t.step.w_mem) dnnl_memory_destroy(t.step.w_mem);
@@ -438,44 +462,82 @@ class Net {
     return ph;
   }
 
-  // For a conv Phases fits: the conv as Phases where that is faster than its chosen kernel (pd), timed
-  // on the net's buffers as choose_impl times oneDNN's candidates (the choice cached the same way);
-  // phases_ 2 takes Phases without timing (tests), 0 never.
-  std::shared_ptr<Phases> choose_phases(const_dnnl_primitive_desc_t pd, const Step& s, const_dnnl_memory_desc_t w_user,
-                                        const Buffer& src, const Buffer& dst) {
-    if (phases_ == 0 || (phases_ == 1 && tune_rounds_ == 0) || !phases_fit(s, src, dst)) return nullptr;
-    if (phases_ == 2) return make_phases(s, src, dst);
-    const std::string key = conv_key(s, src, dst) + " phases";
+  // Whether Wino can compute this conv: 3x3, stride 1, padding 1, NHWC or nChw8c in and out (whole
+  // 8-channel blocks), on a CPU with AVX2 and FMA.
+  static bool wino_fit(const Step& s, const Buffer& src, const Buffer& dst) {
+    auto layout = [](const Buffer& b) { return (b.tag == dnnl_acdb || b.tag == dnnl_aBcd8b) && b.c % 8 == 0; };
+    return s.kernel == 3 && s.stride == 1 && s.pad == 1 && layout(src) && layout(dst) && src.storage.defined() &&
+           src.h == dst.h && src.w == dst.w && winograd::supported();
+  }
+
+  std::shared_ptr<Wino> make_wino(const Step& s, const Buffer& src, const Buffer& dst) {
+    auto wi = std::make_shared<Wino>();
+    winograd::Shape shape;
+    shape.n = n_;
+    shape.c = src.c;
+    shape.k = dst.c;
+    shape.h = src.h;
+    shape.w = src.w;
+    shape.blocked_src = src.tag == dnnl_aBcd8b;
+    shape.blocked_dst = dst.tag == dnnl_aBcd8b;
+    shape.relu = s.relu;
+    shape.sum = s.sum;
+    auto alloc = [&wi](int64_t n) {
+      wi->keep.push_back(kept_zeros(n + 16));  // (torch's CPU allocator aligns to 64 bytes)
+      return wi->keep.back().data_ptr<float>();
+    };
+    wi->conv = std::make_unique<winograd::Conv>(shape, s.weight.data_ptr<float>(), s.bias.data_ptr<float>(), alloc);
+    wi->src = src.storage.data_ptr<float>();
+    wi->dst = dst.storage.data_ptr<float>();
+    wi->impl = "winograd_2x3:avx2";
+    return wi;
+  }
+
+  // An Alternative (made by make()) for conv s where it is faster than the conv's chosen kernel (pd),
+  // timed on the net's buffers as choose_impl times oneDNN's candidates and cached the same way (under
+  // the conv's key and `name`). mode: 2 takes it without timing (tests), 0 never, 1 where timed faster
+  // (with the timing on). make() returns nullptr where it cannot compute this conv: then the direct
+  // conv, for every build of this shape.
+  template <class Make>
+  std::shared_ptr<Alternative> choose_alternative(const char* name, int mode, Make make, const_dnnl_primitive_desc_t pd,
+                                                  const Step& s, const_dnnl_memory_desc_t w_user, const Buffer& src,
+                                                  const Buffer& dst) {
+    if (mode == 0 || (mode == 1 && tune_rounds_ == 0)) return nullptr;
+    if (mode == 2) return make();
+    const std::string key = conv_key(s, src, dst) + " " + name;
     std::lock_guard<std::mutex> guard(tune_mutex());
     auto hit = tune_cache().find(key);
-    if (hit != tune_cache().end()) return hit->second.first ? make_phases(s, src, dst) : nullptr;
-    Trial direct, split;
-    split.phases = make_phases(s, src, dst);
-    if (!split.phases) {  // a part has no fast kernel: the direct conv, for every build of this shape
+    if (hit != tune_cache().end()) return hit->second.first ? std::shared_ptr<Alternative>(make()) : nullptr;
+    Trial direct, other;
+    other.alt = make();
+    if (!other.alt) {
       tune_cache()[key] = {0, impl_name(pd)};
       return nullptr;
     }
-    split.scratch = torch::empty({static_cast<int64_t>(split.phases->scratch() / 4 + 16)}, torch::kFloat);
-    dnnl_memory_desc_t sp_md;
-    dnnl_dims_t sd = {split.scratch.numel() * 4};
-    DNNL_OK(dnnl_memory_desc_create_with_tag(&sp_md, 1, sd, dnnl_u8, dnnl_a));
-    DNNL_OK(dnnl_memory_create(&split.sp_mem, sp_md, engine_, split.scratch.data_ptr()));
-    dnnl_memory_desc_destroy(sp_md);
-    split.phases->set_scratch(split.sp_mem);
-    run_trial(split);  // untimed: first touch
-    split.best = INFINITY;
+    if (other.alt->scratch() > 0) {
+      other.scratch = torch::empty({static_cast<int64_t>(other.alt->scratch() / 4 + 16)}, torch::kFloat);
+      dnnl_memory_desc_t sp_md;
+      dnnl_dims_t sd = {other.scratch.numel() * 4};
+      DNNL_OK(dnnl_memory_desc_create_with_tag(&sp_md, 1, sd, dnnl_u8, dnnl_a));
+      DNNL_OK(dnnl_memory_create(&other.sp_mem, sp_md, engine_, other.scratch.data_ptr()));
+      dnnl_memory_desc_destroy(sp_md);
+      other.alt->set_scratch(other.sp_mem);
+    }
+    run_trial(other);  // untimed: first touch
+    other.best = INFINITY;
     start_trial(direct, pd, s, w_user, s.b_mem, src, dst);
     for (int round = 0; round < tune_rounds_; ++round) {
       run_trial(direct);
-      run_trial(split);
+      run_trial(other);
     }
-    const bool take = split.best < direct.best * (1.0 - TUNE_MARGIN);
-    tune_log_.push_back(key + ": " + impl_name(pd) + " " + std::to_string(direct.best) + " " + split.phases->impl +
-                        " " + std::to_string(split.best) + " -> " + (take ? split.phases->impl : impl_name(pd)));
-    tune_cache()[key] = {take ? 1 : 0, take ? split.phases->impl : impl_name(pd)};
-    std::shared_ptr<Phases> kept = take ? split.phases : nullptr;
+    const bool take = other.best < direct.best * (1.0 - TUNE_MARGIN);
+    const std::string& impl = other.alt->impl;
+    tune_log_.push_back(key + ": " + impl_name(pd) + " " + std::to_string(direct.best) + " " + impl + " " +
+                        std::to_string(other.best) + " -> " + (take ? impl : impl_name(pd)));
+    tune_cache()[key] = {take ? 1 : 0, take ? impl : impl_name(pd)};
+    std::shared_ptr<Alternative> kept = take ? other.alt : nullptr;
     end_trial(direct);
-    end_trial(split);
+    end_trial(other);
     return kept;
   }
 
@@ -498,13 +560,15 @@ class Net {
   // Creates every primitive for batch n. Buffer 0 is the input, described by the strides given (the
   // caller's tensor); the others use their own layout tag.
   // phases: 0 never split a stride-2 conv into Phases, 1 where timed faster (with tune_rounds > 0),
-  // 2 wherever Phases fits.
-  void build(int64_t n, std::vector<int64_t> input_strides, int64_t tune_rounds, int64_t phases) {
+  // 2 wherever Phases fits. winograd: the same for Wino and the 3x3 stride-1 convs.
+  void build(int64_t n, std::vector<int64_t> input_strides, int64_t tune_rounds, int64_t phases, int64_t winograd) {
     TORCH_CHECK(n_ == 0 && n > 0 && input_strides.size() == 4, "cpu_graph: build(n > 0, 4 strides) once per net");
     n_ = n;
     tune_rounds_ = static_cast<int>(tune_rounds);
     TORCH_CHECK(phases >= 0 && phases <= 2, "cpu_graph: phases is 0, 1 or 2");
     phases_ = static_cast<int>(phases);
+    TORCH_CHECK(winograd >= 0 && winograd <= 2, "cpu_graph: winograd is 0, 1 or 2");
+    winograd_ = static_cast<int>(winograd);
     omp_set_num_threads(at::get_num_threads());  // (the choices are timed with the threads forward() uses)
     in_strides_ = input_strides;
     for (size_t i = 0; i < buffers_.size(); ++i) {
@@ -555,12 +619,17 @@ class Net {
                                                                strides, dil, pad, pad, attr));
         DNNL_OK(dnnl_memory_create(&s.b_mem, b_md, engine_, s.bias.data_ptr()));
         if (tune_rounds_ > 0) pd = choose_impl(pd, s, w_user, s.b_mem, src, dst);
-        s.phases = choose_phases(pd, s, w_user, src, dst);
+        if (phases_fit(s, src, dst))
+          s.alt = choose_alternative("phases", phases_, [&] { return make_phases(s, src, dst); }, pd, s, w_user, src,
+                                     dst);
+        else if (wino_fit(s, src, dst))
+          s.alt = choose_alternative("winograd", winograd_, [&] { return make_wino(s, src, dst); }, pd, s, w_user, src,
+                                     dst);
         dnnl_memory_desc_destroy(w_any);
         dnnl_memory_desc_destroy(b_md);
-        if (s.phases) {  // (no direct primitive: the parts run instead)
-          impls_.push_back(s.phases->impl);
-          scratch = std::max(scratch, s.phases->scratch());
+        if (s.alt) {  // (no direct primitive: the alternative runs instead)
+          impls_.push_back(s.alt->impl);
+          scratch = std::max(scratch, s.alt->scratch());
           dnnl_memory_desc_destroy(w_user);
           dnnl_primitive_desc_destroy(pd);
           dnnl_primitive_attr_destroy(attr);
@@ -617,8 +686,8 @@ class Net {
     DNNL_OK(dnnl_memory_create(&scratch_mem_, sp_md, engine_, scratch_.data_ptr()));
     dnnl_memory_desc_destroy(sp_md);
     for (auto& s : steps_) {
-      if (s.phases)
-        s.phases->set_scratch(scratch_mem_);
+      if (s.alt)
+        s.alt->set_scratch(scratch_mem_);
       else
         s.args.push_back({DNNL_ARG_SCRATCHPAD, scratch_mem_});
     }
@@ -666,27 +735,29 @@ class Net {
     for (auto& s : steps_) {
       Buffer &src = buffers_[s.src], &dst = buffers_[s.dst];
       if (s.kind == Step::CONV) {
-        double b = src.bound * s.gain + s.bias_max + (s.sum ? dst.bound : 0.0);
-        if (!(b <= limit)) {  // (NaN-safe: a NaN bound fails too)
+        // (an Alternative's intermediate sums may exceed the output's bound: Wino's, 36x)
+        const double head = s.alt ? s.alt->headroom() : 1.0;
+        auto fits = [&] { return src.bound * s.gain * head + s.bias_max + (s.sum ? dst.bound : 0.0) <= limit; };
+        if (!fits()) {  // (NaN-safe: a NaN bound fails too)
           // the input (buffer 0) has no storage of ours; its bound is measured already, so only an
           // intermediate buffer is measured again
           if (s.src != 0 && src.storage.defined()) {  // a propagated bound got loose: measure the values
             src.bound = measure(src.storage.data_ptr<float>(), src.storage.numel());
             ++last_measured_;
           }
-          if (s.sum && dst.storage.defined() && !(src.bound * s.gain + s.bias_max + dst.bound <= limit)) {
+          if (s.sum && dst.storage.defined() && !fits()) {
             dst.bound = measure(dst.storage.data_ptr<float>(), dst.storage.numel());
             ++last_measured_;
           }
-          b = src.bound * s.gain + s.bias_max + (s.sum ? dst.bound : 0.0);
-          if (!(b <= limit)) return std::nullopt;
+          if (!fits()) return std::nullopt;
         }
+        const double b = src.bound * s.gain + s.bias_max + (s.sum ? dst.bound : 0.0);
         dst.bound = b;
       } else {
         dst.bound = src.bound;  // (pools and reorders do not raise a bound)
       }
-      if (s.phases)
-        s.phases->run(stream_);
+      if (s.alt)
+        s.alt->run(stream_);
       else
         DNNL_OK(dnnl_primitive_execute(s.prim, stream_, static_cast<int>(s.args.size()), s.args.data()));
     }
@@ -708,7 +779,8 @@ class Net {
   int64_t out_features_ = 0;
   int64_t n_ = 0;
   int tune_rounds_ = 0;
-  int phases_ = 1;  // see build()
+  int phases_ = 1;    // see build()
+  int winograd_ = 1;  // see build()
   std::vector<int64_t> in_strides_;
 
  public:

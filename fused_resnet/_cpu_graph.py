@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import glob
+import hashlib
 import os
 import sys
 import threading
@@ -76,8 +77,11 @@ def _build():
     t0 = time.perf_counter()
     print("fused_resnet: building the CPU graph extension (first use, ~35 s; cached afterwards) ...",
           file=sys.stderr, flush=True)
+    # torch rebuilds when the source or the flags change: the header's hash goes into the flags
+    with open(os.path.join(CSRC, "cpu_winograd.h"), "rb") as f:
+        header = hashlib.sha256(f.read()).hexdigest()[:16]
     mod = cpp_extension.load(name="fused_resnet_cpu_graph", sources=[os.path.join(CSRC, "cpu_graph.cpp")],
-                             extra_cflags=["-O2", "-fopenmp"],
+                             extra_cflags=["-O2", "-fopenmp", f"-DFUSED_RESNET_WINOGRAD_H={header}"],
                              extra_ldflags=["-fopenmp", f"-L{lib}", "-l:libdnnl.so.3", f"-Wl,-rpath,{lib}"],
                              build_directory=build_dir, verbose=False)
     print(f"fused_resnet: CPU graph extension ready ({time.perf_counter() - t0:.0f} s; libdnnl "
@@ -143,10 +147,11 @@ class CpuGraph:
     FUSED_RESNET_CPU_GRAPH_TUNE setting; 0: oneDNN's first choice); ``tune_log`` lists what was timed.
     ``phases``: whether an NHWC 3x3 stride-2 conv runs as four stride-1 convs over its input's even and
     odd rows and columns (csrc/cpu_graph.cpp, Phases): None where timed faster than oneDNN's kernel for
-    it (with the timing on), True wherever it fits, False never."""
+    it (with the timing on), True wherever it fits, False never. ``winograd``: the same for a 3x3
+    stride-1 conv as Winograd's F(2x2, 3x3) (csrc/cpu_winograd.h; AVX2 CPUs, NHWC or 8-channel blocks)."""
 
     def __init__(self, ext, model: nn.Module, x: torch.Tensor, layouts=(NHWC,) * 4, tune_rounds: Optional[int] = None,
-                 phases: Optional[bool] = None):
+                 phases: Optional[bool] = None, winograd: Optional[bool] = None):
         spec, why = describe(model)
         if spec is None:
             raise ValueError(why)
@@ -233,7 +238,7 @@ class CpuGraph:
             net.add_linear(pooled, wf, fc.bias.detach().float().contiguous() if fc.bias is not None
                            else torch.zeros(wf.shape[0]))
         net.build(n, list(x.stride()), tune_rounds if tune_rounds is not None else _tune_rounds(),
-                  1 if phases is None else int(bool(phases)) * 2)
+                  1 if phases is None else int(bool(phases)) * 2, 1 if winograd is None else int(bool(winograd)) * 2)
         self.tune_log = list(net.tune_log)
         self.implementations = list(net.implementations)
         slow = [i for i, impl in enumerate(self.implementations) if impl.startswith("ref")]

@@ -340,6 +340,44 @@ def test_stride2_convs_split_into_phases(name, shape):
 
 
 @pytest.mark.parametrize("name,shape,layouts", [
+    ("resnet18", (2, 3, 64, 64), (N,) * 4),   # BasicBlock: the residual add in the second conv's output transform
+    ("resnet50", (3, 3, 72, 72), (B, B, N, N)),  # blocked and NHWC stages; maps 18, 9 (odd: a half tile), 5, 3
+    ("resnet34", (1, 3, 97, 97), (N, B, N, B)),  # odd maps: 25, 13, 7, 4; a reorder at each stage
+    ("wide_resnet50_2", (2, 3, 40, 40), (B,) * 4),  # 128-1024 channels in the 3x3 convs: both GEMM splits
+])
+def test_stride1_3x3_convs_as_winograd(name, shape, layouts):
+    """Wino: every 3x3 stride-1 conv as Winograd's F(2x2, 3x3), forced wherever it fits (the timing keeps
+    it only where it is faster), NHWC and 8-channel blocks, even and odd maps, against the float64
+    reference within the same bound as every other path. Its intermediate sums reach 36x the direct
+    conv's bound, so an input that the direct net takes but that could overflow there is refused (the
+    model runs it); a NaN input stops the net before it runs."""
+    if _cpu_graph.extension()[0].vector_floats() != 8 and B in layouts:
+        pytest.skip("8-channel blocks are the blocked layout on AVX2 CPUs only")
+    model = random_model(getattr(torchvision.models, name))
+    x = torch.randn(*shape)
+    ext, _ = _cpu_graph.extension()
+    wino = _cpu_graph.CpuGraph(ext, model, x, layouts, tune_rounds=0, winograd=True)
+    direct = _cpu_graph.CpuGraph(ext, model, x, layouts, tune_rounds=0, winograd=False)
+    # the 3x3 stride-1 convs: all of BasicBlock's but the stride-2 ones, Bottleneck's all but stride-2
+    n3 = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+             and m.stride == (1, 1))
+    assert sum(impl.startswith("winograd") for impl in wino.implementations) == n3, wino.implementations
+    assert not any(impl.startswith("winograd") for impl in direct.implementations)
+    with torch.inference_mode():
+        _check(wino.run(x), model, x)
+        wide = torch.randn(shape[0], 3, shape[2], 2 * shape[3])[..., ::2]
+        _check(wino.run(wide), model, wide)
+        bad = x.clone()
+        bad[-1, 2, 5, 6] = float("nan")
+        assert wino.run(bad) is None
+        # inputs scaled up to where Winograd's sums could pass float32's range: there are scales the
+        # direct net still takes (bound x 1) that the Winograd net refuses (bound x 36)
+        scaled = [x * (10.0 ** e / x.abs().max()) for e in range(26, 39)]
+        refused = [e for e, big in zip(range(26, 39), scaled) if direct.run(big) is not None and wino.run(big) is None]
+        assert refused
+
+
+@pytest.mark.parametrize("name,shape,layouts", [
     ("resnet34", (3, 3, 33, 33), (N,) * 4),   # odd sizes: 1x1 maps in layer4
     ("resnet34", (3, 3, 33, 33), (B,) * 4),
     ("resnet34", (3, 3, 33, 33), (B, N, B, N)),
