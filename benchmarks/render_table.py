@@ -19,7 +19,7 @@ SOURCES = {"h200-hopper": ["h200-run4/results.json", "h200-run5/results.json", "
            "h100": ["h100-run1/results.json", "h100-run2/results.json"],
            "h200": {"model": "h200-run3/results.json", "compile": "h200-run2/results.json", "op": "h200-run3/results.json"},
            "cpu": "cpu-2core-dropin/run2.json",
-           "cpu_avx2": "cpu-2core-avx2/run5.json"}
+           "cpu_avx2": "cpu-2core-avx2/run7.json"}
 
 
 def load(rel):
@@ -167,8 +167,9 @@ def render() -> str:
     avx2 = load(SOURCES["cpu_avx2"])
     lines.append(f"CPU: a 2-core AMD EPYC VM with AVX2 only ({avx2[0]['threads']} threads), torch {avx2[0]['torch']}, "
                  f"ONNX Runtime 1.32, ResNet-50 fp32, 224x224, git {sha_of('cpu-2core-avx2', avx2)}; blocks "
-                 f"protocol in 10 rotated rounds; each conv's oneDNN implementation chosen by timing (stride-2 convs split "
-                 f"into phases where faster), huge pages. "
+                 f"protocol in 10 rotated rounds; each conv's implementation chosen by timing among oneDNN's and the "
+                 f"project's (3x3 stride-1 convs as Winograd F(2x2, 3x3), stride-2 ones split into phases, each where "
+                 f"faster), huge pages. "
                  f"A noisy machine (a provider's median moves by 10-20% between runs): the ratios to quote "
                  f"are the paired ones. "
                  f"File: `benchmarks/results/cpu-2core-avx2/`.")

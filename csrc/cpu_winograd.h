@@ -18,27 +18,47 @@
 // The net checks that bound (HEADROOM) before it runs the conv, as it checks the direct conv's.
 #pragma once
 
-#include <immintrin.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <vector>
+#include <stdexcept>
 
 namespace winograd {
 
 constexpr double HEADROOM = 36.0;  // the largest intermediate over B * gain (see above)
-constexpr int64_t MR = 6;          // output channels per GEMM micro-kernel call (broadcast from U)
-constexpr int64_t NR = 16;         // tiles per GEMM micro-kernel call (two 8-float vectors from V)
-
-// Whether this CPU runs the AVX2 + FMA code below.
-inline bool supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 struct Shape {
   int64_t n = 0, c = 0, k = 0, h = 0, w = 0;  // batch, input and output channels, map (same in and out)
   bool blocked_src = false, blocked_dst = false;  // nChw8c (else NHWC)
   bool relu = false, sum = false;                 // ReLU; add dst's old values (the residual) first
 };
+
+}  // namespace winograd
+
+#if !defined(__x86_64__)
+namespace winograd {  // not x86-64: no Winograd convs (the net never makes one where supported() is false)
+inline bool supported() { return false; }
+class Conv {
+ public:
+  template <class Alloc>
+  Conv(const Shape&, const float*, const float*, Alloc) {
+    throw std::runtime_error("winograd::Conv: x86-64 with AVX2 only");
+  }
+  void run(const float*, float*) const {}
+};
+}  // namespace winograd
+#else
+#include <immintrin.h>
+
+namespace winograd {
+
+constexpr int64_t MR = 6;   // output channels per GEMM micro-kernel call (broadcast from U)
+constexpr int64_t NR = 16;  // tiles per GEMM micro-kernel call (two 8-float vectors from V)
+
+// Whether this CPU runs the AVX2 + FMA code below.
+inline bool supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 // Where the 8 channels [8 cb, 8 cb + 8) of pixel (b, y, x) are.
 inline int64_t pixel(bool blocked, int64_t c, int64_t h, int64_t w, int64_t b, int64_t y, int64_t x, int64_t cb) {
@@ -284,3 +304,4 @@ class Conv {
 };
 
 }  // namespace winograd
+#endif  // __x86_64__
