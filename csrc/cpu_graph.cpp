@@ -21,7 +21,9 @@
 //
 // Where oneDNN offers several implementations for a conv (e.g. brgconv and its direct jit kernel for
 // NHWC), the first build of that conv shape in the process times each on the net's buffers and keeps
-// the fastest (Net::choose_impl). The classifier is oneDNN's inner product, written into the result.
+// the fastest (Net::choose_impl); some convs have an Alternative of the project's own, timed against
+// that choice the same way (Phases for stride-2 3x3 convs, Wino, cpu_winograd.h, for stride-1 ones).
+// The classifier is oneDNN's inner product, written into the result.
 #include <torch/extension.h>
 
 #include <oneapi/dnnl/dnnl.h>
@@ -89,6 +91,20 @@ struct Step {
   std::shared_ptr<struct Alternative> alt;  // set: the conv runs as this (Phases, Wino) instead of prim
 };
 
+// A conv computed by something other than one oneDNN primitive, which the net times against oneDNN's
+// kernel for it and keeps where faster (Net::choose_alternative): Phases, Wino.
+struct Alternative {
+  std::string impl;  // its name in the net's implementations (no spaces)
+  virtual ~Alternative() = default;
+  virtual void run(dnnl_stream_t stream) = 0;
+  virtual size_t scratch() const { return 0; }  // bytes of oneDNN scratchpad it needs
+  virtual void set_scratch(dnnl_memory_t) {}
+  // The largest magnitude its intermediate values can reach, before bias and residual, for an input
+  // within `bound` and weights of `gain` (the largest per-output-channel sum of |w|): the direct
+  // conv's bound * gain, unless it computes other sums.
+  virtual double peak(double bound, double gain) const { return bound * gain; }
+};
+
 // A 3x3 stride-2 conv (padding 1) on NHWC activations, computed as four stride-1 convs, one per phase
 // of its input (even or odd rows x even or odd columns). Output row i reads input rows 2i-1, 2i and
 // 2i+1: row 2i is even row i, rows 2i-1 and 2i+1 are odd rows i-1 and i. So the even rows meet kernel
@@ -99,18 +115,6 @@ struct Step {
 // on the last). Why: oneDNN 3.2's brgconv runs the stride-2 conv of ResNet-50's layer4 at batch 8 at
 // ~150 GFLOP/s on AVX2, its stride-1 convs at ~190 (benchmarks/NOTES.md). Net builds it as one more
 // candidate for such a conv and keeps it where it is timed faster.
-// A conv computed by something other than one oneDNN primitive, which the net times against oneDNN's
-// kernel for it and keeps where faster (Net::choose_alternative): Phases, Wino.
-struct Alternative {
-  std::string impl;  // its name in the net's implementations (no spaces)
-  virtual ~Alternative() = default;
-  virtual void run(dnnl_stream_t stream) = 0;
-  virtual size_t scratch() const { return 0; }  // bytes of oneDNN scratchpad it needs
-  virtual void set_scratch(dnnl_memory_t) {}
-  // How far its intermediate sums can exceed the bound of the conv's output (before bias and residual)
-  virtual double headroom() const { return 1.0; }
-};
-
 struct Phases : Alternative {
   struct Part {
     Step conv{Step::CONV, 0, 0};  // the sub-kernel's conv, reading `mem`
@@ -169,7 +173,8 @@ struct Wino : Alternative {
   const float* src = nullptr;
   float* dst = nullptr;
   void run(dnnl_stream_t) override { conv->run(src, dst); }
-  double headroom() const override { return winograd::HEADROOM; }
+  // the transformed input reaches 4 x bound whatever the weights; the sums 36 x bound x gain
+  double peak(double bound, double gain) const override { return bound * std::max(winograd::HEADROOM * gain, 4.0); }
 };
 
 class Net {
@@ -482,9 +487,11 @@ class Net {
     shape.blocked_dst = dst.tag == dnnl_aBcd8b;
     shape.relu = s.relu;
     shape.sum = s.sum;
-    auto alloc = [&wi](int64_t n) {
-      wi->keep.push_back(kept_zeros(n + 16));  // (torch's CPU allocator aligns to 64 bytes)
-      return wi->keep.back().data_ptr<float>();
+    auto alloc = [&wi](int64_t n) {  // (Wino's vector loads and stores need 32-byte alignment)
+      wi->keep.push_back(kept_zeros(n));
+      float* p = wi->keep.back().data_ptr<float>();
+      TORCH_CHECK(reinterpret_cast<uintptr_t>(p) % 32 == 0, "cpu_graph: a Winograd buffer is not 32-byte aligned");
+      return p;
     };
     wi->conv = std::make_unique<winograd::Conv>(shape, s.weight.data_ptr<float>(), s.bias.data_ptr<float>(), alloc);
     wi->src = src.storage.data_ptr<float>();
@@ -541,7 +548,8 @@ class Net {
     return kept;
   }
 
-  // conv description -> (rank among oneDNN's candidates of that name, the implementation's name)
+  // conv description -> (rank among oneDNN's candidates of that name, the implementation's name); for
+  // an Alternative, its key ends in its name and the first member is 1 where it was taken, else 0
   static std::map<std::string, std::pair<size_t, std::string>>& tune_cache() {
     static std::map<std::string, std::pair<size_t, std::string>> cache;
     return cache;
@@ -735,9 +743,11 @@ class Net {
     for (auto& s : steps_) {
       Buffer &src = buffers_[s.src], &dst = buffers_[s.dst];
       if (s.kind == Step::CONV) {
-        // (an Alternative's intermediate sums may exceed the output's bound: Wino's, 36x)
-        const double head = s.alt ? s.alt->headroom() : 1.0;
-        auto fits = [&] { return src.bound * s.gain * head + s.bias_max + (s.sum ? dst.bound : 0.0) <= limit; };
+        // (an Alternative's intermediate values may exceed the output's bound: Wino's, 36x)
+        auto fits = [&] {
+          const double peak = s.alt ? s.alt->peak(src.bound, s.gain) : src.bound * s.gain;
+          return peak + s.bias_max + (s.sum ? dst.bound : 0.0) <= limit;
+        };
         if (!fits()) {  // (NaN-safe: a NaN bound fails too)
           // the input (buffer 0) has no storage of ours; its bound is measured already, so only an
           // intermediate buffer is measured again
@@ -785,7 +795,7 @@ class Net {
 
  public:
   std::vector<std::string> tune_log_;  // each conv shape timed in this build: candidates, times, choice
-  std::vector<std::string> impls_;  // oneDNN's implementation of each step ("ref:any": no fast kernel)
+  std::vector<std::string> impls_;  // each step's implementation: oneDNN's ("ref:any": no fast kernel) or an Alternative's
 };
 
 std::string library_version() {

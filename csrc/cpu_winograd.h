@@ -3,19 +3,21 @@
 // pair instead of 36, so 2.25x fewer multiplications than the direct conv:
 //     Y = A^T [ (G g G^T) (.) (B^T d B) ] A      (Lavin & Gray, "Fast Algorithms for CNNs", 2015)
 // with d a 4x4 input patch, g the 3x3 kernel, (.) the elementwise product summed over input channels.
-// In three passes over a chunk of tiles, all threads in each:
+// Three passes over each chunk of tiles:
 //   1. input transform: V[e][tile][c] = (B^T d B)[e], e the 16 positions of the 4x4 result;
 //   2. 16 GEMMs: M[e][k][tile] = sum_c U[e][k][c] V[e][tile][c], U = G g G^T packed once at build;
 //   3. output transform: y = A^T M A + bias (+ the residual already in dst), ReLU, written to dst.
-// A chunk's V and M stay in the caches (a chunk's V for one e fits a core's L2, so the GEMM's loop over
-// output channels reads it from there). Activations are NHWC or nChw8c (8-channel blocks), channels a
-// multiple of 8: every pixel's channels come as 8-float vectors, one AVX2 register.
+// A chunk is small enough that its V and M stay in the caches (Conv's constructor says how the threads
+// share the passes). Activations are NHWC or nChw8c (8-channel blocks), channels a multiple of 8:
+// every pixel's channels come as 8-float vectors, one AVX2 register.
 //
 // Numerics: the same products summed in another order plus the transforms' additions; the weight
-// transform is done in float64 and rounded once. Finite inputs stay finite: with B = max|x|,
-// |V| <= 4B, sum_c |U[e][k][c]| <= sum over k's 3x3xc weights of |w| <= gain, so every partial sum of M
-// is at most 4B*gain and every output-transform sum at most 9x that: 36 * B * gain (+ bias, residual).
-// The net checks that bound (HEADROOM) before it runs the conv, as it checks the direct conv's.
+// transform is done in float64 and rounded once. Finite inputs stay finite: with B = max|x|, every
+// value of V (and its partial sums) is at most 4B; sum_c |U[e][k][c]| <= the sum of |w| over output
+// channel k's weights <= gain (G's entries are at most 1), so every partial sum of M is at most
+// 4B * gain, and every output-transform sum (at most 9 of them) at most HEADROOM * B * gain. The net
+// checks max(4B, HEADROOM * B * gain) + bias (+ residual) against float32's range before it runs the
+// conv, as it checks B * gain for the direct conv.
 #pragma once
 
 #include <omp.h>
@@ -27,7 +29,7 @@
 
 namespace winograd {
 
-constexpr double HEADROOM = 36.0;  // the largest intermediate over B * gain (see above)
+constexpr double HEADROOM = 36.0;  // the largest sum over B * gain (see above)
 
 struct Shape {
   int64_t n = 0, c = 0, k = 0, h = 0, w = 0;  // batch, input and output channels, map (same in and out)
@@ -56,6 +58,10 @@ namespace winograd {
 
 constexpr int64_t MR = 6;   // output channels per GEMM micro-kernel call (broadcast from U)
 constexpr int64_t NR = 16;  // tiles per GEMM micro-kernel call (two 8-float vectors from V)
+// Chunk sizes (tiles x input channels), measured on ResNet-50's shapes (benchmarks/NOTES.md):
+// by tiles, a thread's V (16 x tiles x c floats) within 256 KB of its L2, as is its M; by GEMM, a
+// chunk's V for one position e (tiles x c floats) within 64 KB, read again for every 6 output channels.
+constexpr int64_t BY_TILES_CHUNK = 4096, BY_GEMM_CHUNK = 16384;
 
 // Whether this CPU runs the AVX2 + FMA code below.
 inline bool supported() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
@@ -136,17 +142,20 @@ class Conv {
     th_ = (s.h + 1) / 2;
     tw_ = (s.w + 1) / 2;
     tiles_ = s.n * th_ * tw_;
-    // Up to 128 input channels the threads split the tiles (each keeps its V and M in its own L2, 8192 /
-    // c tiles a chunk); above, the GEMMs' (e, output channels) with a chunk's V for one e within 128 KB
-    // (32768 / c tiles), as every thread then reads all of U (1-16 MB) once a chunk. ResNet-50's shapes
-    // at batch 8 on a 2-core AVX2 VM: 64 channels at 56x56 1.16x faster split by tiles, 128 at 28x28
-    // 1.05x, 256 at 14x14 level, 512 at 7x7 2x slower (benchmarks/NOTES.md).
+    // How the threads share the work (ResNet-50's shapes at batch 8 on a 2-core AVX2 VM: up to 128
+    // input channels by tiles was 1.05-1.16x faster, at 256 level, at 512 2x slower; benchmarks/NOTES.md):
+    // - up to 128 input channels, by tiles: each thread takes its own tiles through all three passes in
+    //   chunks of BY_TILES_CHUNK / c tiles, with its own V and M (no barriers), and reads all of U
+    //   (16 x c x k floats) once a chunk;
+    // - above, by GEMM: the threads split each pass of a shared chunk of BY_GEMM_CHUNK / c tiles, the
+    //   GEMMs by (position e, 6 output channels), so U (up to 16 MB) is read once a chunk.
     by_tiles_ = s.c <= 128;
-    chunk_ = std::max<int64_t>(NR, ((by_tiles_ ? 8192 : 32768) / s.c) / NR * NR);
+    threads_ = by_tiles_ ? std::max(1, omp_get_max_threads()) : 1;  // sets of V and M
+    chunk_ = std::max<int64_t>(NR, ((by_tiles_ ? BY_TILES_CHUNK : BY_GEMM_CHUNK) / s.c) / NR * NR);
     chunk_ = std::min(chunk_, (tiles_ + NR - 1) / NR * NR);
     u_ = alloc(16 * kpad_ * s.c);
-    v_ = alloc(16 * chunk_ * s.c);
-    m_ = alloc(16 * kpad_ * chunk_);
+    v_ = alloc(threads_ * 16 * chunk_ * s.c);
+    m_ = alloc(threads_ * 16 * kpad_ * chunk_);
     bias_ = alloc(s.k);
     std::memcpy(bias_, bias, s.k * sizeof(float));
     // U = G g G^T in float64, rounded once; packed [e][k / MR][c][MR] (zero rows past k)
@@ -165,140 +174,180 @@ class Conv {
       }
   }
 
-  // dst = relu?(conv(src) + bias (+ dst)). All threads of the current OpenMP team size.
+  // dst = relu?(conv(src) + bias (+ dst)), on the threads of the calling thread's OpenMP setting (by
+  // tiles: at most as many as when built, one set of V and M each). Not reentrant: one call at a time.
   __attribute__((target("avx2,fma"))) void run(const float* src, float* dst) const {
     if (by_tiles_) {
-      // each thread its own tile panels in all three passes (the same static split of the same count),
-      // so a thread's V and M stay in its own L2; every thread reads all of U per chunk
-#pragma omp parallel
-      for (int64_t t0 = 0; t0 < tiles_; t0 += chunk_) {
-        const int64_t count = std::min(chunk_, tiles_ - t0), padded = (count + NR - 1) / NR * NR;
-#pragma omp for schedule(static)
-        for (int64_t tp = 0; tp < padded / NR; ++tp)
-          for (int64_t g = 2 * tp; g < 2 * tp + 2; ++g)
-            for (int64_t cb = 0; cb < s_.c / 8; ++cb) input_transform(src, t0, count, padded, g, cb);
-#pragma omp for schedule(static)
-        for (int64_t tp = 0; tp < padded / NR; ++tp) {
-          for (int64_t e = 0; e < 16; ++e)
-            for (int64_t kp = 0; kp < kpad_ / MR; ++kp)
-              micro_kernel(u_ + (e * (kpad_ / MR) + kp) * s_.c * MR, v_ + (e * padded + tp * NR) * s_.c, s_.c,
-                           m_ + (e * kpad_ + kp * MR) * padded + tp * NR, padded);
+#pragma omp parallel num_threads(std::min<int>(threads_, omp_get_max_threads()))
+      {
+        const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const int64_t per = (tiles_ + nt - 1) / nt, lo = std::min(tiles_, t * per), hi = std::min(tiles_, lo + per);
+        float* v = v_ + t * 16 * chunk_ * s_.c;
+        float* m = m_ + t * 16 * kpad_ * chunk_;
+        for (int64_t t0 = lo; t0 < hi; t0 += chunk_) {
+          const int64_t count = std::min(chunk_, hi - t0), padded = (count + NR - 1) / NR * NR;
+          for (int64_t g = 0; g < padded / 8; ++g) input_transform(src, v, t0, count, padded, g, 0, s_.c / 8);
+          gemm(v, m, padded, 0, 16 * (kpad_ / MR));
+          for (int64_t g = 0; g < padded / 8; ++g) output_transform(m, dst, t0, count, padded, g, 0, s_.k / 8);
         }
-#pragma omp for schedule(static)
-        for (int64_t tp = 0; tp < padded / NR; ++tp)
-          for (int64_t g = 2 * tp; g < 2 * tp + 2; ++g)
-            for (int64_t kb = 0; kb < s_.k / 8; ++kb) output_transform(dst, t0, count, padded, g, kb);
       }
       return;
     }
 #pragma omp parallel
-    for (int64_t t0 = 0; t0 < tiles_; t0 += chunk_) {
-      const int64_t count = std::min(chunk_, tiles_ - t0), padded = (count + NR - 1) / NR * NR;
+    {
+      // the transforms' items: tile groups x channel ranges, enough for every thread
+      const int64_t nt = omp_get_num_threads();
+      for (int64_t t0 = 0; t0 < tiles_; t0 += chunk_) {
+        const int64_t count = std::min(chunk_, tiles_ - t0), padded = (count + NR - 1) / NR * NR, groups = padded / 8;
+        const int64_t split = std::min(s_.c / 8, (2 * nt + groups - 1) / groups);  // channel ranges per group
 #pragma omp for schedule(static) collapse(2)
-      for (int64_t g = 0; g < padded / 8; ++g)
-        for (int64_t cb = 0; cb < s_.c / 8; ++cb) input_transform(src, t0, count, padded, g, cb);
+        for (int64_t g = 0; g < groups; ++g)
+          for (int64_t r = 0; r < split; ++r)
+            input_transform(src, v_, t0, count, padded, g, s_.c / 8 * r / split, s_.c / 8 * (r + 1) / split);
+        const int64_t items = 16 * (kpad_ / MR), t = omp_get_thread_num();
+        gemm(v_, m_, padded, items * t / nt, items * (t + 1) / nt);
+#pragma omp barrier
+        const int64_t ksplit = std::min(s_.k / 8, (2 * nt + groups - 1) / groups);
 #pragma omp for schedule(static) collapse(2)
-      for (int64_t e = 0; e < 16; ++e)
-        for (int64_t kp = 0; kp < kpad_ / MR; ++kp) {
-          const float* u = u_ + (e * (kpad_ / MR) + kp) * s_.c * MR;
-          for (int64_t tp = 0; tp < padded / NR; ++tp)
-            micro_kernel(u, v_ + (e * padded + tp * NR) * s_.c, s_.c, m_ + (e * kpad_ + kp * MR) * padded + tp * NR,
-                         padded);
-        }
-#pragma omp for schedule(static) collapse(2)
-      for (int64_t g = 0; g < padded / 8; ++g)
-        for (int64_t kb = 0; kb < s_.k / 8; ++kb) output_transform(dst, t0, count, padded, g, kb);
+        for (int64_t g = 0; g < groups; ++g)
+          for (int64_t r = 0; r < ksplit; ++r)
+            output_transform(m_, dst, t0, count, padded, g, s_.k / 8 * r / ksplit, s_.k / 8 * (r + 1) / ksplit);
+      }
     }
   }
 
   const Shape& shape() const { return s_; }
 
  private:
-  // Tiles [t0 + 8g, t0 + 8g + 8) of the chunk, channels [8 cb, 8 cb + 8): V[e][tile panel][c][NR].
-  __attribute__((target("avx2,fma"))) void input_transform(const float* src, int64_t t0, int64_t count,
-                                                           int64_t padded, int64_t g, int64_t cb) const {
-    __m256 out[16][8];  // [e][tile of the group], lanes: channels
-    for (int64_t j = 0; j < 8; ++j) {
-      const int64_t t = 8 * g + j;
-      if (t >= count) {
-        for (int e = 0; e < 16; ++e) out[e][j] = _mm256_setzero_ps();
-        continue;
-      }
-      const int64_t tile = t0 + t, b = tile / (th_ * tw_), ty = tile / tw_ % th_, tx = tile % tw_;
-      // the 4x4 patch: rows 2ty-1 .. 2ty+2, columns 2tx-1 .. 2tx+2 (zeros outside the map)
-      const int64_t rs = s_.blocked_src ? s_.w * 8 : s_.w * s_.c, cs = s_.blocked_src ? 8 : s_.c;
-      const float* p = src + pixel(s_.blocked_src, s_.c, s_.h, s_.w, b, 0, 0, cb) + (2 * ty - 1) * rs + (2 * tx - 1) * cs;
-      __m256 d[4][4];
-      if (ty > 0 && tx > 0 && 2 * ty + 2 < s_.h && 2 * tx + 2 < s_.w) {
-        for (int i = 0; i < 4; ++i)
-          for (int q = 0; q < 4; ++q) d[i][q] = _mm256_loadu_ps(p + i * rs + q * cs);
-      } else {
-        for (int i = 0; i < 4; ++i)
-          for (int q = 0; q < 4; ++q) {
-            const int64_t y = 2 * ty - 1 + i, x = 2 * tx - 1 + q;
-            d[i][q] = (y >= 0 && y < s_.h && x >= 0 && x < s_.w) ? _mm256_loadu_ps(p + i * rs + q * cs)
-                                                                 : _mm256_setzero_ps();
-          }
-      }
-      __m256 r[4][4];  // B^T d
-      for (int q = 0; q < 4; ++q) {
-        r[0][q] = _mm256_sub_ps(d[0][q], d[2][q]);
-        r[1][q] = _mm256_add_ps(d[1][q], d[2][q]);
-        r[2][q] = _mm256_sub_ps(d[2][q], d[1][q]);
-        r[3][q] = _mm256_sub_ps(d[1][q], d[3][q]);
-      }
-      for (int i = 0; i < 4; ++i) {  // (B^T d) B
-        out[i * 4 + 0][j] = _mm256_sub_ps(r[i][0], r[i][2]);
-        out[i * 4 + 1][j] = _mm256_add_ps(r[i][1], r[i][2]);
-        out[i * 4 + 2][j] = _mm256_sub_ps(r[i][2], r[i][1]);
-        out[i * 4 + 3][j] = _mm256_sub_ps(r[i][1], r[i][3]);
-      }
-    }
-    for (int e = 0; e < 16; ++e) {
-      transpose8(out[e]);  // lanes: tiles
-      float* v = v_ + (e * padded + g / 2 * NR) * s_.c + cb * 8 * NR + g % 2 * 8;
-      for (int ch = 0; ch < 8; ++ch) _mm256_store_ps(v + ch * NR, out[e][ch]);
+  // GEMM items [i0, i1) of a chunk, item = (position e, 6 output channels), e-major (a thread's items
+  // share V's rows for one e): M[e][k][tile] = sum_c U[e][k][c] V[e][tile][c].
+  __attribute__((target("avx2,fma"))) void gemm(const float* v, float* m, int64_t padded, int64_t i0,
+                                                int64_t i1) const {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t e = i / (kpad_ / MR), kp = i % (kpad_ / MR);
+      const float* u = u_ + i * s_.c * MR;  // (U's layout is item-major)
+      for (int64_t tp = 0; tp < padded / NR; ++tp)
+        micro_kernel(u, v + (e * padded + tp * NR) * s_.c, s_.c, m + (e * kpad_ + kp * MR) * padded + tp * NR, padded);
     }
   }
 
-  // Tiles [t0 + 8g, t0 + 8g + 8), output channels [8 kb, 8 kb + 8): y = A^T M A + bias, into dst.
-  __attribute__((target("avx2,fma"))) void output_transform(float* dst, int64_t t0, int64_t count, int64_t padded,
-                                                            int64_t g, int64_t kb) const {
-    __m256 y[4][8];  // [output pixel of the tile][channel], lanes: tiles
-    for (int ch = 0; ch < 8; ++ch) {
-      const float* m = m_ + (kb * 8 + ch) * padded + g * 8;
-      __m256 v[16];
-      for (int e = 0; e < 16; ++e) v[e] = _mm256_load_ps(m + e * kpad_ * padded);
-      __m256 r[2][4];  // A^T M
-      for (int q = 0; q < 4; ++q) {
-        r[0][q] = _mm256_add_ps(_mm256_add_ps(v[q], v[4 + q]), v[8 + q]);
-        r[1][q] = _mm256_sub_ps(_mm256_sub_ps(v[4 + q], v[8 + q]), v[12 + q]);
+  // Where tile `tile` is: its batch index b and its first output pixel (y, x) = (2 ty, 2 tx).
+  void locate(int64_t tile, int64_t& b, int64_t& y, int64_t& x) const {
+    b = tile / (th_ * tw_);
+    y = 2 * (tile / tw_ % th_);
+    x = 2 * (tile % tw_);
+  }
+
+  // Tiles [t0 + 8g, t0 + 8g + 8) of the chunk, channel blocks [cb0, cb1) (8 channels each) into
+  // V[e][tile panel][c][NR]. Each tile is located once; its 4x4 patch (rows y-1 .. y+2, columns x-1 ..
+  // x+2, zeros outside the map) is read 8 channels at a time.
+  __attribute__((target("avx2,fma"))) void input_transform(const float* src, float* vbuf, int64_t t0, int64_t count,
+                                                           int64_t padded, int64_t g, int64_t cb0,
+                                                           int64_t cb1) const {
+    const bool blocked = s_.blocked_src;
+    // strides in floats: a row, a pixel, a block of 8 channels
+    const int64_t rs = blocked ? s_.w * 8 : s_.w * s_.c, cs = blocked ? 8 : s_.c, bs = blocked ? s_.h * s_.w * 8 : 8;
+    int64_t at[8], y[8], x[8];  // each tile's pixel (y, x), channel block 0; y < 0: no tile (padding)
+    for (int64_t j = 0; j < 8; ++j) {
+      y[j] = -1;
+      if (8 * g + j >= count) continue;
+      int64_t b;
+      locate(t0 + 8 * g + j, b, y[j], x[j]);
+      at[j] = pixel(blocked, s_.c, s_.h, s_.w, b, y[j], x[j], 0);
+    }
+    for (int64_t cb = cb0; cb < cb1; ++cb) {
+      __m256 out[16][8];  // [e][tile of the group], lanes: channels
+      for (int64_t j = 0; j < 8; ++j) {
+        __m256 d[4][4];
+        if (y[j] < 0) {
+          for (int i = 0; i < 16; ++i) d[i / 4][i % 4] = _mm256_setzero_ps();
+        } else {
+          const float* p = src + at[j] + cb * bs;  // pixel (y, x): the patch's (1, 1)
+          if (y[j] > 0 && x[j] > 0 && y[j] + 2 < s_.h && x[j] + 2 < s_.w) {
+            for (int i = 0; i < 4; ++i)
+              for (int q = 0; q < 4; ++q) d[i][q] = _mm256_loadu_ps(p + (i - 1) * rs + (q - 1) * cs);
+          } else {
+            for (int i = 0; i < 4; ++i)
+              for (int q = 0; q < 4; ++q) {
+                const int64_t yy = y[j] - 1 + i, xx = x[j] - 1 + q;
+                d[i][q] = (yy >= 0 && yy < s_.h && xx >= 0 && xx < s_.w)
+                              ? _mm256_loadu_ps(p + (i - 1) * rs + (q - 1) * cs)
+                              : _mm256_setzero_ps();
+              }
+          }
+        }
+        __m256 r[4][4];  // B^T d
+        for (int q = 0; q < 4; ++q) {
+          r[0][q] = _mm256_sub_ps(d[0][q], d[2][q]);
+          r[1][q] = _mm256_add_ps(d[1][q], d[2][q]);
+          r[2][q] = _mm256_sub_ps(d[2][q], d[1][q]);
+          r[3][q] = _mm256_sub_ps(d[1][q], d[3][q]);
+        }
+        for (int i = 0; i < 4; ++i) {  // (B^T d) B
+          out[i * 4 + 0][j] = _mm256_sub_ps(r[i][0], r[i][2]);
+          out[i * 4 + 1][j] = _mm256_add_ps(r[i][1], r[i][2]);
+          out[i * 4 + 2][j] = _mm256_sub_ps(r[i][2], r[i][1]);
+          out[i * 4 + 3][j] = _mm256_sub_ps(r[i][1], r[i][3]);
+        }
       }
-      for (int i = 0; i < 2; ++i) {  // (A^T M) A
-        y[i * 2 + 0][ch] = _mm256_add_ps(_mm256_add_ps(r[i][0], r[i][1]), r[i][2]);
-        y[i * 2 + 1][ch] = _mm256_sub_ps(_mm256_sub_ps(r[i][1], r[i][2]), r[i][3]);
+      for (int e = 0; e < 16; ++e) {
+        transpose8(out[e]);  // lanes: tiles
+        float* v = vbuf + (e * padded + g / 2 * NR) * s_.c + cb * 8 * NR + g % 2 * 8;
+        for (int ch = 0; ch < 8; ++ch) _mm256_store_ps(v + ch * NR, out[e][ch]);
       }
     }
-    const __m256 bias = _mm256_loadu_ps(bias_ + kb * 8), zero = _mm256_setzero_ps();
-    for (int p = 0; p < 4; ++p) transpose8(y[p]);  // lanes: channels
-    for (int64_t j = 0; j < 8 && 8 * g + j < count; ++j) {
-      const int64_t tile = t0 + 8 * g + j, b = tile / (th_ * tw_), ty = tile / tw_ % th_, tx = tile % tw_;
-      const int64_t rs = s_.blocked_dst ? s_.w * 8 : s_.w * s_.k, cs = s_.blocked_dst ? 8 : s_.k;
-      float* o = dst + pixel(s_.blocked_dst, s_.k, s_.h, s_.w, b, 2 * ty, 2 * tx, kb);
-      const bool full = 2 * ty + 1 < s_.h && 2 * tx + 1 < s_.w;
-      for (int p = 0; p < 4; ++p) {
-        if (!full && (2 * ty + p / 2 >= s_.h || 2 * tx + p % 2 >= s_.w)) continue;
-        float* op = o + (p / 2) * rs + (p % 2) * cs;
-        __m256 val = _mm256_add_ps(y[p][j], bias);
-        if (s_.sum) val = _mm256_add_ps(val, _mm256_loadu_ps(op));
-        if (s_.relu) val = _mm256_max_ps(val, zero);
-        _mm256_storeu_ps(op, val);
+  }
+
+  // Tiles [t0 + 8g, t0 + 8g + 8), output channel blocks [kb0, kb1): y = A^T M A + bias (+ dst), ReLU,
+  // into dst.
+  __attribute__((target("avx2,fma"))) void output_transform(const float* mbuf, float* dst, int64_t t0, int64_t count,
+                                                            int64_t padded, int64_t g, int64_t kb0,
+                                                            int64_t kb1) const {
+    const bool blocked = s_.blocked_dst;
+    const int64_t rs = blocked ? s_.w * 8 : s_.w * s_.k, cs = blocked ? 8 : s_.k, bs = blocked ? s_.h * s_.w * 8 : 8;
+    const int64_t live = std::min<int64_t>(8, count - 8 * g);  // tiles of the group (the rest is padding)
+    int64_t at[8], y[8], x[8];
+    for (int64_t j = 0; j < live; ++j) {
+      int64_t b;
+      locate(t0 + 8 * g + j, b, y[j], x[j]);
+      at[j] = pixel(blocked, s_.k, s_.h, s_.w, b, y[j], x[j], 0);
+    }
+    const __m256 zero = _mm256_setzero_ps();
+    for (int64_t kb = kb0; kb < kb1; ++kb) {
+      __m256 out[4][8];  // [output pixel of the tile][channel], lanes: tiles
+      for (int ch = 0; ch < 8; ++ch) {
+        const float* m = mbuf + (kb * 8 + ch) * padded + g * 8;
+        __m256 v[16];
+        for (int e = 0; e < 16; ++e) v[e] = _mm256_load_ps(m + e * kpad_ * padded);
+        __m256 r[2][4];  // A^T M
+        for (int q = 0; q < 4; ++q) {
+          r[0][q] = _mm256_add_ps(_mm256_add_ps(v[q], v[4 + q]), v[8 + q]);
+          r[1][q] = _mm256_sub_ps(_mm256_sub_ps(v[4 + q], v[8 + q]), v[12 + q]);
+        }
+        for (int i = 0; i < 2; ++i) {  // (A^T M) A
+          out[i * 2 + 0][ch] = _mm256_add_ps(_mm256_add_ps(r[i][0], r[i][1]), r[i][2]);
+          out[i * 2 + 1][ch] = _mm256_sub_ps(_mm256_sub_ps(r[i][1], r[i][2]), r[i][3]);
+        }
+      }
+      for (int p = 0; p < 4; ++p) transpose8(out[p]);  // lanes: channels
+      const __m256 bias = _mm256_loadu_ps(bias_ + kb * 8);
+      for (int64_t j = 0; j < live; ++j) {
+        float* o = dst + at[j] + kb * bs;
+        for (int p = 0; p < 4; ++p) {
+          if (y[j] + p / 2 >= s_.h || x[j] + p % 2 >= s_.w) continue;  // (an odd map's last row, column)
+          float* op = o + (p / 2) * rs + (p % 2) * cs;
+          __m256 val = _mm256_add_ps(out[p][j], bias);
+          if (s_.sum) val = _mm256_add_ps(val, _mm256_loadu_ps(op));
+          if (s_.relu) val = _mm256_max_ps(val, zero);
+          _mm256_storeu_ps(op, val);
+        }
       }
     }
   }
 
   Shape s_;
   bool by_tiles_ = false;
+  int threads_ = 1;
   int64_t kpad_ = 0, th_ = 0, tw_ = 0, tiles_ = 0, chunk_ = 0;
   float *u_ = nullptr, *v_ = nullptr, *m_ = nullptr, *bias_ = nullptr;
 };
