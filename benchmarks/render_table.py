@@ -19,7 +19,7 @@ SOURCES = {"h200-hopper": ["h200-run4/results.json", "h200-run5/results.json", "
            "h100": ["h100-run1/results.json", "h100-run2/results.json"],
            "h200": {"model": "h200-run3/results.json", "compile": "h200-run2/results.json", "op": "h200-run3/results.json"},
            "cpu": "cpu-2core-dropin/run2.json",
-           "cpu_avx2": "cpu-2core-avx2/run7.json"}
+           "cpu_avx2": "cpu-2core-avx2/run8.json"}
 
 
 def load(rel):
