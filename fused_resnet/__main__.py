@@ -56,6 +56,11 @@ def cmd_info(args) -> int:
 
     lib = _cpu_graph.library_dir()
     print(f"CPU graph    {'libdnnl in ' + lib + ' (optimize() builds the extension on its first CPU call)' if lib else 'no: onednn-cpu-gomp is not installed (pip install fused_resnet[cpu])'}")
+    if lib:  # (torch's capability names the vector ISA its kernels use; AVX2 there implies FMA)
+        cap = torch.backends.cpu.get_cpu_capability()
+        wino = platform.machine() in ("x86_64", "AMD64") and cap.startswith(("AVX2", "AVX512"))
+        print(f"  Winograd   {'yes' if wino else 'no'}: 3x3 stride-1 convs as F(2x2, 3x3), timed against oneDNN's kernel "
+              f"per conv shape (x86-64 with AVX2; this CPU: {cap})")
     if torch.cuda.is_available():
         from . import _env, tuning
         from .triton import configs

@@ -25,8 +25,9 @@ VARIABLES = {
     "FUSED_RESNET_SM90": "0: build the CUDA extension without the Hopper (sm90) kernels",
     "FUSED_RESNET_JIT": "0: never JIT-build the CUDA extension (use a prebuilt library or report why not)",
     "FUSED_RESNET_CPU_GRAPH": "0: optimize() runs CPU inputs through the converted model, never the oneDNN CPU graph",
-    "FUSED_RESNET_CPU_GRAPH_TUNE": "timing rounds per conv shape when a CPU graph is built (default 3; 0: oneDNN's "
-                                   "first implementation everywhere)",
+    "FUSED_RESNET_CPU_GRAPH_TUNE": "timing rounds per conv shape when a CPU graph is built, for oneDNN's kernels and "
+                                   "the Winograd and phase-split convs (default 3; 0: oneDNN's first implementation "
+                                   "everywhere, no Winograd)",
     "FUSED_RESNET_GIT_SHA": "the commit recorded in benchmark and tuning results (else git is asked)",
     "FUSED_RESNET_AOT_DEBUG": "1: keep the Triton ahead-of-time compiler's intermediate files",
     # Read by scripts that do not import the package (listed here so the list is whole):
