@@ -216,8 +216,6 @@ class Conv {
     }
   }
 
-  const Shape& shape() const { return s_; }
-
  private:
   // GEMM items [i0, i1) of a chunk, item = (position e, 6 output channels), e-major (a thread's items
   // share V's rows for one e): M[e][k][tile] = sum_c U[e][k][c] V[e][tile][c].
